@@ -1,0 +1,42 @@
+"""Settings read from the environment, and the project's paths.
+
+One place decides where the warehouse is:
+
+1. `WINBACK_DATABASE_URL`, when set, points at a PostgreSQL the user runs; winback never
+   starts a server then.
+2. Otherwise the embedded cluster under `.winback/pg` (see `winback.embedded_pg`) is used,
+   started on demand.
+
+Secrets only ever come from the environment (or Airflow connections in a deployment);
+nothing here reads a committed file for a password.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(os.environ.get("WINBACK_PROJECT_ROOT", Path(__file__).resolve().parent.parent))
+STATE_DIR = Path(os.environ.get("WINBACK_STATE_DIR", PROJECT_ROOT / ".winback"))
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+DAGS_DIR = PROJECT_ROOT / "dags"
+INCLUDE_DIR = PROJECT_ROOT / "include"
+CAMPAIGNS_DIR = INCLUDE_DIR / "campaigns"
+LANDING_DIR = Path(os.environ.get("WINBACK_LANDING_DIR", STATE_DIR / "landing"))
+REPORTS_DIR = Path(os.environ.get("WINBACK_REPORTS_DIR", STATE_DIR / "reports"))
+
+DATABASE_URL_ENV = "WINBACK_DATABASE_URL"
+WAREHOUSE_DB_NAME = "winback"
+AIRFLOW_DB_NAME = "winback_airflow"
+
+# Schemas in the warehouse. dbt owns staging/intermediate/marts; the Python stages own
+# `winback` (scores, audiences, outbox, send ledger); the loader owns `raw`.
+RAW_SCHEMA = "raw"
+APP_SCHEMA = "winback"
+MARTS_SCHEMA = "marts"
+
+
+def configured_database_url() -> str | None:
+    """The user's own warehouse URL, or None when the embedded cluster should be used."""
+    url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    return url or None

@@ -1,0 +1,330 @@
+"""An embedded PostgreSQL cluster for demos, tests and laptops.
+
+`ensure_running()` is idempotent: it initialises the cluster the first time, restarts a
+stopped one, and otherwise returns the running one's URL. The cluster lives in
+`.winback/pg` (git-ignored) and listens on 127.0.0.1 only, on a free port chosen once and
+kept while it stays free.
+
+`initdb` refuses to run as root, and CI and many users run as root, so when we are root
+the server runs as an unprivileged account (`postgres` if the machine has one, else
+`nobody`). Should that account be unable to reach the project folder (a checkout under a
+private home directory), the data lives under /var/tmp and `.winback/pg` is a link to it.
+
+Authentication is `trust` on the loopback interface: the embedded cluster is a local
+development database with no secret to keep. Point `WINBACK_DATABASE_URL` at a real server
+for anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from winback import config
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "winback"
+
+# Settings for a 2-core, few-GB developer machine running batch analytics; durability
+# matters less than throughput for a rebuildable local warehouse.
+SERVER_SETTINGS = {
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",
+    "max_connections": "100",
+    "shared_buffers": "1GB",
+    "work_mem": "64MB",
+    "maintenance_work_mem": "512MB",
+    "effective_cache_size": "4GB",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "30min",
+    "synchronous_commit": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "jit": "off",
+    "max_parallel_workers_per_gather": "2",
+    "random_page_cost": "1.1",
+    "logging_collector": "off",
+    "timezone": "'UTC'",
+}
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cluster:
+    root: Path  # .winback/pg (or the link to the fallback location)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def port_file(self) -> Path:
+        return self.root / "port"
+
+    def url(self, database: str = config.WAREHOUSE_DB_NAME) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port()}/{database}"
+
+    def port(self) -> int:
+        pid_file = self.data_dir / "postmaster.pid"
+        # Line 4 of postmaster.pid is the port the running server listens on.
+        if pid_file.exists():
+            lines = pid_file.read_text().splitlines()
+            if len(lines) >= 4 and lines[3].strip().isdigit():
+                return int(lines[3])
+        if self.port_file.exists():
+            return int(self.port_file.read_text().strip())
+        raise EmbeddedPostgresError("the embedded cluster has no port yet; run `winback db-up`")
+
+
+def pg_bin_dir() -> Path:
+    """Directory with initdb/pg_ctl: $WINBACK_PG_BIN, else the newest Debian-style install."""
+    explicit = os.environ.get("WINBACK_PG_BIN")
+    if explicit:
+        return Path(explicit)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for candidate in reversed(candidates):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise EmbeddedPostgresError(
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found. Install PostgreSQL "
+        "(Debian: apt-get install postgresql), set WINBACK_PG_BIN to their folder, or set "
+        f"{config.DATABASE_URL_ENV} to use an existing server."
+    )
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    """The account that runs the server when we are root; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise EmbeddedPostgresError("running as root and no unprivileged account to run PostgreSQL")
+
+
+def _can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
+    """Whether `account` can reach `path` through every parent directory."""
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        mode = st.st_mode
+        if st.st_uid == account.pw_uid:
+            ok = mode & stat.S_IXUSR
+        elif st.st_gid == account.pw_gid:
+            ok = mode & stat.S_IXGRP
+        else:
+            ok = mode & stat.S_IXOTH
+        if not ok:
+            return False
+    return True
+
+
+def cluster_root() -> Path:
+    root = config.STATE_DIR / "pg"
+    account = _server_account()
+    if account is None or root.is_symlink() or _can_traverse(config.STATE_DIR, account):
+        return root
+    # The account cannot reach the checkout: keep the data in a world-traversable place
+    # and link it from the git-ignored folder, so `.winback/pg` still finds it.
+    digest = hashlib.sha256(str(config.PROJECT_ROOT).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp") / f"winback-{digest}" / "pg"
+    fallback.mkdir(parents=True, exist_ok=True)
+    os.chmod(fallback.parent, 0o755)
+    config.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    if not root.exists():
+        root.symlink_to(fallback, target_is_directory=True)
+    return root
+
+
+def _run_as_server_account(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    account = _server_account()
+    preexec = None
+    if account is not None:
+
+        def preexec() -> None:  # runs in the child between fork and exec
+            os.setgid(account.pw_gid)
+            os.setgroups([])
+            os.setuid(account.pw_uid)
+
+        env = dict(kwargs.pop("env", os.environ))
+        env["HOME"] = "/tmp"
+        kwargs["env"] = env
+    return subprocess.run(args, preexec_fn=preexec, check=False, text=True, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    """Serialise set-up between concurrent `make` targets or test workers."""
+    config.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(config.STATE_DIR / "pg.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _initdb(cluster: Cluster) -> None:
+    account = _server_account()
+    cluster.root.mkdir(parents=True, exist_ok=True)
+    if account is not None:
+        os.chown(cluster.root, account.pw_uid, account.pw_gid)
+    result = _run_as_server_account(
+        [
+            str(pg_bin_dir() / "initdb"),
+            "-D",
+            str(cluster.data_dir),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        raise EmbeddedPostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+    settings = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
+    conf = cluster.data_dir / "postgresql.conf"
+    with open(conf, "a") as handle:
+        handle.write(f"\n# winback embedded cluster\n{settings}\n")
+    log.info("initialised embedded PostgreSQL in %s", cluster.data_dir)
+
+
+def is_running(cluster: Cluster) -> bool:
+    if not (cluster.data_dir / "PG_VERSION").exists():
+        return False
+    result = _run_as_server_account(
+        [str(pg_bin_dir() / "pg_ctl"), "status", "-D", str(cluster.data_dir)],
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+def _start(cluster: Cluster) -> None:
+    port = None
+    if cluster.port_file.exists():
+        previous = int(cluster.port_file.read_text().strip())
+        if _port_is_free(previous):
+            port = previous
+    port = port or _free_port()
+    account = _server_account()
+    if account is not None and not cluster.log_file.exists():
+        cluster.log_file.touch()
+        os.chown(cluster.log_file, account.pw_uid, account.pw_gid)
+    result = _run_as_server_account(
+        [
+            str(pg_bin_dir() / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(cluster.data_dir),
+            "-l",
+            str(cluster.log_file),
+            "-o",
+            f"-p {port}",
+        ],
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        tail = cluster.log_file.read_text()[-2000:] if cluster.log_file.exists() else ""
+        raise EmbeddedPostgresError(f"pg_ctl start failed:\n{result.stderr}\n{tail}")
+    cluster.port_file.write_text(str(port))
+    log.info("embedded PostgreSQL listening on 127.0.0.1:%s", port)
+
+
+def _wait_accepting(cluster: Cluster, timeout_s: float = 30.0) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with psycopg.connect(cluster.url("postgres"), connect_timeout=2):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def ensure_databases(admin_url: str, names: list[str]) -> None:
+    """Create the named databases when missing (CREATE DATABASE cannot run in a transaction)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        existing = {row[0] for row in conn.execute("select datname from pg_database")}
+        for name in names:
+            if name not in existing:
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                log.info("created database %s", name)
+
+
+def ensure_running() -> Cluster:
+    """Initialise and start the embedded cluster as needed; return it, ready for connections."""
+    root = cluster_root()
+    cluster = Cluster(root)
+    with _lock(root):
+        if not (cluster.data_dir / "PG_VERSION").exists():
+            _initdb(cluster)
+        if not is_running(cluster):
+            _start(cluster)
+        _wait_accepting(cluster)
+        databases = [config.WAREHOUSE_DB_NAME, config.AIRFLOW_DB_NAME]
+        ensure_databases(cluster.url("postgres"), databases)
+    return cluster
+
+
+def stop() -> bool:
+    cluster = Cluster(cluster_root())
+    if not is_running(cluster):
+        return False
+    _run_as_server_account(
+        [str(pg_bin_dir() / "pg_ctl"), "stop", "-m", "fast", "-D", str(cluster.data_dir)],
+        capture_output=True,
+    )
+    return True
