@@ -40,3 +40,9 @@ def configured_database_url() -> str | None:
     """The user's own warehouse URL, or None when the embedded cluster should be used."""
     url = os.environ.get(DATABASE_URL_ENV, "").strip()
     return url or None
+
+
+# Airflow: the warehouse connection id, and the pool that keeps dbt builds and provider
+# syncs from overlapping (one slot).
+WAREHOUSE_CONN_ID = "winback_warehouse"
+WAREHOUSE_WRITES_POOL = "winback_warehouse_writes"

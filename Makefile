@@ -1,0 +1,72 @@
+# winback: `make demo` runs the pipeline on a simulated shop, `make test` runs the tests.
+# Both create the virtual environment from requirements.lock when missing and start the
+# embedded PostgreSQL when WINBACK_DATABASE_URL is not set.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY ?= False
+export DBT_SEND_ANONYMOUS_USAGE_STATS ?= False
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@echo "winback — win back inactive customers (Airflow + dbt + PostgreSQL)"
+	@echo
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtual environment from the lock file
+
+.PHONY: demo
+demo: venv ## Run winback_daily with `airflow dags test` on a simulated 20k-customer shop
+	$(BIN)/winback demo
+
+.PHONY: test
+test: venv ## Run every test: lint, unit, integration (real PostgreSQL), DAG, end to end
+	$(BIN)/winback airflow-setup
+	$(BIN)/python -m pytest
+
+.PHONY: lint
+lint: venv ## ruff and sqlfluff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest tests/test_lint.py -q
+
+.PHONY: psql
+psql: venv ## Open psql on the warehouse
+	psql "$$($(BIN)/winback db-url)"
+
+.PHONY: airflow
+airflow: venv ## Run a local Airflow (api-server, scheduler, dag-processor) on the embedded PostgreSQL
+	$(BIN)/winback airflow-setup
+	$(BIN)/winback airflow standalone
+
+.PHONY: db-up
+db-up: venv ## Start the embedded PostgreSQL (a no-op when WINBACK_DATABASE_URL is set)
+	$(BIN)/winback db-up
+
+.PHONY: db-stop
+db-stop: venv ## Stop the embedded PostgreSQL
+	$(BIN)/winback db-stop
+
+.PHONY: lock
+lock: venv ## Re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+.PHONY: clean
+clean: ## Remove build output (keeps the venv and the embedded database)
+	rm -rf dbt_project/target dbt_project/logs .pytest_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""
+### winback_daily
+
+Every day: load the shop's files → dbt (staging, RFM, lifecycle) → score churn and value
+with lifetimes → dbt customer features → campaign audiences → provider sync → summary.
+
+Each task calls one function of `winback.pipeline`; this file only wires them. The sync
+is a dry run unless the `send_mode` param says otherwise, so a backfill never sends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Asset, Param, chain, dag, task
+from cosmos import DbtTaskGroup
+
+from winback import orchestration as orch
+from winback import pipeline
+
+FEATURE_MODELS = ["customer_features+"]
+
+
+@dag(
+    dag_id="winback_daily",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["winback", "daily"],
+    default_args=orch.DEFAULT_ARGS,
+    doc_md=__doc__,
+    params={
+        "send_mode": Param("dry_run", enum=["dry_run"], description="dry_run records only"),
+    },
+)
+def winback_daily():
+    @task(outlets=[Asset("postgres://winback/raw")])
+    def load_raw_files(ds: str | None = None) -> dict:
+        """Load the logical date's landing files; broken rows go to raw.quarantine."""
+        return pipeline.load_raw_files(ds)
+
+    transform = DbtTaskGroup(
+        group_id="dbt_customers",
+        project_config=orch.PROJECT_CONFIG,
+        profile_config=orch.PROFILE_CONFIG,
+        execution_config=orch.EXECUTION_CONFIG,
+        render_config=orch.render_config(exclude=FEATURE_MODELS),
+        operator_args=orch.DBT_OPERATOR_ARGS,
+    )
+
+    @task(outlets=[Asset("postgres://winback/winback/customer_scores")])
+    def score_customers(ds: str | None = None) -> dict:
+        """BG/NBD P(alive) and expected purchases, Gamma-Gamma value, CLV."""
+        return pipeline.score_customers(ds)
+
+    features = DbtTaskGroup(
+        group_id="dbt_features",
+        project_config=orch.PROJECT_CONFIG,
+        profile_config=orch.PROFILE_CONFIG,
+        execution_config=orch.EXECUTION_CONFIG,
+        render_config=orch.render_config(select=FEATURE_MODELS),
+        operator_args=orch.DBT_OPERATOR_ARGS,
+    )
+
+    @task
+    def build_audiences(ds: str | None = None) -> dict:
+        """Audience rules, eligibility (consent, contact, suppression), holdout, outbox."""
+        return pipeline.build_audiences(ds)
+
+    @task(pool=orch.WAREHOUSE_WRITES_POOL)
+    def sync_outbox(ds: str | None = None, params: dict | None = None) -> dict:
+        """Send (or, by default, record what would be sent) exactly once per step."""
+        return pipeline.sync_outbox(ds, mode=params["send_mode"])
+
+    @task(retries=0)
+    def summarize(ds: str | None = None) -> dict:
+        """Print the run's summary: rows loaded, segments, audiences, messages."""
+        return pipeline.summarize(ds)
+
+    chain(
+        load_raw_files(),
+        transform,
+        score_customers(),
+        features,
+        build_audiences(),
+        sync_outbox(),
+        summarize(),
+    )
+
+
+winback_daily()

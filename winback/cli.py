@@ -1,0 +1,272 @@
+"""`winback`: the command-line face of the pipeline.
+
+Every stage the DAG runs can be run by hand for a date, which is how data engineers debug
+a day and how the demo and tests drive the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+from winback import config
+
+DEMO_DATE = date(2026, 11, 20)
+DEMO_CUSTOMERS = 20_000
+DEMO_SEED = 42
+
+log = logging.getLogger("winback")
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from winback import db
+
+    print(db.database_url())
+    return 0
+
+
+def cmd_db_up(args: argparse.Namespace) -> int:
+    from winback import db
+
+    url = db.database_url()
+    db.ensure_airflow_database()
+    print(f"warehouse ready: {db.redacted(url)}")
+    return 0
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    if config.configured_database_url():
+        print(f"{config.DATABASE_URL_ENV} is set: the server is yours, winback leaves it alone")
+        return 0
+    from winback import embedded_pg
+
+    print("stopped" if embedded_pg.stop() else "not running")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from winback import simulator
+
+    settings = simulator.SimulationConfig(
+        customers=args.customers,
+        seed=args.seed,
+        as_of=args.date,
+        dirty_rate=args.dirty_rate,
+    )
+    frames = simulator.simulate_shop(settings)
+    folder = Path(args.landing) / args.date.isoformat()
+    simulator.write_landing_files(frames, folder, fmt=args.format)
+    counts = {name: len(frame) for name, frame in frames.items()}
+    print(json.dumps({"folder": str(folder), "rows": counts}, indent=2))
+    return 0
+
+
+def cmd_import_cdnow(args: argparse.Namespace) -> int:
+    from winback import cdnow, simulator
+
+    frames = cdnow.cdnow_frames(sample=args.sample)
+    folder = Path(args.landing) / args.date.isoformat()
+    simulator.write_landing_files(frames, folder, fmt="csv")
+    print(json.dumps({"folder": str(folder), "rows": {k: len(v) for k, v in frames.items()}}))
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from winback import db, loader
+
+    with db.connect() as conn:
+        report = loader.load_day(conn, Path(args.landing), args.date)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+def cmd_dbt(args: argparse.Namespace) -> int:
+    from winback import dbt_runner
+
+    return dbt_runner.run_dbt(args.dbt_args)
+
+
+def cmd_dbt_manifest(args: argparse.Namespace) -> int:
+    from winback import dbt_runner
+
+    dbt_runner.write_manifest()
+    return 0
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from winback import airflow_env
+
+    return airflow_env.run_airflow(args.airflow_args, check=False).returncode
+
+
+def cmd_airflow_setup(args: argparse.Namespace) -> int:
+    from winback import airflow_env, dbt_runner
+
+    dbt_runner.write_manifest()
+    airflow_env.migrate_metadata_db()
+    print(f"Airflow metadata database ready; AIRFLOW_HOME={airflow_env.airflow_home()}")
+    return 0
+
+
+def cmd_pipeline_stage(args: argparse.Namespace) -> int:
+    from winback import pipeline
+
+    result = getattr(pipeline, args.stage_function)(args.date.isoformat())
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from winback import db, summary
+
+    with db.connect() as conn:
+        print(summary.render(summary.collect(conn, args.date)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from winback import airflow_env, db, dbt_runner, simulator, summary
+
+    landing = Path(args.landing)
+    print(f"[1/4] warehouse: {db.redacted(db.database_url())}")
+    folder = landing / args.date.isoformat()
+    if not folder.exists():
+        settings = simulator.SimulationConfig(
+            customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
+        )
+        simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+    print(f"[2/4] shop data for {args.date}: {folder}")
+    dbt_runner.write_manifest()
+    airflow_env.migrate_metadata_db()
+    print("[3/4] airflow dags test winback_daily (logs: .winback/demo-airflow.log)")
+    log_path = config.STATE_DIR / "demo-airflow.log"
+    with open(log_path, "w") as handle:
+        result = airflow_env.run_airflow(
+            ["dags", "test", "winback_daily", args.date.isoformat()],
+            check=False,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    if result.returncode != 0:
+        tail = log_path.read_text().splitlines()[-60:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"winback_daily failed; full log in {log_path}", file=sys.stderr)
+        return result.returncode
+    failed = _failed_tasks(log_path)
+    if failed:
+        print(f"winback_daily had failed tasks: {failed}; see {log_path}", file=sys.stderr)
+        return 1
+    print("[4/4] summary")
+    with db.connect() as conn:
+        print(summary.render(summary.collect(conn, args.date)))
+    return 0
+
+
+def _failed_tasks(log_path: Path) -> list[str]:
+    """`airflow dags test` can exit 0 with failed tasks; read the final states to be sure."""
+    failed = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "Marking task as FAILED" in line or "state=failed" in line.replace(" ", ""):
+            failed.append(line.strip()[:200])
+    return failed
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="winback", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("db-url", help="print the warehouse URL").set_defaults(func=cmd_db_url)
+    sub.add_parser("db-up", help="start the embedded PostgreSQL if needed").set_defaults(
+        func=cmd_db_up
+    )
+    sub.add_parser("db-stop", help="stop the embedded PostgreSQL").set_defaults(func=cmd_db_stop)
+
+    landing_default = str(config.LANDING_DIR)
+
+    simulate = sub.add_parser("simulate", help="write a simulated shop's files for a date")
+    simulate.add_argument("--customers", type=int, default=DEMO_CUSTOMERS)
+    simulate.add_argument("--seed", type=int, default=DEMO_SEED)
+    simulate.add_argument("--date", type=_date, default=DEMO_DATE)
+    simulate.add_argument("--dirty-rate", type=float, default=0.0)
+    simulate.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    simulate.add_argument("--landing", default=landing_default)
+    simulate.set_defaults(func=cmd_simulate)
+
+    cdnow = sub.add_parser("import-cdnow", help="write the CDNOW transaction log as shop files")
+    cdnow.add_argument("--date", type=_date, default=date(1998, 6, 30))
+    cdnow.add_argument("--sample", action="store_true", help="the 2,357-customer sample")
+    cdnow.add_argument("--landing", default=landing_default)
+    cdnow.set_defaults(func=cmd_import_cdnow)
+
+    load = sub.add_parser("load", help="load a date's landing files into the raw schema")
+    load.add_argument("--date", type=_date, required=True)
+    load.add_argument("--landing", default=landing_default)
+    load.set_defaults(func=cmd_load)
+
+    dbt = sub.add_parser("dbt", help="run dbt on the warehouse (arguments passed through)")
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    dbt.set_defaults(func=cmd_dbt)
+    sub.add_parser("dbt-manifest", help="write dbt's manifest for cosmos").set_defaults(
+        func=cmd_dbt_manifest
+    )
+
+    airflow = sub.add_parser("airflow", help="run the airflow CLI in winback's environment")
+    airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    airflow.set_defaults(func=cmd_airflow)
+    sub.add_parser(
+        "airflow-setup", help="write the dbt manifest and migrate Airflow's metadata database"
+    ).set_defaults(func=cmd_airflow_setup)
+
+    for name, function, text in [
+        ("score", "score_customers", "fit the churn/value models and score every customer"),
+        ("audiences", "build_audiences", "build campaign audiences and the outbox"),
+        ("sync", "sync_outbox", "sync the outbox to the providers (dry run by default)"),
+    ]:
+        stage = sub.add_parser(name, help=text)
+        stage.add_argument("--date", type=_date, required=True)
+        stage.set_defaults(func=cmd_pipeline_stage, stage_function=function)
+
+    summary = sub.add_parser("summary", help="print a run's summary")
+    summary.add_argument("--date", type=_date, default=DEMO_DATE)
+    summary.set_defaults(func=cmd_summary)
+
+    demo = sub.add_parser("demo", help="simulate a shop and run winback_daily on it")
+    demo.add_argument("--customers", type=int, default=DEMO_CUSTOMERS)
+    demo.add_argument("--date", type=_date, default=DEMO_DATE)
+    demo.add_argument("--landing", default=landing_default)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

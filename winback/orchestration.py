@@ -1,0 +1,84 @@
+"""Shared Airflow and cosmos configuration: defined once, imported by every DAG file.
+
+Cosmos renders the dbt project from the manifest that `winback dbt-manifest` writes at
+set-up (`make demo`, `make test`, the image build), so parsing a DAG never runs `dbt ls`.
+dbt runs in-process through dbtRunner with the connection settings that
+`dbt_project/profiles.yml` reads from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+from winback import config, db
+
+DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
+WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
+WAREHOUSE_WRITES_POOL = config.WAREHOUSE_WRITES_POOL
+DEFAULT_TASK_RETRIES = 2
+
+DEFAULT_ARGS = {
+    "owner": "winback",
+    "retries": DEFAULT_TASK_RETRIES,
+    "retry_delay": timedelta(minutes=2),
+    "execution_timeout": timedelta(hours=1),
+}
+
+# dbt variables every model run receives: the run date is the DAG's logical date, so a
+# backfill of day D rebuilds day D's state.
+DBT_VARS = {"as_of_date": "{{ ds }}"}
+
+
+def _export_connection_settings() -> None:
+    """Make the warehouse settings visible to dbt, in this process and its children.
+
+    Done at import (DAG parse) rather than passed as operator `env`, so no password ever
+    appears among a task's rendered template fields.
+    """
+    if os.environ.get("WINBACK_PG_HOST"):
+        return
+    db.export_dbt_env()
+
+
+_export_connection_settings()
+
+PROJECT_CONFIG = ProjectConfig(
+    dbt_project_path=config.DBT_PROJECT_DIR,
+    manifest_path=DBT_MANIFEST,
+    project_name="winback",
+    install_dbt_deps=False,
+    partial_parse=True,
+)
+
+PROFILE_CONFIG = ProfileConfig(
+    profile_name="winback",
+    target_name="dev",
+    profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles.yml",
+)
+
+EXECUTION_CONFIG = ExecutionConfig(
+    execution_mode=ExecutionMode.LOCAL,
+    invocation_mode=InvocationMode.DBT_RUNNER,
+)
+
+
+def render_config(select: list[str] | None = None, exclude: list[str] | None = None):
+    return RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        select=select or [],
+        exclude=exclude or [],
+        test_behavior=TestBehavior.AFTER_EACH,
+        # The dbt graph and the Python stages between them are wired by hand in the DAG.
+        emit_datasets=True,
+    )
+
+
+DBT_OPERATOR_ARGS = {
+    "vars": DBT_VARS,
+    "install_deps": False,
+    "pool": WAREHOUSE_WRITES_POOL,
+}

@@ -1,0 +1,73 @@
+"""The daily pipeline's Python stages, one function per DAG task.
+
+Each takes the run's logical date as `YYYY-MM-DD` and returns a small JSON-able dict
+(what Airflow keeps as the task's XCom). They hold no Airflow imports, so the CLI and the
+tests run them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+
+from winback import config, db
+
+log = logging.getLogger(__name__)
+
+
+def _day(ds: str) -> date:
+    return date.fromisoformat(ds)
+
+
+def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
+    """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts)."""
+    from winback import loader
+
+    with db.connect() as conn:
+        report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
+    return report.as_dict()
+
+
+def score_customers(ds: str) -> dict:
+    """Fit BG/NBD and Gamma-Gamma and write `winback.customer_scores`."""
+    from winback import scoring
+
+    with db.connect() as conn:
+        result = scoring.score_customers(conn, _day(ds), scoring.ScoringSettings())
+        conn.commit()
+    return scoring.result_summary(result)
+
+
+def build_audiences(ds: str) -> dict:
+    """Every active campaign's audience, eligibility filters and outbox rows."""
+    from winback import audiences, campaigns
+
+    all_campaigns = campaigns.load_campaigns()
+    with db.connect() as conn:
+        results = audiences.build_audiences(conn, all_campaigns, _day(ds))
+    return {"campaigns": [asdict(r) for r in results]}
+
+
+def sync_outbox(ds: str, mode: str = "dry_run") -> dict:
+    """Send the day's outbox; only dry runs exist until the provider adapters land."""
+    from winback import sync
+
+    if mode != "dry_run":
+        raise ValueError(f"send mode {mode!r} is not available yet; use dry_run")
+    with db.connect() as conn:
+        result = sync.dry_run(conn, _day(ds))
+    return asdict(result)
+
+
+def summarize(ds: str) -> dict:
+    """Log the run's human-readable summary."""
+    from winback import summary
+
+    with db.connect() as conn:
+        collected = summary.collect(conn, _day(ds))
+    text = summary.render(collected)
+    for line in text.splitlines():
+        log.info("%s", line)
+    return {"summary": text}

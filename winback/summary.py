@@ -1,0 +1,97 @@
+"""The short, human-readable summary of one daily run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import psycopg
+
+
+@dataclass
+class RunSummary:
+    run_date: date
+    loaded: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # read, loaded, quar.
+    quarantine_rules: list[tuple[str, str, int]] = field(default_factory=list)
+    segments: list[tuple[str, int]] = field(default_factory=list)
+    stages: list[tuple[str, int]] = field(default_factory=list)
+    scored_customers: int = 0
+    mean_p_alive: float | None = None
+    audiences: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, group, n
+    would_send: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, channel, n
+
+
+def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
+
+
+def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
+    summary = RunSummary(run_date)
+    if _exists(conn, "raw.load_batches"):
+        for table, read, loaded, quarantined in conn.execute(
+            "select table_name, rows_read, rows_loaded, rows_quarantined from raw.load_batches "
+            "where load_date = %s order by table_name",
+            (run_date,),
+        ):
+            summary.loaded[table] = (read, loaded, quarantined)
+        summary.quarantine_rules = conn.execute(
+            "select table_name, rule, count(*) from raw.quarantine where load_date = %s "
+            "group by 1, 2 order by 3 desc, 1, 2",
+            (run_date,),
+        ).fetchall()
+    if _exists(conn, "marts.customer_rfm"):
+        summary.segments = conn.execute(
+            "select rfm_segment, count(*) from marts.customer_rfm group by 1 order by 2 desc"
+        ).fetchall()
+    if _exists(conn, "marts.customer_lifecycle"):
+        summary.stages = conn.execute(
+            "select lifecycle_stage, count(*) from marts.customer_lifecycle "
+            "group by 1 order by 2 desc"
+        ).fetchall()
+    if _exists(conn, "winback.customer_scores"):
+        summary.scored_customers, summary.mean_p_alive = conn.execute(
+            "select count(*), avg(p_alive) from winback.customer_scores"
+        ).fetchone()
+    if _exists(conn, "winback.campaign_audiences"):
+        summary.audiences = conn.execute(
+            "select campaign_id, assigned_group, count(*) from winback.campaign_audiences "
+            "where run_date = %s group by 1, 2 order by 1, 2",
+            (run_date,),
+        ).fetchall()
+    if _exists(conn, "winback.send_ledger"):
+        summary.would_send = conn.execute(
+            "select o.campaign_id, o.channel, count(*) from winback.send_ledger l "
+            "join winback.outbox o using (idempotency_key) "
+            "where l.run_date = %s and l.mode = 'dry_run' group by 1, 2 order by 1, 2",
+            (run_date,),
+        ).fetchall()
+    return summary
+
+
+def render(summary: RunSummary) -> str:
+    lines = [f"winback daily run for {summary.run_date}", ""]
+    read = sum(v[0] for v in summary.loaded.values())
+    loaded = sum(v[1] for v in summary.loaded.values())
+    quarantined = sum(v[2] for v in summary.loaded.values())
+    lines.append(f"Input: {read:,} rows read, {loaded:,} loaded, {quarantined:,} quarantined")
+    for table, (r, ld, q) in summary.loaded.items():
+        lines.append(f"  {table:<20} {r:>10,} read {ld:>10,} loaded {q:>6,} quarantined")
+    for table, rule, n in summary.quarantine_rules:
+        lines.append(f"  quarantined {table}.{rule}: {n:,}")
+    if summary.segments:
+        lines += ["", "RFM segments:"]
+        lines += [f"  {name:<22} {n:>8,}" for name, n in summary.segments]
+    if summary.stages:
+        lines += ["", "Lifecycle stages:"]
+        lines += [f"  {name:<22} {n:>8,}" for name, n in summary.stages]
+    if summary.scored_customers:
+        lines += [
+            "",
+            f"Scored customers: {summary.scored_customers:,} "
+            f"(mean P(alive) {float(summary.mean_p_alive or 0):.3f})",
+        ]
+    lines += ["", "Audiences:"]
+    lines += [f"  {c:<24} {g:<10} {n:>8,}" for c, g, n in summary.audiences] or ["  (none)"]
+    lines += ["", "Messages that would be sent (dry run):"]
+    lines += [f"  {c:<24} {ch:<10} {n:>8,}" for c, ch, n in summary.would_send] or ["  (none)"]
+    return "\n".join(lines)
