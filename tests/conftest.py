@@ -17,10 +17,14 @@ from winback import db
 
 _SESSION_DB = f"winback_test_{os.getpid()}"
 _server_url: str | None = None
+EMBEDDED_SERVER_FLAG = "WINBACK_TESTS_ON_EMBEDDED_SERVER"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server_url
+    if winback_config.configured_database_url() is None:
+        # Remembered before the variable below is set, for the embedded-cluster tests.
+        os.environ[EMBEDDED_SERVER_FLAG] = "1"
     _server_url = db.database_url()
     admin = db.with_database(_server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
