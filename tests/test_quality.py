@@ -1,0 +1,74 @@
+"""Quality gates on the real PostgreSQL: a bad day fails with a readable message."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from winback import quality, raw_schema
+
+DAY = date(2026, 11, 20)
+
+
+@pytest.fixture
+def raw(conn):
+    conn.execute("drop schema if exists raw cascade")
+    raw_schema.ensure_raw_schema(conn)
+    conn.execute(
+        "insert into raw.customers (customer_id, country, created_at, _load_date, _source_file,"
+        " _source_line) values ('c1', 'IT', '2025-01-01', %s, 'f', 2)",
+        (DAY,),
+    )
+    conn.commit()
+    return conn
+
+
+def add_order(conn, order_id: str, total: str, ordered_at: str = "2026-11-20T10:00:00Z") -> None:
+    conn.execute(
+        "insert into raw.orders (order_id, customer_id, ordered_at, status, total, currency,"
+        " _load_date, _source_file, _source_line) values (%s, 'c1', %s, 'completed', %s, 'EUR',"
+        " %s, 'f', 2)",
+        (order_id, ordered_at, total, DAY),
+    )
+    conn.commit()
+
+
+def test_a_clean_day_passes_and_is_recorded(raw):
+    add_order(raw, "o1", "10.00")
+    assert quality.check_raw_inputs(DAY)["failed"] == 0
+    rows = raw.execute(
+        "select check_name, success from winback.quality_results where gate = 'raw_inputs'"
+    ).fetchall()
+    assert len(rows) == len(quality.raw_input_checks(DAY)) and all(ok for _, ok in rows)
+
+
+def test_negative_amounts_and_future_orders_fail_the_gate_readably(raw):
+    add_order(raw, "o1", "-3.00")
+    add_order(raw, "o2", "5.00", ordered_at="2026-12-25T10:00:00Z")
+    with pytest.raises(quality.QualityGateError) as error:
+        quality.check_raw_inputs(DAY)
+    message = str(error.value)
+    assert "quality gate 'raw_inputs' failed 2 of" in message
+    assert "order totals >= 0" in message and "no order after 2026-11-20" in message
+
+
+def test_a_day_without_orders_fails(raw):
+    with pytest.raises(quality.QualityGateError, match="orders loaded for 2026-11-20"):
+        quality.check_raw_inputs(DAY)
+
+
+def test_scores_outside_zero_one_fail(conn):
+    conn.execute("drop table if exists winback.customer_scores")
+    conn.execute("create schema if not exists winback")
+    conn.execute(
+        "create table winback.customer_scores (customer_id text, p_alive double precision)"
+    )
+    conn.execute("insert into winback.customer_scores values ('a', 0.5), ('b', 1.2), ('c', null)")
+    conn.commit()
+    with pytest.raises(quality.QualityGateError) as error:
+        quality.check_scores(DAY)
+    assert "p_alive within [0, 1]" in str(error.value)
+    assert "p_alive never missing" in str(error.value)
+    conn.execute("drop table winback.customer_scores")
+    conn.commit()
