@@ -1,8 +1,10 @@
 """
 ### winback_daily
 
-Every day: load the shop's files → dbt (staging, RFM, lifecycle) → score churn and value
-with lifetimes → dbt customer features → campaign audiences → provider sync → summary.
+Every day: load the shop's files → dbt (staging, RFM, lifecycle) → input quality gate →
+score churn and value with lifetimes → score gate → dbt customer features → campaign
+audiences → audience gate → provider sync → summary. A failed gate stops the run before
+anything is sent.
 
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
 is a dry run unless the `send_mode` param says otherwise, so a backfill never sends.
@@ -32,6 +34,12 @@ FEATURE_MODELS = ["customer_features+"]
     doc_md=__doc__,
     params={
         "send_mode": Param("dry_run", enum=["dry_run"], description="dry_run records only"),
+        "max_audience_growth": Param(
+            3.0,
+            type="number",
+            minimum=1,
+            description="fail the audience gate when an audience grows past this multiple",
+        ),
     },
 )
 def winback_daily():
@@ -49,10 +57,22 @@ def winback_daily():
         operator_args=orch.DBT_OPERATOR_ARGS,
     )
 
+    orch.without_retries_on_tests(transform)
+
+    @task(retries=0)
+    def check_raw_inputs(ds: str | None = None) -> dict:
+        """Gate: rows present, ids unique, amounts >= 0, no future dates."""
+        return pipeline.check_raw_inputs(ds)
+
     @task(outlets=[Asset("postgres://winback/winback/customer_scores")])
     def score_customers(ds: str | None = None) -> dict:
         """BG/NBD P(alive) and expected purchases, Gamma-Gamma value, CLV."""
         return pipeline.score_customers(ds)
+
+    @task(retries=0)
+    def check_scores(ds: str | None = None) -> dict:
+        """Gate: p_alive within [0, 1], nothing missing, one score per customer."""
+        return pipeline.check_scores(ds)
 
     features = DbtTaskGroup(
         group_id="dbt_features",
@@ -63,10 +83,17 @@ def winback_daily():
         operator_args=orch.DBT_OPERATOR_ARGS,
     )
 
+    orch.without_retries_on_tests(features)
+
     @task
     def build_audiences(ds: str | None = None) -> dict:
         """Audience rules, eligibility (consent, contact, suppression), holdout, outbox."""
         return pipeline.build_audiences(ds)
+
+    @task(retries=0)
+    def check_audiences(ds: str | None = None, params: dict | None = None) -> dict:
+        """Gate: one row per customer, consent for every message, no sudden growth."""
+        return pipeline.check_audiences(ds, max_growth=params["max_audience_growth"])
 
     @task(pool=orch.WAREHOUSE_WRITES_POOL)
     def sync_outbox(ds: str | None = None, params: dict | None = None) -> dict:
@@ -81,9 +108,12 @@ def winback_daily():
     chain(
         load_raw_files(),
         transform,
+        check_raw_inputs(),
         score_customers(),
+        check_scores(),
         features,
         build_audiences(),
+        check_audiences(),
         sync_outbox(),
         summarize(),
     )

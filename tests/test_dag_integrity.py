@@ -35,7 +35,10 @@ def test_every_task_retries_or_says_why_not(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert (dag.default_args or {}).get("retries", 0) >= 1, f"{dag_id}: no default retries"
         for task in dag.tasks:
-            if task.task_id.endswith(("summarize",)) or task.task_id.endswith("_test"):
+            # Gates and dbt tests must not retry: a failed check is a verdict, not a glitch.
+            verdict = task.task_id.startswith("check_") or task.task_id.endswith((".test", "_test"))
+            if verdict or task.task_id == "summarize":
+                assert task.retries == 0, f"{dag_id}.{task.task_id} retries a verdict"
                 continue
             assert task.retries >= 1, f"{dag_id}.{task.task_id} never retries"
 

@@ -45,11 +45,18 @@ def airflow_environment() -> dict[str, str]:
     return env
 
 
+def airflow_executable() -> Path:
+    return Path(sys.executable).with_name("airflow")
+
+
 def run_airflow(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     airflow_home().mkdir(parents=True, exist_ok=True)
-    executable = Path(sys.executable).with_name("airflow")
     return subprocess.run(
-        [str(executable), *args], env=airflow_environment(), check=check, text=True, **kwargs
+        [str(airflow_executable()), *args],
+        env=airflow_environment(),
+        check=check,
+        text=True,
+        **kwargs,
     )
 
 

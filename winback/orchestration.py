@@ -82,3 +82,12 @@ DBT_OPERATOR_ARGS = {
     "install_deps": False,
     "pool": WAREHOUSE_WRITES_POOL,
 }
+
+
+def without_retries_on_tests(group) -> None:
+    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert."""
+    for child in group.children.values():
+        if hasattr(child, "children"):
+            without_retries_on_tests(child)
+        elif child.task_id.endswith(".test") or child.task_id.endswith("_test"):
+            child.retries = 0

@@ -30,6 +30,25 @@ def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
     return report.as_dict()
 
 
+def check_raw_inputs(ds: str) -> dict:
+    """Quality gate on the day's raw data; raises (failing the task) when it does not hold."""
+    from winback import quality
+
+    return quality.check_raw_inputs(_day(ds))
+
+
+def check_scores(ds: str) -> dict:
+    from winback import quality
+
+    return quality.check_scores(_day(ds))
+
+
+def check_audiences(ds: str, max_growth: float | None = None) -> dict:
+    from winback import quality
+
+    return quality.check_audiences(_day(ds), max_growth or quality.DEFAULT_MAX_AUDIENCE_GROWTH)
+
+
 def score_customers(ds: str) -> dict:
     """Fit BG/NBD and Gamma-Gamma and write `winback.customer_scores`."""
     from winback import scoring
