@@ -14,7 +14,7 @@ from datetime import timedelta
 from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 
-from winback import config, db
+from winback import alerts, config, db
 
 DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
 WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
@@ -26,6 +26,7 @@ DEFAULT_ARGS = {
     "retries": DEFAULT_TASK_RETRIES,
     "retry_delay": timedelta(minutes=2),
     "execution_timeout": timedelta(hours=1),
+    "on_failure_callback": alerts.on_task_failure,
 }
 
 # dbt variables every model run receives: the run date is the DAG's logical date, so a
