@@ -8,6 +8,10 @@ and concurrent sessions never see each other's tables; it is dropped at the end.
 from __future__ import annotations
 
 import os
+import subprocess
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -48,3 +52,51 @@ def conn():
     """A connection to the session's warehouse database."""
     with db.connect() as connection:
         yield connection
+
+
+@dataclass
+class DailyDagRun:
+    day: date
+    landing: Path
+    log_path: Path
+
+    def run_again(self, log_path: Path) -> subprocess.CompletedProcess:
+        return run_daily_dag(self.landing, self.day, log_path)
+
+
+def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.CompletedProcess:
+    from winback import airflow_env
+
+    env = airflow_env.airflow_environment()
+    env["WINBACK_LANDING_DIR"] = str(landing)
+    command = [str(airflow_env.airflow_executable()), "dags", "test", "winback_daily"]
+    with open(log_path, "w") as handle:
+        return subprocess.run(
+            [*command, day.isoformat()],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=1800,
+        )
+
+
+@pytest.fixture(scope="session")
+def daily_dag_run(tmp_path_factory) -> DailyDagRun:
+    """`airflow dags test winback_daily` on a small, slightly dirty simulated shop, once."""
+    from winback import airflow_env, dbt_runner, simulator
+
+    day = date(2026, 11, 20)
+    landing = tmp_path_factory.mktemp("landing")
+    shop = simulator.simulate_shop(
+        simulator.SimulationConfig(customers=1500, seed=7, as_of=day, dirty_rate=0.01)
+    )
+    simulator.write_landing_files(shop, landing / day.isoformat())
+    dbt_runner.write_manifest()
+    airflow_env.migrate_metadata_db()
+    log_path = tmp_path_factory.mktemp("logs") / "winback_daily.log"
+    result = run_daily_dag(landing, day, log_path)
+    text = log_path.read_text(errors="replace")
+    assert result.returncode == 0, text[-6000:]
+    assert "Marking task as FAILED" not in text, text[-6000:]
+    return DailyDagRun(day, landing, log_path)
