@@ -1,0 +1,122 @@
+"""Statistics of a campaign against its holdout: uplift with its uncertainty, holdout size.
+
+Reactivation rates are small (a few percent) and holdouts are often small too, where the
+textbook Wald interval for a difference of proportions undercovers badly. We use
+Newcombe's hybrid score interval (method 10 of Newcombe 1998), built from the two Wilson
+intervals, which keeps close to nominal coverage down to a handful of successes; the
+relative uplift uses the Katz log interval for a ratio of proportions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy.stats import norm
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+@dataclass(frozen=True)
+class Uplift:
+    treatment_rate: float
+    holdout_rate: float
+    absolute: float  # treatment rate - holdout rate
+    absolute_interval: Interval
+    relative: float | None  # treatment rate / holdout rate - 1
+    relative_interval: Interval | None
+    p_value: float
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Interval:
+    if trials <= 0:
+        raise ValueError("a rate needs at least one customer")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes {successes} outside [0, {trials}]")
+    z = norm.ppf(0.5 + confidence / 2)
+    p = successes / trials
+    denominator = 1 + z**2 / trials
+    centre = (p + z**2 / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
+    return Interval(max(0.0, centre - half), min(1.0, centre + half))
+
+
+def uplift(
+    treatment_successes: int,
+    treatment_size: int,
+    holdout_successes: int,
+    holdout_size: int,
+    confidence: float = 0.95,
+) -> Uplift:
+    """Absolute and relative uplift of treatment over holdout, with confidence intervals."""
+    p1 = treatment_successes / treatment_size
+    p0 = holdout_successes / holdout_size
+    w1 = wilson_interval(treatment_successes, treatment_size, confidence)
+    w0 = wilson_interval(holdout_successes, holdout_size, confidence)
+    difference = p1 - p0
+    absolute_interval = Interval(
+        difference - math.sqrt((p1 - w1.low) ** 2 + (w0.high - p0) ** 2),
+        difference + math.sqrt((w1.high - p1) ** 2 + (p0 - w0.low) ** 2),
+    )
+
+    relative = relative_interval = None
+    if treatment_successes > 0 and holdout_successes > 0:
+        z = norm.ppf(0.5 + confidence / 2)
+        log_ratio = math.log(p1 / p0)
+        se = math.sqrt(
+            1 / treatment_successes - 1 / treatment_size + 1 / holdout_successes - 1 / holdout_size
+        )
+        relative = p1 / p0 - 1
+        relative_interval = Interval(
+            math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1
+        )
+
+    pooled = (treatment_successes + holdout_successes) / (treatment_size + holdout_size)
+    pooled_se = math.sqrt(pooled * (1 - pooled) * (1 / treatment_size + 1 / holdout_size))
+    p_value = 2 * norm.sf(abs(difference) / pooled_se) if pooled_se > 0 else 1.0
+    return Uplift(p1, p0, difference, absolute_interval, relative, relative_interval, p_value)
+
+
+def required_holdout_share(
+    audience_size: int,
+    baseline_rate: float,
+    minimum_uplift: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float | None:
+    """The smallest holdout share that detects `minimum_uplift` (absolute) with `power`.
+
+    None when even an even split of this audience cannot: the campaign cannot be measured
+    at that size, whatever its holdout.
+    """
+    if not 0 < baseline_rate < 1 or minimum_uplift <= 0 or baseline_rate + minimum_uplift >= 1:
+        raise ValueError("need 0 < baseline < baseline + uplift < 1")
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    p0, p1 = baseline_rate, baseline_rate + minimum_uplift
+
+    def detectable(share: float) -> bool:
+        holdout = audience_size * share
+        treatment = audience_size - holdout
+        if holdout < 1 or treatment < 1:
+            return False
+        se = math.sqrt(p1 * (1 - p1) / treatment + p0 * (1 - p0) / holdout)
+        return z * se <= minimum_uplift
+
+    # The standard error falls as the holdout grows towards an even split.
+    if not detectable(0.5):
+        return None
+    low, high = 0.0, 0.5
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (low, middle) if detectable(middle) else (middle, high)
+    return high
