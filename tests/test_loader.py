@@ -188,3 +188,12 @@ def test_parquet_files_load_like_csv(conn, tmp_path):
 def empty_raw_schema(conn):
     conn.execute("drop schema if exists raw cascade")
     conn.commit()
+
+
+def test_optional_columns_may_be_left_out_of_the_header(conn, tmp_path):
+    required = contract.table("customers").required_column_names
+    write_csv(tmp_path / DAY.isoformat(), "customers", [customer("c1")], header=required)
+    report = loader.load_day(conn, tmp_path, DAY)
+    assert report.rows_loaded == 1
+    row = conn.execute("select email, phone from raw.customers where customer_id = 'c1'")
+    assert row.fetchone() == (None, None)

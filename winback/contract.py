@@ -67,6 +67,11 @@ class RawTable:
         return [c.name for c in self.columns]
 
     @property
+    def required_column_names(self) -> list[str]:
+        """Columns a file must have; optional ones may be left out of the header."""
+        return [c.name for c in self.columns if c.required]
+
+    @property
     def stem(self) -> str:
         return self.file_stem or self.name
 
@@ -135,6 +140,9 @@ TABLES: tuple[RawTable, ...] = (
             Column("status", "enum", choices=ORDER_STATUSES),
             Column("total", "amount"),
             Column("currency", "currency"),
+            # Incentives, for the measurement's cost side; shops without coupons omit them.
+            Column("coupon_code", "text", required=False),
+            Column("discount_total", "amount", required=False),
         ),
     ),
     RawTable(

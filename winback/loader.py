@@ -129,21 +129,37 @@ def read_header(path: Path) -> list[str]:
 
 
 def check_header(raw_table: RawTable, path: Path) -> None:
+    """Refuse a file whose header lacks a required column or has one the contract lacks."""
     header = read_header(path)
     expected = raw_table.column_names
-    if sorted(header) != sorted(expected) or len(set(header)) != len(header):
-        missing = [c for c in expected if c not in header]
-        unexpected = [c for c in header if c not in expected]
+    missing = [c for c in raw_table.required_column_names if c not in header]
+    unexpected = [c for c in header if c not in expected]
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    optional = [c for c in expected if c not in raw_table.required_column_names]
+    if missing or unexpected or duplicated:
         raise ContractError(
             f"{path.name}: refused, the header does not match the {raw_table.name} contract. "
-            f"Expected columns: {', '.join(expected)}. "
+            f"Expected columns: {', '.join(expected)} (optional: {', '.join(optional) or 'none'}). "
             f"Missing: {', '.join(missing) or 'none'}; "
-            f"unexpected: {', '.join(unexpected) or 'none'}."
+            f"unexpected: {', '.join(unexpected) or 'none'}"
+            + (f"; repeated: {', '.join(duplicated)}." if duplicated else ".")
         )
 
 
 def read_chunks(path: Path, columns: list[str]) -> Iterator[pd.DataFrame]:
-    """Yield the file as string columns, in chunks, with a 1-based `_source_line`."""
+    """Yield the file as string columns, in chunks, with a 1-based `_source_line`.
+
+    Optional columns the file leaves out come back empty.
+    """
+    present = [c for c in columns if c in read_header(path)]
+    for frame in _read_present_columns(path, present):
+        for column in columns:
+            if column not in frame:
+                frame[column] = ""
+        yield frame[[*columns, "_source_line"]]
+
+
+def _read_present_columns(path: Path, columns: list[str]) -> Iterator[pd.DataFrame]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
