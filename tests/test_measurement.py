@@ -143,3 +143,38 @@ def test_measuring_again_later_gives_the_same_numbers(warehouse):
     second = [r.row() for r in measurement.measure_window(warehouse, "we_miss_you", START, END)]
     assert first == second
     assert first[0]["treatment_left_inactive_stage"] == 6
+
+
+def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
+    from winback import report
+
+    for i in range(8):
+        add_customer(warehouse, f"t{i}", "treatment", "inactive")
+    for i in range(4):
+        add_customer(warehouse, f"h{i}", "holdout", "inactive")
+    add_order(warehouse, "t0", START + timedelta(days=4))
+    add_order(warehouse, "t1", START + timedelta(days=9))
+    add_order(warehouse, "h0", START + timedelta(days=20))
+    warehouse.execute(
+        "insert into winback.send_ledger (idempotency_key, mode, status, provider, run_date)"
+        " select idempotency_key, 'dry_run', 'would_send', 'smtp', run_date from winback.outbox"
+    )
+    warehouse.commit()
+    measurement.measure_window(warehouse, "we_miss_you", START, END)
+    data = report.load(warehouse, "we_miss_you", START, END)
+    assert data.treatment_curve[-1] == pytest.approx(2 / 8)
+    assert data.holdout_curve[-1] == pytest.approx(1 / 4)
+    assert data.treatment_curve[3] == 0 and data.treatment_curve[4] == pytest.approx(1 / 8)
+    assert data.funnel["sent"] == 8 and data.funnel["purchased"] == 2
+    html_path, png_path = report.write(data, tmp_path)
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in html_path.read_text()
+    text = report.render_text(data)
+    assert "overall: all" in text and "2/8" in text.replace(" ", "")
+
+
+def test_a_window_that_was_not_measured_says_so(warehouse):
+    from winback import report
+
+    with pytest.raises(LookupError, match="measure the window first"):
+        report.load(warehouse, "we_miss_you", START, END)

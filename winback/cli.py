@@ -140,6 +140,33 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from winback import db, measurement
+
+    with db.connect() as conn:
+        results = measurement.measure_window(
+            conn, args.campaign, args.date_from, args.date_to, args.attribution_days
+        )
+    print(json.dumps(measurement.summary_dict(results), indent=2, default=str))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from winback import db, measurement, report
+
+    with db.connect() as conn:
+        if args.measure:
+            measurement.measure_window(
+                conn, args.campaign, args.date_from, args.date_to, args.attribution_days
+            )
+        data = report.load(conn, args.campaign, args.date_from, args.date_to)
+    print(report.render_text(data))
+    if args.html:
+        html_path, png_path = report.write(data, Path(args.html))
+        print(f"\nreport: {html_path}\nchart:  {png_path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from winback import airflow_env, db, dbt_runner, simulator, summary
 
@@ -245,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=text)
         stage.add_argument("--date", type=_date, required=True)
         stage.set_defaults(func=cmd_pipeline_stage, stage_function=function)
+
+    for name, function, text in [
+        ("measure", cmd_measure, "measure a campaign window against its holdout"),
+        ("report", cmd_report, "print a campaign window's results (and write the HTML report)"),
+    ]:
+        command = sub.add_parser(name, help=text)
+        command.add_argument("campaign")
+        command.add_argument("--from", dest="date_from", type=_date, required=True)
+        command.add_argument("--to", dest="date_to", type=_date, required=True)
+        command.add_argument("--attribution-days", type=int, default=14)
+        if name == "report":
+            command.add_argument("--measure", action="store_true", help="measure first")
+            command.add_argument("--html", metavar="FOLDER", help="also write HTML and PNG")
+        command.set_defaults(func=function)
 
     summary = sub.add_parser("summary", help="print a run's summary")
     summary.add_argument("--date", type=_date, default=DEMO_DATE)

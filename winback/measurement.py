@@ -224,6 +224,17 @@ def _has_column(conn, schema: str, table: str, column: str) -> bool:
     )
 
 
+def cohort_sql(conn: psycopg.Connection) -> str:
+    """The statement creating the temporary `cohort` table for a window."""
+    if _has_column(conn, "raw", "orders", "coupon_code"):
+        return COHORT_SQL
+    # A warehouse from before coupons were in the contract: no incentive cost to attribute.
+    return COHORT_SQL.replace(
+        "sum(coalesce(o.discount_total, 0)) filter (where o.coupon_code is not null)",
+        "0::numeric",
+    )
+
+
 def measure_window(
     conn: psycopg.Connection,
     campaign_id: str,
@@ -238,16 +249,9 @@ def measure_window(
     conn.execute(RESULTS_DDL)
     results: list[WindowResult] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cohort_sql = COHORT_SQL
-        if not _has_column(conn, "raw", "orders", "coupon_code"):
-            # Shops that do not report coupons: no incentive cost can be attributed.
-            cohort_sql = cohort_sql.replace(
-                "sum(coalesce(o.discount_total, 0)) filter (where o.coupon_code is not null)",
-                "0::numeric",
-            )
         cur.execute("drop table if exists cohort")
         cur.execute(
-            cohort_sql,
+            cohort_sql(conn),
             {
                 "campaign": campaign_id,
                 "start": window_start,
