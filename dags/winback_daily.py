@@ -3,7 +3,8 @@
 
 Every day: load the shop's files → dbt (staging, RFM, lifecycle) → input quality gate →
 score churn and value with lifetimes → score gate → dbt customer features → campaign
-audiences → audience gate → provider sync → summary. A failed gate stops the run before
+audiences → audience gate → provider sync → measurement of the campaign windows that
+closed today → summary. A failed gate stops the run before
 anything is sent.
 
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
@@ -100,6 +101,11 @@ def winback_daily():
         """Send (or, by default, record what would be sent) exactly once per step."""
         return pipeline.sync_outbox(ds, mode=params["send_mode"])
 
+    @task
+    def measure_closed_windows(ds: str | None = None) -> dict:
+        """Measure the campaign windows whose attribution period ended today."""
+        return pipeline.measure_closed_windows(ds)
+
     @task(retries=0)
     def summarize(ds: str | None = None) -> dict:
         """Print the run's summary: rows loaded, segments, audiences, messages."""
@@ -115,6 +121,7 @@ def winback_daily():
         build_audiences(),
         check_audiences(),
         sync_outbox(),
+        measure_closed_windows(),
         summarize(),
     )
 

@@ -178,3 +178,16 @@ def test_a_window_that_was_not_measured_says_so(warehouse):
 
     with pytest.raises(LookupError, match="measure the window first"):
         report.load(warehouse, "we_miss_you", START, END)
+
+
+def test_windows_close_once_their_attribution_period_has_passed():
+    starts, ends = date(2026, 1, 1), date(2026, 3, 15)
+    closing = measurement.windows_closing_on
+    assert closing(starts, ends, date(2026, 2, 13), 30, 14) == [
+        (date(2026, 1, 1), date(2026, 1, 30))
+    ]
+    assert closing(starts, ends, date(2026, 2, 14), 30, 14) == []
+    # The last, shorter window ends with the campaign.
+    assert closing(starts, ends, date(2026, 3, 29), 30, 14) == [
+        (date(2026, 3, 2), date(2026, 3, 15))
+    ]

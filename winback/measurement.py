@@ -331,3 +331,29 @@ def summary_dict(results: list[WindowResult]) -> dict:
         if overall.result
         else None,
     }
+
+
+DEFAULT_WINDOW_DAYS = 30
+
+
+def windows_closing_on(
+    starts_on: date,
+    ends_on: date,
+    run_date: date,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    attribution_days: int = DEFAULT_ATTRIBUTION_DAYS,
+) -> list[tuple[date, date]]:
+    """The campaign windows whose attribution period ends on `run_date`.
+
+    A campaign's active period is cut into consecutive windows of `window_days` (the last
+    one shorter); a window is measured once its attribution period has passed, so the
+    daily run on day D measures exactly the windows that closed on D.
+    """
+    windows = []
+    start = starts_on
+    while start <= ends_on:
+        end = min(start + timedelta(days=window_days - 1), ends_on)
+        if end + timedelta(days=attribution_days) == run_date:
+            windows.append((start, end))
+        start = end + timedelta(days=1)
+    return windows

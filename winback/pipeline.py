@@ -80,6 +80,53 @@ def sync_outbox(ds: str, mode: str = "dry_run") -> dict:
     return asdict(result)
 
 
+def measure_closed_windows(ds: str) -> dict:
+    """Measure every campaign window whose attribution period ended on this day."""
+    from winback import campaigns, measurement
+
+    run_date = _day(ds)
+    measured = []
+    with db.connect() as conn:
+        for campaign in campaigns.load_campaigns():
+            window_days = getattr(campaign, "measurement_window_days", None)
+            attribution_days = getattr(campaign, "attribution_days", None)
+            for start, end in measurement.windows_closing_on(
+                campaign.starts_on,
+                campaign.ends_on,
+                run_date,
+                window_days or measurement.DEFAULT_WINDOW_DAYS,
+                attribution_days or measurement.DEFAULT_ATTRIBUTION_DAYS,
+            ):
+                results = measurement.measure_window(
+                    conn,
+                    campaign.id,
+                    start,
+                    end,
+                    attribution_days or measurement.DEFAULT_ATTRIBUTION_DAYS,
+                )
+                measured.append(measurement.summary_dict(results))
+        conn.commit()
+    return {"measured": measured}
+
+
+def report_window(
+    campaign_id: str, window_start: str, window_end: str, attribution_days: int
+) -> dict:
+    """Measure one window and write its HTML report and PNG chart."""
+    from winback import measurement, report
+
+    start, end = _day(window_start), _day(window_end)
+    with db.connect() as conn:
+        measurement.measure_window(conn, campaign_id, start, end, attribution_days)
+        conn.commit()
+        data = report.load(conn, campaign_id, start, end)
+    html_path, png_path = report.write(data)
+    text = report.render_text(data)
+    for line in text.splitlines():
+        log.info("%s", line)
+    return {"html": str(html_path), "png": str(png_path), "text": text}
+
+
 def summarize(ds: str) -> dict:
     """Log the run's human-readable summary."""
     from winback import summary
