@@ -229,8 +229,13 @@ def _check_column(
         parsed = pd.to_datetime(stripped.where(~empty), errors="coerce", utc=True, format="ISO8601")
         bad = parsed.isna() & ~empty
         flag(bad, f"unparseable {kind} '" + stripped + "'", f"unparseable_{kind}")
-        future = (parsed > latest_allowed) & ~bad
-        flag(future, f"{kind} in the future (after {latest_allowed.isoformat()})", "future_" + kind)
+        if kind == "timestamp":  # events cannot be in the future; dates (expiries) can
+            future = (parsed > latest_allowed) & ~bad
+            flag(
+                future,
+                f"timestamp in the future (after {latest_allowed.isoformat()})",
+                "future_timestamp",
+            )
         if kind == "timestamp":
             normalised = parsed.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").astype(object)
         else:

@@ -80,7 +80,29 @@ def ensure_raw_schema(conn: psycopg.Connection) -> None:
             )
         )
     conn.execute(QUARANTINE_DDL)
+    _add_missing_columns(conn)
     # Foreign keys are checked by the loader (quarantine, not failure), and these indexes
     # make the checks and dbt's joins cheap.
     conn.execute("create index if not exists orders_customer_idx on raw.orders (customer_id)")
     conn.execute("create index if not exists orders_load_date_idx on raw.orders (_load_date)")
+    # The incremental order summary looks for orders by day and by load time.
+    conn.execute("create index if not exists orders_ordered_at_idx on raw.orders (ordered_at)")
+    conn.execute("create index if not exists orders_loaded_at_idx on raw.orders (_loaded_at)")
+
+
+def _add_missing_columns(conn: psycopg.Connection) -> None:
+    """Bring a warehouse created by an older contract up to date: new columns are added,
+    nullable, so rows loaded before keep their values. Nothing is ever dropped."""
+    for raw_table in TABLES:
+        for column in raw_table.columns:
+            conn.execute(
+                sql.SQL("alter table {}.{} add column if not exists {} {}").format(
+                    sql.Identifier(RAW_SCHEMA),
+                    sql.Identifier(raw_table.name),
+                    sql.Identifier(column.name),
+                    sql.SQL(column.sql_type),
+                )
+            )
+    conn.execute(
+        "alter table raw.quarantine add column if not exists rule text not null default 'unknown'"
+    )
