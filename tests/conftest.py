@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -44,7 +45,34 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     admin = db.with_database(_server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{_SESSION_DB}" with (force)')
+        names = conn.execute(
+            "select datname from pg_database where datname like %s", (f"{_SESSION_DB}%",)
+        ).fetchall()
+        for (name,) in names:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def create_database(suffix: str) -> str:
+    """A fresh database of this session (dropped at the end); returns its URL."""
+    name = f"{_SESSION_DB}_{suffix}"
+    admin = db.with_database(_server_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    return db.with_database(_server_url, name)
+
+
+@contextmanager
+def using_database(url: str):
+    """Point winback (and the dbt/Airflow processes it starts) at another database."""
+    saved = os.environ[winback_config.DATABASE_URL_ENV]
+    os.environ[winback_config.DATABASE_URL_ENV] = url
+    db.database_url.cache_clear()
+    try:
+        yield url
+    finally:
+        os.environ[winback_config.DATABASE_URL_ENV] = saved
+        db.database_url.cache_clear()
 
 
 @pytest.fixture
@@ -56,12 +84,19 @@ def conn():
 
 @dataclass
 class DailyDagRun:
+    """A finished `airflow dags test winback_daily` on its own warehouse database."""
+
     day: date
     landing: Path
     log_path: Path
+    url: str
 
     def run_again(self, log_path: Path) -> subprocess.CompletedProcess:
-        return run_daily_dag(self.landing, self.day, log_path)
+        with using_database(self.url):
+            return run_daily_dag(self.landing, self.day, log_path)
+
+    def connect(self):
+        return psycopg.connect(self.url)
 
 
 def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.CompletedProcess:
@@ -92,11 +127,12 @@ def daily_dag_run(tmp_path_factory) -> DailyDagRun:
         simulator.SimulationConfig(customers=1500, seed=7, as_of=day, dirty_rate=0.01)
     )
     simulator.write_landing_files(shop, landing / day.isoformat())
-    dbt_runner.write_manifest()
-    airflow_env.migrate_metadata_db()
     log_path = tmp_path_factory.mktemp("logs") / "winback_daily.log"
-    result = run_daily_dag(landing, day, log_path)
+    with using_database(create_database("daily_dag")) as url:
+        dbt_runner.write_manifest()
+        airflow_env.migrate_metadata_db()
+        result = run_daily_dag(landing, day, log_path)
     text = log_path.read_text(errors="replace")
     assert result.returncode == 0, text[-6000:]
     assert "Marking task as FAILED" not in text, text[-6000:]
-    return DailyDagRun(day, landing, log_path)
+    return DailyDagRun(day, landing, log_path, url)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from winback import db
-
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +27,7 @@ def counts(conn, day) -> dict:
 
 
 def test_the_daily_dag_runs_end_to_end_and_a_rerun_sends_nothing(daily_dag_run, tmp_path):
-    with db.connect() as conn:
+    with daily_dag_run.connect() as conn:
         after_first = counts(conn, daily_dag_run.day)
         segments = conn.execute("select count(distinct rfm_segment) from marts.customer_rfm")
         assert segments.fetchone()[0] >= 5
@@ -48,6 +46,6 @@ def test_the_daily_dag_runs_end_to_end_and_a_rerun_sends_nothing(daily_dag_run, 
 
     second = daily_dag_run.run_again(tmp_path / "second.log")
     assert second.returncode == 0, (tmp_path / "second.log").read_text()[-6000:]
-    with db.connect() as conn:
+    with daily_dag_run.connect() as conn:
         after_second = counts(conn, daily_dag_run.day)
     assert after_second == after_first

@@ -1,0 +1,167 @@
+"""Scoring on the real PostgreSQL: CDNOW reproduction, compressed fits, stale models."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import create_database, using_database
+from lifetimes import BetaGeoFitter
+
+from winback import cdnow, db, dbt_runner, loader, scoring, simulator
+
+
+@pytest.fixture(scope="module")
+def cdnow_warehouse(tmp_path_factory):
+    """The CDNOW sample through the project's path: files → loader → dbt → summary."""
+    landing = tmp_path_factory.mktemp("cdnow")
+    load_day = cdnow.CDNOW_END
+    simulator.write_landing_files(cdnow.cdnow_frames(sample=True), landing / load_day.isoformat())
+    with using_database(create_database("cdnow")) as url:
+        with db.connect() as conn:
+            report = loader.load_day(conn, landing, load_day)
+        assert report.rows_quarantined == 0
+        code = dbt_runner.run_dbt(
+            [
+                "run",
+                "--select",
+                "+customer_order_summary",
+                "--vars",
+                f"{{as_of_date: {cdnow.CDNOW_CALIBRATION_END}}}",
+            ]
+        )
+        assert code == 0
+        yield url
+
+
+def test_cdnow_reproduces_fader_hardie_lee(cdnow_warehouse):
+    settings = scoring.ScoringSettings(time_unit="week", bgnbd_penalizer=0.0,
+                                       gamma_gamma_penalizer=0.0)  # fmt: skip
+    with using_database(cdnow_warehouse), db.connect() as conn:
+        summary = scoring.read_compressed_summary(conn, settings)
+        params, fit = scoring.fit_bgnbd(summary, 0.0)
+        spend, spend_fit = scoring.fit_gamma_gamma(scoring.read_compressed_spend(conn), 0.0)
+    assert summary["weight"].sum() == 2357
+    assert params.r == pytest.approx(0.243, rel=5e-3)
+    assert params.alpha == pytest.approx(4.414, rel=5e-3)
+    assert params.a == pytest.approx(0.793, rel=5e-3)
+    assert params.b == pytest.approx(2.426, rel=5e-3)
+    assert fit.log_likelihood == pytest.approx(-9582.4, rel=5e-4)
+    assert spend_fit.customers == 946
+    assert spend.p == pytest.approx(6.25, rel=5e-3)
+    assert spend.q == pytest.approx(3.74, rel=5e-3)
+    assert spend.v == pytest.approx(15.44, rel=5e-3)
+
+
+def test_cdnow_backtest_on_the_39_week_holdout(cdnow_warehouse):
+    """Fit weeks 1-39, predict weeks 40-78 from the whole log (which dbt's int_order_days
+    serves as of 1998-06-30)."""
+    settings = scoring.ScoringSettings(time_unit="week", bgnbd_penalizer=0.0,
+                                       backtest_holdout_days=273)  # fmt: skip
+    with using_database(cdnow_warehouse):
+        code = dbt_runner.run_dbt(
+            ["run", "--select", "int_order_days", "--vars", "{as_of_date: 1998-06-30}"]
+        )
+        assert code == 0
+        with db.connect() as conn:
+            backtest = scoring.run_backtest(conn, date(1998, 6, 30), settings)
+    assert backtest["calibration_end"] == "1997-09-30"
+    assert backtest["customers"] == 2357
+    # FHL (2005) report 1,788 actual repeat transactions in weeks 40-78 for the sample.
+    actual, predicted = backtest["actual_repeat_purchases"], backtest["predicted_repeat_purchases"]
+    assert 1500 < actual < 1900
+    assert abs(predicted - actual) / actual < 0.15
+    assert [b["repeat_purchases"] for b in backtest["by_calibration_repeat_purchases"]][-1] == "7+"
+
+
+def test_compressed_and_row_by_row_fits_agree():
+    from lifetimes.generate_data import beta_geometric_nbd_model
+
+    np.random.seed(5)
+    n = 3000
+    generated = beta_geometric_nbd_model(39, 0.25, 4.4, 0.8, 2.4, size=n)
+    rows = pd.DataFrame(
+        {  # whole weeks, as data counted in days or weeks is: many customers share a triple
+            "frequency": generated["frequency"].astype(float),
+            "recency": np.floor(generated["recency"]).astype(float),
+            "T": generated["T"].astype(float),
+        }
+    )
+    compressed = rows.groupby(["frequency", "recency", "T"]).size().rename("weight").reset_index()
+    assert len(compressed) < 0.6 * n
+    params, _ = scoring.fit_bgnbd(compressed.astype(float), 0.0)
+    row_by_row = BetaGeoFitter().fit(rows["frequency"], rows["recency"], rows["T"])
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(params, name) == pytest.approx(row_by_row.params_[name], rel=1e-3)
+
+
+@pytest.fixture
+def summary_table(conn):
+    conn.execute("drop schema if exists marts cascade")
+    conn.execute("drop schema if exists winback cascade")
+    conn.execute(
+        "create schema marts; create table marts.customer_order_summary (customer_id text,"
+        " repeat_purchase_days int, recency_days int, customer_age_days int,"
+        " first_order_date date, last_order_date date, mean_repeat_order_value numeric,"
+        " average_order_value numeric)"
+    )
+    rng = np.random.default_rng(9)
+    for i in range(400):
+        freq = int(rng.poisson(2))
+        age = int(rng.integers(100, 700))
+        recency = int(age * rng.uniform(0.1, 1)) if freq else 0
+        conn.execute(
+            "insert into marts.customer_order_summary values (%s, %s, %s, %s, '2025-01-01',"
+            " '2026-01-01', %s, %s)",
+            (f"c{i}", freq, recency, age, 40 + 10 * rng.random() if freq else None, 45.0),
+        )
+    conn.commit()
+    return conn
+
+
+def test_scores_are_written_finite_and_banded(summary_table):
+    result = scoring.score_customers(
+        summary_table, date(2026, 11, 20), scoring.ScoringSettings(backtest_holdout_days=0)
+    )
+    assert result.customers_scored == 400 and not result.is_stale
+    frame = pd.DataFrame(
+        summary_table.execute(
+            "select p_alive, expected_purchases_30d, expected_purchases_365d, clv, churn_risk_band,"
+            " expected_order_value from winback.customer_scores"
+        ).fetchall(),
+        columns=["p_alive", "e30", "e365", "clv", "band", "value"],
+    )
+    assert frame["p_alive"].between(0, 1).all()
+    assert (frame["e365"].astype(float) >= frame["e30"].astype(float)).all()
+    assert set(frame["band"]) <= {"low", "medium", "high", "very_high"}
+    fits = summary_table.execute("select model, converged from winback.model_fits").fetchall()
+    assert sorted(fits) == [("bgnbd", True), ("gamma_gamma", True)]
+
+
+def test_a_failed_fit_keeps_the_previous_model_and_marks_scores_stale(summary_table, monkeypatch):
+    settings = scoring.ScoringSettings(backtest_holdout_days=0)
+    first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
+
+    def failing_fit(data, penalizer):
+        return None, scoring.FitResult("bgnbd", None, None, 400, 10, 0.1, False, "did not converge")
+
+    monkeypatch.setattr(scoring, "fit_bgnbd", failing_fit)
+    second = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    assert second.is_stale and "did not converge" in second.stale_reason
+    stale = summary_table.execute(
+        "select bool_and(is_stale), min(model_fit_id), max(model_fit_id)"
+        " from winback.customer_scores"
+    ).fetchone()
+    assert stale == (True, first.bgnbd.model_fit_id, first.bgnbd.model_fit_id)
+
+
+def test_no_previous_model_means_no_scores_at_all(summary_table, monkeypatch):
+    monkeypatch.setattr(
+        scoring,
+        "fit_bgnbd",
+        lambda data, penalizer: (None, scoring.FitResult("bgnbd", None, None, 1, 1, 0, False, "x")),
+    )
+    with pytest.raises(scoring.ScoringError, match="no previous model"):
+        scoring.score_customers(summary_table, date(2026, 11, 20), scoring.ScoringSettings())
