@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Asset, Param, chain, dag, task
+from airflow.sdk import Param, chain, dag, task
 from cosmos import DbtTaskGroup
 
 from winback import orchestration as orch
@@ -44,7 +44,7 @@ FEATURE_MODELS = ["customer_features+"]
     },
 )
 def winback_daily():
-    @task(outlets=[Asset("postgres://winback/raw")])
+    @task(outlets=[orch.warehouse_asset("raw", "orders"), orch.warehouse_asset("raw", "customers")])
     def load_raw_files(ds: str | None = None) -> dict:
         """Load the logical date's landing files; broken rows go to raw.quarantine."""
         return pipeline.load_raw_files(ds)
@@ -65,7 +65,7 @@ def winback_daily():
         """Gate: rows present, ids unique, amounts >= 0, no future dates."""
         return pipeline.check_raw_inputs(ds)
 
-    @task(outlets=[Asset("postgres://winback/winback/customer_scores")])
+    @task(outlets=[orch.warehouse_asset("winback", "customer_scores")])
     def score_customers(ds: str | None = None) -> dict:
         """BG/NBD P(alive) and expected purchases, Gamma-Gamma value, CLV."""
         return pipeline.score_customers(ds)
@@ -86,7 +86,7 @@ def winback_daily():
 
     orch.without_retries_on_tests(features)
 
-    @task
+    @task(outlets=[orch.warehouse_asset("winback", "outbox")])
     def build_audiences(ds: str | None = None) -> dict:
         """Audience rules, eligibility (consent, contact, suppression), holdout, outbox."""
         return pipeline.build_audiences(ds)

@@ -16,7 +16,7 @@ def dagbag():
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(config.DAGS_DIR), include_examples=False)
+    return DagBag(dag_folder=str(config.DAGS_DIR))
 
 
 def test_every_dag_imports_without_errors(dagbag):
@@ -62,7 +62,7 @@ def test_parsing_the_daily_dag_is_fast():
     from airflow.dag_processing.dagbag import DagBag
 
     started = time.perf_counter()
-    DagBag(dag_folder=str(config.DAGS_DIR / "winback_daily.py"), include_examples=False)
+    DagBag(dag_folder=str(config.DAGS_DIR / "winback_daily.py"))
     elapsed = time.perf_counter() - started
     # Rendered from the manifest, never `dbt ls`: a slow parse means that regressed.
     assert elapsed < 10, f"parsing took {elapsed:.1f}s"

@@ -78,9 +78,20 @@ def render_config(select: list[str] | None = None, exclude: list[str] | None = N
     )
 
 
+def warehouse_asset(schema: str, table: str):
+    """An Airflow asset for a warehouse table, named the way cosmos names dbt's outputs."""
+    from airflow.sdk import Asset
+
+    settings = db.dbt_env() if not os.environ.get("WINBACK_PG_HOST") else os.environ
+    uri = (
+        f"postgres://{settings['WINBACK_PG_HOST']}:{settings['WINBACK_PG_PORT']}"
+        f"/{settings['WINBACK_PG_DBNAME']}/{schema}/{table}"
+    )
+    return Asset(uri=uri, name=f"winback.{schema}.{table}")
+
+
 DBT_OPERATOR_ARGS = {
     "vars": DBT_VARS,
-    "install_deps": False,
     "pool": WAREHOUSE_WRITES_POOL,
 }
 
