@@ -11,7 +11,7 @@ latest as (
         is_granted,
         recorded_at
     from consents
-    order by customer_id, consent_channel, recorded_at desc, consent_id desc
+    order by customer_id asc, consent_channel asc, recorded_at desc, consent_id desc
 ),
 
 final as (

@@ -27,31 +27,31 @@ with orders as (
 ),
 
 {% if is_incremental() %}
-previous_run as (
-    select
-        max(last_order_date) as latest_order_date,
-        max(latest_source_loaded_at) as latest_loaded_at
-    from {{ this }}
-),
+    previous_run as (
+        select
+            max(last_order_date) as latest_order_date,
+            max(latest_source_loaded_at) as latest_loaded_at
+        from {{ this }}
+    ),
 
-changed_customers as (
-    select orders.customer_id
-    from orders
-    cross join previous_run
-    where
-        (orders.order_date > previous_run.latest_order_date and orders.order_date <= {{ as_of_date() }})
-        or orders.loaded_at > previous_run.latest_loaded_at
-    union
-    select customer_id
-    from {{ this }}
-    where last_order_date > {{ as_of_date() }}
-),
+    changed_customers as (
+        select orders.customer_id
+        from orders
+        cross join previous_run
+        where
+            (orders.order_date > previous_run.latest_order_date and orders.order_date <= {{ as_of_date() }})
+            or orders.loaded_at > previous_run.latest_loaded_at
+        union
+        select customer_id
+        from {{ this }}
+        where last_order_date > {{ as_of_date() }}
+    ),
 
-orders_in_scope as (
-    select orders.*
-    from orders
-    inner join changed_customers on orders.customer_id = changed_customers.customer_id
-),
+    orders_in_scope as (
+        select orders.*
+        from orders
+        inner join changed_customers on orders.customer_id = changed_customers.customer_id
+    ),
 {% else %}
 orders_in_scope as (
     select * from orders
@@ -78,10 +78,11 @@ day_gaps as (
         customer_id,
         order_date,
         day_value,
-        row_number() over (partition by customer_id order by order_date) as day_number,
-        {{ days_between('lag(order_date) over (partition by customer_id order by order_date)', 'order_date') }}
+        row_number() over customer_days as day_number,
+        {{ days_between('lag(order_date) over customer_days', 'order_date') }}
             as days_since_previous_day
     from purchase_days
+    window customer_days as (partition by customer_id order by order_date)
 ),
 
 day_stats as (
@@ -100,7 +101,7 @@ last_gaps as (
         customer_id,
         days_since_previous_day as last_gap_days
     from day_gaps
-    order by customer_id, order_date desc
+    order by customer_id asc, order_date desc
 ),
 
 order_stats as (

@@ -44,7 +44,7 @@ favourite as (
         customer_id,
         category as favourite_category
     from category_spend
-    order by customer_id, spend desc, category
+    order by customer_id asc, spend desc, category asc
 ),
 
 last_orders as (
@@ -52,13 +52,13 @@ last_orders as (
         customer_id,
         order_id
     from orders
-    order by customer_id, ordered_at desc, order_id desc
+    order by customer_id asc, ordered_at desc, order_id desc
 ),
 
 last_order_lines as (
     select
         lines.customer_id,
-        (array_agg(lines.category order by lines.line_total desc, lines.category))[1]
+        (array_agg(lines.category order by lines.line_total desc, lines.category asc))[1]
             as last_purchased_category,
         {{ string_agg_ordered('distinct lines.product_name', 'lines.product_name') }}
             as last_purchased_products
