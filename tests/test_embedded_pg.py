@@ -30,6 +30,7 @@ def test_a_stopped_cluster_is_restarted(cluster):
     assert embedded_pg.stop()
     assert not embedded_pg.is_running(cluster)
     restarted = embedded_pg.ensure_running()
+    assert restarted.url() == cluster.url(), "a restart keeps the port, so URLs stay valid"
     with psycopg.connect(restarted.url()) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
 

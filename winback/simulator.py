@@ -447,7 +447,7 @@ def _loyalty(rng, orders, ordered, status, totals, end) -> pd.DataFrame:
             "_at": ordered[completed],
             "entry_type": "earned",
             "points": np.floor(totals[completed]).astype(int),
-            "_expires": ordered[completed] + 730 * SECONDS_PER_DAY,
+            "_expires": ordered[completed] + 365 * SECONDS_PER_DAY,  # points last a year
         }
     )
     spenders = earned.groupby("customer_id", sort=False).agg(

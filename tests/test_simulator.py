@@ -1,0 +1,123 @@
+"""The shop simulator: deterministic, in the contract's shape, and realistic enough."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import phonenumbers
+import pytest
+
+from winback import contract, simulator
+
+AS_OF = date(2026, 11, 20)
+
+
+@pytest.fixture(scope="module")
+def shop() -> dict[str, pd.DataFrame]:
+    return simulator.simulate_shop(simulator.SimulationConfig(customers=4000, seed=11, as_of=AS_OF))
+
+
+def test_the_same_seed_gives_identical_data(shop):
+    again = simulator.simulate_shop(
+        simulator.SimulationConfig(customers=4000, seed=11, as_of=AS_OF)
+    )
+    for name, frame in shop.items():
+        pd.testing.assert_frame_equal(frame, again[name])
+    other = simulator.simulate_shop(
+        simulator.SimulationConfig(customers=4000, seed=12, as_of=AS_OF)
+    )
+    assert not shop["orders"].equals(other["orders"])
+
+
+def test_every_table_has_the_contract_columns(shop):
+    for raw_table in contract.TABLES:
+        assert list(shop[raw_table.name].columns) == raw_table.column_names, raw_table.name
+
+
+def test_customers_buy_at_heterogeneous_rates(shop):
+    completed = shop["orders"][shop["orders"]["status"] == "completed"]
+    per_customer = completed.groupby("customer_id").size()
+    assert per_customer.median() <= 3
+    assert (per_customer >= 5).mean() > 0.1
+    assert per_customer.max() >= 20
+
+
+def test_sector_gaps_fall_in_their_ranges(shop):
+    orders = shop["orders"].merge(shop["order_lines"][["order_id", "category"]], on="order_id")
+    sectors = {c: s for s, p in simulator.SECTOR_PROFILES.items() for c in p.categories}
+    orders["sector"] = orders["category"].map(sectors)
+    orders["day"] = pd.to_datetime(orders["ordered_at"]).dt.normalize()
+    days = orders.drop_duplicates(["customer_id", "day"]).sort_values(["customer_id", "day"])
+    days["gap"] = days.groupby("customer_id")["day"].diff().dt.days
+    median_gap = days.groupby("sector")["gap"].median()
+    # Exponential waits around the customer's rate: medians sit below the means.
+    assert 5 <= median_gap["grocery"] <= 30
+    assert 80 <= median_gap["fashion"] <= 365
+    assert median_gap["grocery"] < median_gap["beauty"] < median_gap["fashion"]
+
+
+def test_contact_and_consent_have_realistic_gaps(shop):
+    customers = shop["customers"]
+    assert 0.3 < (customers["phone"] == "").mean() < 0.5
+    assert (customers["email"] == "").mean() > 0.01
+    consents = shop["consents"]
+    withdrawn = consents[consents["status"] == "withdrawn"]["customer_id"].nunique()
+    assert withdrawn > 0
+    never_asked = set(customers["customer_id"]) - set(consents["customer_id"])
+    assert len(never_asked) > 0.15 * len(customers)
+    sms = consents[consents["channel"] == "sms"]["customer_id"]
+    assert customers.set_index("customer_id").loc[sms, "phone"].ne("").all()
+
+
+def test_phones_are_valid_numbers(shop):
+    sample = shop["customers"].query("phone != ''").head(300)
+    for phone, country in zip(sample["phone"], sample["country"], strict=True):
+        assert phonenumbers.is_valid_number(phonenumbers.parse(phone, country)), phone
+
+
+def test_engagement_carts_and_loyalty_are_there(shop):
+    events = shop["engagement_events"]
+    assert set(events["event_type"]) >= {"sent", "delivered", "open", "click", "unsubscribe"}
+    assert len(events) / len(shop["customers"]) < 15
+    assert (shop["carts"]["status"] == "abandoned").sum() > 0
+    assert set(shop["loyalty_points"]["entry_type"]) == {"earned", "spent", "expiring"}
+
+
+def test_nothing_happens_after_the_simulated_day(shop):
+    for table, column in [("orders", "ordered_at"), ("engagement_events", "occurred_at"),
+                          ("carts", "created_at"), ("loyalty_points", "occurred_at")]:  # fmt: skip
+        latest = pd.to_datetime(shop[table][column]).max()
+        assert latest.date() <= AS_OF, table
+
+
+def test_dirty_rows_cover_every_kind():
+    shop = simulator.simulate_shop(
+        simulator.SimulationConfig(customers=1000, seed=2, as_of=AS_OF, dirty_rate=0.01)
+    )
+    orders, customers = shop["orders"], shop["customers"]
+    assert orders["order_id"].duplicated().sum() >= 1
+    assert orders["total"].str.startswith("-").sum() >= 1
+    assert orders["total"].str.contains("€").sum() >= 1
+    assert orders["ordered_at"].str.startswith("2026-13").sum() >= 1
+    assert orders["customer_id"].str.startswith("GHOST").sum() >= 1
+    assert (pd.to_datetime(orders["ordered_at"], errors="coerce", utc=True).dt.date > AS_OF).sum()
+    assert (~customers["email"].str.contains("@") & (customers["email"] != "")).sum() >= 1
+    assert (customers["phone"] == "+39 12").sum() >= 1
+
+
+def test_campaign_responses_carry_the_known_uplift():
+    config = simulator.SimulationConfig(seed=4, baseline_reactivation=0.05, campaign_uplift=0.1)
+    targets = pd.DataFrame({"customer_id": [f"c{i}" for i in range(20000)]})
+    targets["group"] = np.where(np.arange(20000) % 2 == 0, "treatment", "holdout")
+    orders = simulator.simulate_campaign_responses(targets, date(2026, 9, 1), 30, config)["orders"]
+    back = set(orders["customer_id"])
+    treated = targets[targets["group"] == "treatment"]["customer_id"].isin(back).mean()
+    held = targets[targets["group"] == "holdout"]["customer_id"].isin(back).mean()
+    assert treated - held == pytest.approx(0.1, abs=0.015)
+    assert held == pytest.approx(0.05, abs=0.01)
+    again = simulator.simulate_campaign_responses(targets, date(2026, 9, 1), 30, config)["orders"]
+    pd.testing.assert_frame_equal(orders, again)
+    days = pd.to_datetime(orders["ordered_at"]).dt.date
+    assert days.min() >= date(2026, 9, 1) and days.max() < date(2026, 10, 1)
