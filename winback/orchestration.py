@@ -87,7 +87,8 @@ def warehouse_asset(schema: str, table: str):
         f"postgres://{settings['WINBACK_PG_HOST']}:{settings['WINBACK_PG_PORT']}"
         f"/{settings['WINBACK_PG_DBNAME']}/{schema}/{table}"
     )
-    return Asset(uri=uri, name=f"winback.{schema}.{table}")
+    # The URI names the warehouse, so two warehouses (demo, tests) never share an asset.
+    return Asset(uri=uri)
 
 
 DBT_OPERATOR_ARGS = {

@@ -22,36 +22,39 @@
     )
 }}
 
+-- The linter renders only one branch of is_incremental() (whichever the database it
+-- connects to implies), so its indentation rule would judge the two branches differently.
+-- noqa: disable=LT02
 with orders as (
     select * from {{ ref('stg_shop__orders') }}
 ),
 
 {% if is_incremental() %}
-    previous_run as (
-        select
-            max(last_order_date) as latest_order_date,
-            max(latest_source_loaded_at) as latest_loaded_at
-        from {{ this }}
-    ),
+previous_run as (
+    select
+        max(last_order_date) as latest_order_date,
+        max(latest_source_loaded_at) as latest_loaded_at
+    from {{ this }}
+),
 
-    changed_customers as (
-        select orders.customer_id
-        from orders
-        cross join previous_run
-        where
-            (orders.order_date > previous_run.latest_order_date and orders.order_date <= {{ as_of_date() }})
-            or orders.loaded_at > previous_run.latest_loaded_at
-        union
-        select customer_id
-        from {{ this }}
-        where last_order_date > {{ as_of_date() }}
-    ),
+changed_customers as (
+    select orders.customer_id
+    from orders
+    cross join previous_run
+    where
+        (orders.order_date > previous_run.latest_order_date and orders.order_date <= {{ as_of_date() }})
+        or orders.loaded_at > previous_run.latest_loaded_at
+    union
+    select customer_id
+    from {{ this }}
+    where last_order_date > {{ as_of_date() }}
+),
 
-    orders_in_scope as (
-        select orders.*
-        from orders
-        inner join changed_customers on orders.customer_id = changed_customers.customer_id
-    ),
+orders_in_scope as (
+    select orders.*
+    from orders
+    inner join changed_customers on orders.customer_id = changed_customers.customer_id
+),
 {% else %}
 orders_in_scope as (
     select * from orders
