@@ -191,3 +191,15 @@ def test_windows_close_once_their_attribution_period_has_passed():
     assert closing(starts, ends, date(2026, 3, 29), 30, 14) == [
         (date(2026, 3, 2), date(2026, 3, 15))
     ]
+
+
+def test_the_interval_covers_the_simulated_truth(conn):
+    """A small version of bench/validate_uplift_coverage.py (which runs 100 seeds)."""
+    from winback import measurement_validation
+
+    results = measurement_validation.coverage(conn, range(20), customers=2000, uplift=0.04)
+    assert sum(r.covers_truth for r in results) >= 17
+    mean = sum(r.measured_uplift for r in results) / len(results)
+    assert mean == pytest.approx(0.04, abs=0.01)
+    null = measurement_validation.coverage(conn, range(100, 120), customers=2000, uplift=0.0)
+    assert sum(r.excludes_zero for r in null) <= 3
