@@ -37,7 +37,6 @@ def pytest_configure(config: pytest.Config) -> None:
         conn.execute(f'create database "{_SESSION_DB}"')
     os.environ[winback_config.DATABASE_URL_ENV] = db.with_database(_server_url, _SESSION_DB)
     db.database_url.cache_clear()
-    db.export_dbt_env()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

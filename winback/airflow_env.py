@@ -36,12 +36,14 @@ def airflow_environment() -> dict[str, str]:
         "DO_NOT_TRACK": "1",
         # Airflow connections can come from the environment; the warehouse is one.
         "AIRFLOW_CONN_WINBACK_WAREHOUSE": url,
-        config.DATABASE_URL_ENV: url,
-        **db.dbt_env(url),
     }
     env = dict(os.environ)
     for key, value in defaults.items():
         env.setdefault(key, value)
+    # One source of truth for the warehouse: dbt's settings always follow the URL the
+    # Python stages use, never a stale WINBACK_PG_* left in the environment.
+    env[config.DATABASE_URL_ENV] = url
+    env.update(db.dbt_env(url))
     return env
 
 

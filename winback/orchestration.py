@@ -8,11 +8,16 @@ dbt runs in-process through dbtRunner with the connection settings that
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.constants import (
+    ExecutionMode,
+    InvocationMode,
+    LoadMode,
+    TestBehavior,
+    TestIndirectSelection,
+)
 
 from winback import alerts, config, db
 
@@ -38,10 +43,9 @@ def _export_connection_settings() -> None:
     """Make the warehouse settings visible to dbt, in this process and its children.
 
     Done at import (DAG parse) rather than passed as operator `env`, so no password ever
-    appears among a task's rendered template fields.
+    appears among a task's rendered template fields. Always derived from the warehouse URL
+    the Python stages use, so dbt and Python can never write to different databases.
     """
-    if os.environ.get("WINBACK_PG_HOST"):
-        return
     db.export_dbt_env()
 
 
@@ -64,6 +68,9 @@ PROFILE_CONFIG = ProfileConfig(
 EXECUTION_CONFIG = ExecutionConfig(
     execution_mode=ExecutionMode.LOCAL,
     invocation_mode=InvocationMode.DBT_RUNNER,
+    # A model's test task runs the tests whose other parents are upstream of it, so a
+    # relationship test waits for the later model instead of failing on a missing table.
+    test_indirect_selection=TestIndirectSelection.BUILDABLE,
 )
 
 
@@ -82,7 +89,7 @@ def warehouse_asset(schema: str, table: str):
     """An Airflow asset for a warehouse table, named the way cosmos names dbt's outputs."""
     from airflow.sdk import Asset
 
-    settings = db.dbt_env() if not os.environ.get("WINBACK_PG_HOST") else os.environ
+    settings = db.dbt_env()
     uri = (
         f"postgres://{settings['WINBACK_PG_HOST']}:{settings['WINBACK_PG_PORT']}"
         f"/{settings['WINBACK_PG_DBNAME']}/{schema}/{table}"
