@@ -17,9 +17,9 @@ Writing 10M customers under 4 GB peak (the design `scoring.score_customers` foll
 * nothing is ever held per customer except one chunk: the fit reads only the compressed
   (frequency, recency, T, count) rows, grouped in SQL; the spend fit only distinct
   (frequency, mean spend) rows;
-* the quadrature-heavy prediction, E[purchases | alive], depends only on (frequency, T):
-  it is tabulated once per distinct pair (tens of thousands, whatever the customer count)
-  and looked up by a sorted int64 key; P(alive) and the rest are closed forms per row;
+* the quadrature-heavy prediction, E[purchases | alive], shares its Gauss-Jacobi nodes
+  among customers of the same frequency (computed once per frequency and cached), and is
+  a matrix-vector product per chunk; P(alive) and the rest are closed forms per row;
 * customers stream through a server-side cursor `chunk_size` rows at a time (200k rows,
   ~100 MB of Python objects), and each chunk goes out as one CSV COPY, inside the one
   transaction that deleted the previous scores (readers keep seeing the old scores, MVCC);
@@ -130,7 +130,7 @@ def run_naive() -> dict:
     import pandas as pd
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
-    from winback import bgnbd_numerics as nm
+    from winback import bgnbd as nm
     from winback import db
 
     warnings.simplefilter("ignore")
@@ -161,7 +161,7 @@ def run_naive() -> dict:
     )  # fmt: skip
     params = nm.BgNbdParams(*(float(model.params_[k]) for k in ("r", "alpha", "a", "b")))
     log_likelihood = float(
-        nm.bgnbd_log_likelihood(params, frame["frequency"], frame["recency"], frame["T"]).sum()
+        nm.log_likelihood(params, frame["frequency"], frame["recency"], frame["T"]).sum()
     )
     non_finite = int(
         (~np.isfinite(np.asarray(p_alive, dtype=float))).sum()
