@@ -20,7 +20,7 @@ Writing 10M customers under 4 GB peak (the design `scoring.score_customers` foll
 * the quadrature-heavy prediction, E[purchases | alive], shares its Gauss-Jacobi nodes
   among customers of the same frequency (computed once per frequency and cached), and is
   a matrix-vector product per chunk; P(alive) and the rest are closed forms per row;
-* customers stream through a server-side cursor `chunk_size` rows at a time (200k rows,
+* customers stream through a server-side cursor `chunk_size` rows at a time (250k rows,
   ~100 MB of Python objects), and each chunk goes out as one CSV COPY, inside the one
   transaction that deleted the previous scores (readers keep seeing the old scores, MVCC);
 * so peak memory is ~ chunk + compressed fit input, independent of N; what grows with N

@@ -141,7 +141,7 @@ class ScoringResult:
     stale_reason: str | None
     backtest: dict | None = None
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 # --------------------------------------------------------------------------- reading
@@ -360,16 +360,21 @@ def score_customers(
         f"select min(first_order_date), max(last_order_date) from {summary_table}"
     ).fetchone()
 
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
     compressed = read_compressed_summary(conn, settings, summary_table)
     if compressed.empty:
         raise ScoringError(f"{summary_table} is empty: no customer has a completed order")
-    params, bgnbd_fit = fit_bgnbd(compressed, settings.bgnbd_penalizer)
     spend_data = read_compressed_spend(conn, summary_table)
+    timings["read compressed"], mark = time.perf_counter() - mark, time.perf_counter()
+    params, bgnbd_fit = fit_bgnbd(compressed, settings.bgnbd_penalizer)
     spend, spend_fit = fit_gamma_gamma(spend_data, settings.gamma_gamma_penalizer)
+    timings["fit"], mark = time.perf_counter() - mark, time.perf_counter()
 
     backtest = None
     if params is not None and settings.backtest_holdout_days > 0:
         backtest = run_backtest(conn, as_of, settings)
+        timings["back-test"], mark = time.perf_counter() - mark, time.perf_counter()
     bgnbd_fit.model_fit_id = _record_fit(
         conn, bgnbd_fit, as_of, settings, settings.bgnbd_penalizer, window, backtest
     )
@@ -402,6 +407,7 @@ def score_customers(
     scored = _write_scores(
         conn, as_of, settings, params, spend, model_fit_id, is_stale, stale_reason, summary_table
     )
+    timings["predict and write"] = time.perf_counter() - mark
     log.info(
         "scored %d customers with BG/NBD %s (LL %.1f) in %.1fs",
         scored, params.as_dict(), bgnbd_fit.log_likelihood or float("nan"),
@@ -409,7 +415,7 @@ def score_customers(
     )  # fmt: skip
     return ScoringResult(
         as_of, scored, bgnbd_fit, spend_fit, is_stale, stale_reason, backtest,
-        time.perf_counter() - started,
+        time.perf_counter() - started, timings,
     )  # fmt: skip
 
 
