@@ -279,10 +279,19 @@ def predict(
     unit = settings.days_per_unit
     x, t_x, T = frame["frequency"].to_numpy(), frame["recency"].to_numpy(), frame["T"].to_numpy()
     alive = bgnbd.p_alive(params, x, t_x, T)
+    # What an alive customer will buy depends on (frequency, T) only, and customers share
+    # far fewer pairs than they are: integrate once per pair, then spread back.
+    pairs, inverse = np.unique(np.column_stack([x, T]), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+
+    def if_alive(horizon_units: float) -> np.ndarray:
+        return bgnbd.expected_purchases_if_alive(params, horizon_units, pairs[:, 0], pairs[:, 1])[
+            inverse
+        ]
+
     out = pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "p_alive": alive})
     for days in (30, 90, 365):
-        if_alive = bgnbd.expected_purchases_if_alive(params, days / unit, x, T)
-        out[f"expected_purchases_{days}d"] = alive * if_alive
+        out[f"expected_purchases_{days}d"] = alive * if_alive(days / unit)
     wait_units = bgnbd.median_time_to_next_purchase_if_alive(params, x, T)
     wait_days = np.minimum(np.round(wait_units * unit), 365 * 100).astype(int)
     out["expected_next_purchase_date"] = pd.Timestamp(as_of) + pd.to_timedelta(wait_days, unit="D")
@@ -296,9 +305,7 @@ def predict(
     clv = np.zeros(len(frame))
     previous = np.zeros(len(frame))
     for month in range(1, settings.clv_horizon_months + 1):
-        cumulative = alive * bgnbd.expected_purchases_if_alive(
-            params, month * DAYS_PER_MONTH / unit, x, T
-        )
+        cumulative = alive * if_alive(month * DAYS_PER_MONTH / unit)
         clv += (cumulative - previous) * value / (1 + settings.monthly_discount_rate) ** month
         previous = cumulative
     out["clv"] = np.round(clv, 2)
