@@ -431,7 +431,8 @@ def _write_scores(
 ) -> int:
     """Replace the scores in one transaction: readers see the old or the new, never half."""
     unit = settings.days_per_unit
-    scored_at = pd.Timestamp.now(tz="UTC")
+    # Constant per run: formatted once here, not a million times by to_csv.
+    scored_at = pd.Timestamp.now(tz="UTC").isoformat()
     total = 0
     with conn.transaction():
         conn.execute("truncate winback.customer_scores")
@@ -464,7 +465,7 @@ def _write_scores(
                 scores["model_fit_id"] = model_fit_id
                 scores["is_stale"] = is_stale
                 scores["stale_reason"] = stale_reason
-                scores["as_of_date"] = as_of
+                scores["as_of_date"] = as_of.isoformat()
                 scores["scored_at"] = scored_at
                 statement = "copy winback.customer_scores ({}) from stdin (format csv)".format(
                     ", ".join(SCORE_COLUMNS)
