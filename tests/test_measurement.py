@@ -6,23 +6,17 @@ from datetime import date, timedelta
 
 import pytest
 
-from winback import audiences, measurement, raw_schema
+from winback import measurement
 
 START, END = date(2026, 9, 1), date(2026, 9, 30)
 
 
 @pytest.fixture
 def warehouse(conn):
-    conn.execute("drop schema if exists raw cascade")
-    conn.execute("drop schema if exists marts cascade")
-    conn.execute("drop schema if exists winback cascade")
-    raw_schema.ensure_raw_schema(conn)
-    audiences.ensure_app_schema(conn)
-    conn.execute(
-        "create schema marts; create table marts.customer_lifecycle_history ("
-        " customer_id text, as_of_date date, lifecycle_stage text,"
-        " primary key (customer_id, as_of_date))"
-    )
+    """Empty raw, winback and a hand-fillable lifecycle history (as the validation uses)."""
+    from winback import measurement_validation
+
+    measurement_validation.reset_measurement_tables(conn)
     conn.commit()
     return conn
 

@@ -165,3 +165,18 @@ def test_no_previous_model_means_no_scores_at_all(summary_table, monkeypatch):
     )
     with pytest.raises(scoring.ScoringError, match="no previous model"):
         scoring.score_customers(summary_table, date(2026, 11, 20), scoring.ScoringSettings())
+
+
+def test_the_dbt_hook_creates_the_same_scores_table_as_the_scoring_stage():
+    """dbt creates winback.customer_scores before the first scoring (customer_features
+    joins it); the two definitions must never drift apart."""
+    import re
+
+    from winback import config
+
+    def columns(ddl: str) -> list[tuple[str, str]]:
+        body = re.search(r"winback\.customer_scores \((.*?)\n\)", ddl, re.S).group(1)
+        return [tuple(line.split()[:2]) for line in body.strip().splitlines()]
+
+    macro = (config.DBT_PROJECT_DIR / "macros" / "scores_table.sql").read_text()
+    assert columns(macro) == columns(scoring.SCHEMA_DDL)

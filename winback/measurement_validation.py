@@ -40,7 +40,8 @@ class SeedResult:
         return self.low > 0 or self.high < 0
 
 
-def _reset(conn: psycopg.Connection) -> None:
+def reset_measurement_tables(conn: psycopg.Connection) -> None:
+    """Fresh raw and winback schemas and an empty, hand-fillable lifecycle history."""
     conn.execute("drop schema if exists raw cascade")
     conn.execute("drop schema if exists marts cascade")
     conn.execute("drop schema if exists winback cascade")
@@ -61,7 +62,7 @@ def run_seed(
     baseline: float = 0.05,
     uplift: float = 0.03,
 ) -> SeedResult:
-    _reset(conn)
+    reset_measurement_tables(conn)
     ids = [f"s{seed}-c{i}" for i in range(customers)]
     threshold = audiences.holdout_threshold(holdout_share)
     groups = [
