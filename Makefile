@@ -38,7 +38,7 @@ demo: venv ## Run winback_daily with `airflow dags test` on a simulated 20k-cust
 	$(BIN)/winback demo
 
 .PHONY: test
-test: venv ## Run every test: lint, unit, integration (real PostgreSQL), DAG, end to end
+test: venv browser ## Run every test: lint, unit, integration (real PostgreSQL), DAG, end to end
 	$(BIN)/winback airflow-setup
 	$(BIN)/python -m pytest
 
@@ -55,7 +55,20 @@ psql: venv ## Open psql on the warehouse
 .PHONY: airflow
 airflow: venv ## Run a local Airflow (api-server, scheduler, dag-processor) on the embedded PostgreSQL
 	$(BIN)/winback airflow-setup
-	$(BIN)/winback airflow standalone
+	$(BIN)/winback airflow-ui
+
+.PHONY: browser
+browser: ## Install Debian's chromium for the Airflow UI test (root only; otherwise say why not)
+	@chromium="$${WINBACK_CHROMIUM:-/usr/bin/chromium}"; \
+	if [ -x "$$chromium" ]; then \
+		echo "browser: $$chromium is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "browser: installing Debian's chromium (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "browser: no $$chromium and not root with apt-get, so not installed;" \
+			"tests/test_airflow_ui.py will skip (install chromium or set WINBACK_CHROMIUM)"; \
+	fi
 
 .PHONY: db-up
 db-up: venv ## Start the embedded PostgreSQL (a no-op when WINBACK_DATABASE_URL is set)

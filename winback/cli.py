@@ -124,6 +124,12 @@ def cmd_airflow_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_airflow_ui(args: argparse.Namespace) -> int:
+    from winback import airflow_ui
+
+    return airflow_ui.serve(port=args.port, triggerer=args.triggerer)
+
+
 def cmd_pipeline_stage(args: argparse.Namespace) -> int:
     from winback import pipeline
 
@@ -263,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "airflow-setup", help="write the dbt manifest and migrate Airflow's metadata database"
     ).set_defaults(func=cmd_airflow_setup)
+
+    ui = sub.add_parser(
+        "airflow-ui", help="run a local Airflow (api-server, scheduler, dag-processor) with its UI"
+    )
+    ui.add_argument(
+        "--port", type=int, default=None, help="default: $WINBACK_AIRFLOW_PORT, else 8080"
+    )
+    ui.add_argument("--triggerer", action="store_true", help="also run a triggerer")
+    ui.set_defaults(func=cmd_airflow_ui)
 
     for name, function, text in [
         ("score", "score_customers", "fit the churn/value models and score every customer"),
