@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import Param, chain, dag, task
-from cosmos import DbtTaskGroup
 
 from winback import orchestration as orch
 from winback import pipeline
@@ -49,16 +48,7 @@ def winback_daily():
         """Load the logical date's landing files; broken rows go to raw.quarantine."""
         return pipeline.load_raw_files(ds)
 
-    transform = DbtTaskGroup(
-        group_id="dbt_customers",
-        project_config=orch.PROJECT_CONFIG,
-        profile_config=orch.PROFILE_CONFIG,
-        execution_config=orch.EXECUTION_CONFIG,
-        render_config=orch.render_config(exclude=FEATURE_MODELS),
-        operator_args=orch.DBT_OPERATOR_ARGS,
-    )
-
-    orch.without_retries_on_tests(transform)
+    transform = orch.dbt_task_group("dbt_customers", exclude=FEATURE_MODELS)
 
     @task(retries=0)
     def check_raw_inputs(ds: str | None = None) -> dict:
@@ -75,16 +65,7 @@ def winback_daily():
         """Gate: p_alive within [0, 1], nothing missing, one score per customer."""
         return pipeline.check_scores(ds)
 
-    features = DbtTaskGroup(
-        group_id="dbt_features",
-        project_config=orch.PROJECT_CONFIG,
-        profile_config=orch.PROFILE_CONFIG,
-        execution_config=orch.EXECUTION_CONFIG,
-        render_config=orch.render_config(select=FEATURE_MODELS),
-        operator_args=orch.DBT_OPERATOR_ARGS,
-    )
-
-    orch.without_retries_on_tests(features)
+    features = orch.dbt_task_group("dbt_features", select=FEATURE_MODELS)
 
     @task(outlets=[orch.warehouse_asset("winback", "outbox")])
     def build_audiences(ds: str | None = None) -> dict:

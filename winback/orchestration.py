@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import (
     ExecutionMode,
     InvocationMode,
@@ -102,6 +102,23 @@ DBT_OPERATOR_ARGS = {
     "vars": DBT_VARS,
     "pool": WAREHOUSE_WRITES_POOL,
 }
+
+
+def dbt_task_group(
+    group_id: str, select: list[str] | None = None, exclude: list[str] | None = None
+):
+    """A cosmos task group for part of the dbt project, with the shared configuration and
+    no retries on its test tasks. Call it inside a DAG."""
+    group = DbtTaskGroup(
+        group_id=group_id,
+        project_config=PROJECT_CONFIG,
+        profile_config=PROFILE_CONFIG,
+        execution_config=EXECUTION_CONFIG,
+        render_config=render_config(select=select, exclude=exclude),
+        operator_args=DBT_OPERATOR_ARGS,
+    )
+    without_retries_on_tests(group)
+    return group
 
 
 def without_retries_on_tests(group) -> None:
