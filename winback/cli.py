@@ -261,6 +261,40 @@ def _run_daily_dag(day: date, log_name: str) -> bool:
     return True
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from winback import pipeline
+
+    result = pipeline.sync_outbox(
+        args.date.isoformat(), mode=args.mode, allow_past_sends=args.allow_past_sends
+    )
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from winback import sandbox
+
+    handle = sandbox.start_sandbox(
+        fault_rate=args.fault_rate, seed=args.seed, rate_limit=args.rate_limit, port=args.port
+    )
+    print(f"provider sandbox on {handle.url} (SMTP on port {handle.smtp_port})")
+    print("point winback at it with:")
+    for name, value in handle.connections_env().items():
+        print(f"export {name}='{value}'")
+    sandbox.serve_forever(handle)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from winback import db, feedback
+
+    with db.connect() as conn:
+        result = feedback.collect(conn, args.date, url=args.url)
+        conn.commit()
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def _failed_tasks(log_path: Path) -> list[str]:
     """`airflow dags test` can exit 0 with failed tasks; read the final states to be sure."""
     failed = []
@@ -332,11 +366,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, function, text in [
         ("score", "score_customers", "fit the churn/value models and score every customer"),
         ("audiences", "build_audiences", "build campaign audiences and the outbox"),
-        ("sync", "sync_outbox", "sync the outbox to the providers (dry run by default)"),
     ]:
         stage = sub.add_parser(name, help=text)
         stage.add_argument("--date", type=_date, required=True)
         stage.set_defaults(func=cmd_pipeline_stage, stage_function=function)
+
+    sync = sub.add_parser("sync", help="sync the outbox to the providers (dry run by default)")
+    sync.add_argument("--date", type=_date, required=True)
+    sync.add_argument("--mode", choices=["dry_run", "live"], default="dry_run")
+    sync.add_argument(
+        "--allow-past-sends", action="store_true", help="let a past date send live (careful)"
+    )
+    sync.set_defaults(func=cmd_sync)
+
+    sandbox = sub.add_parser("sandbox", help="run the local provider sandbox until Ctrl-C")
+    sandbox.add_argument("--fault-rate", type=float, default=0.0)
+    sandbox.add_argument("--seed", type=int, default=0)
+    sandbox.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    sandbox.add_argument("--port", type=int, default=0)
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    feedback = sub.add_parser("feedback", help="collect provider events and suppressions")
+    feedback.add_argument("--date", type=_date, required=True)
+    feedback.add_argument("--url", help="events endpoint (default: connection winback_events)")
+    feedback.set_defaults(func=cmd_feedback)
 
     for name, function, text in [
         ("measure", cmd_measure, "measure a campaign window against its holdout"),

@@ -84,10 +84,8 @@ def sync_outbox(
         mode, day, getattr(run_type, "value", run_type), allow_past_sends=allow_past_sends
     )
     log.info("send mode %s (requested %s): %s", decision.mode, decision.requested, decision.reason)
-    if decision.mode != "dry_run":
-        raise ValueError(f"send mode {decision.mode!r} is not available yet; use dry_run")
     with db.connect() as conn:
-        result = sync.dry_run(conn, day)
+        result = sync.run(conn, day, decision.mode)
     return {**asdict(result), "send_decision": asdict(decision)}
 
 

@@ -1,0 +1,61 @@
+"""What every HTTP provider shares: a pooled client within the limits, and the mapping
+of an HTTP answer (or its absence) to an outcome."""
+
+from __future__ import annotations
+
+import httpx
+
+from winback.providers import Outcome, SendResult
+from winback.providers.ratelimit import RateLimits
+
+
+def http_client(base_url: str, limits: RateLimits, **kwargs) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(limits.timeout_seconds),
+        limits=httpx.Limits(
+            max_connections=limits.max_concurrency,
+            max_keepalive_connections=limits.max_concurrency,
+        ),
+        **kwargs,
+    )
+
+
+def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", default)))
+    except ValueError:  # an HTTP date: rare from APIs; wait the default
+        return default
+
+
+def classify_response(response: httpx.Response, id_field: str) -> SendResult:
+    """2xx accepted; 429 retry after; 5xx unclear (the provider may have acted); other
+    4xx rejected with the provider's own code and message."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return SendResult(Outcome.ACCEPTED, provider_message_id=str(response.json()[id_field]))
+    if status == 429:
+        return SendResult(
+            Outcome.RETRY, reason="429 rate limited", retry_after=retry_after_seconds(response)
+        )
+    if status >= 500:
+        return SendResult(Outcome.UNCLEAR, reason=f"HTTP {status}")
+    return SendResult(Outcome.REJECTED, reason=error_reason(response))
+
+
+def error_reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    code = body.get("code") or body.get("title") or ""
+    detail = body.get("message") or body.get("detail") or ""
+    return f"HTTP {response.status_code} {code}: {detail}".strip()
+
+
+def transport_error_result(error: httpx.TransportError) -> SendResult:
+    """No answer. If the request never left (connect failure, no free connection), it
+    was certainly not accepted; otherwise it may have been."""
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return SendResult(Outcome.RETRY, reason=type(error).__name__)
+    return SendResult(Outcome.UNCLEAR, reason=type(error).__name__)
