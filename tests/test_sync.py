@@ -38,6 +38,11 @@ create table marts.customer_features (
 
 @pytest.fixture
 def warehouse(conn):
+    return reset_warehouse(conn)
+
+
+def reset_warehouse(conn):
+    """Empty winback schema and a hand-fillable customer_features."""
     conn.execute("drop schema if exists winback cascade")
     conn.execute("drop schema if exists marts cascade")
     conn.execute(FEATURES_DDL)
