@@ -79,6 +79,7 @@ class SandboxSettings:
     seed: int = 0
     rate_limit: float | None = None  # requests per second, enforced with 429s
     timeout_delay: float = 1.5  # how long a "timeout" fault keeps the client waiting
+    retry_after: float = 1.0  # the Retry-After of an injected 429 (throttling says 1 s)
     faults: tuple[str, ...] = BATCH_FAULT_KINDS
     feedback: dict = field(default_factory=lambda: dict(DEFAULT_FEEDBACK))
     account_sid: str = "ACsandbox"
@@ -250,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(
                 429,
                 {"code": 20429, "message": "Too Many Requests", "status": 429},
-                {"Retry-After": "1"},
+                {"Retry-After": f"{self.state.settings.retry_after:g}"},
             )
         elif kind == "server_error":
             self._send(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
@@ -320,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
             if parts[1:2] == ["batches"]:
                 if method == "POST" and len(parts) == 2:
                     return self.mailchimp_batch
+                if method == "GET" and len(parts) == 2:
+                    return self.mailchimp_batch_list
                 if method == "GET" and len(parts) == 3:
                     return self.mailchimp_batch_status
             if parts[1:2] == ["lists"] and len(parts) >= 5 and parts[3] == "members":
@@ -501,23 +504,31 @@ class _Handler(BaseHTTPRequestHandler):
             kind, 200, {"id": batch_id, "status": "pending", "total_operations": len(operations)}
         )
 
+    def _batch_resource(self, batch_id: str, batch: dict) -> dict:
+        return {
+            "id": batch_id,
+            "status": "finished",
+            "total_operations": len(batch["results"]),
+            "finished_operations": len(batch["results"]),
+            "errored_operations": batch["errored"],
+            "response_body_url": (
+                f"http://{self.headers.get('Host')}/_sandbox/batch-results/{batch_id}"
+            ),
+        }
+
+    def mailchimp_batch_list(self, parts, query):
+        with self.state.lock:
+            batches = list(self.state.batches.items())
+        count = int(query.get("count", 10))
+        listed = [self._batch_resource(i, b) for i, b in batches[-count:]]
+        self._send(200, {"batches": listed, "total_items": len(batches)})
+
     def mailchimp_batch_status(self, parts, query):
         batch = self.state.batches.get(parts[2])
         if batch is None:
             self._send(404, {"status": 404, "detail": "no such batch"})
             return
-        host = self.headers.get("Host")
-        self._send(
-            200,
-            {
-                "id": parts[2],
-                "status": "finished",
-                "total_operations": len(batch["results"]),
-                "finished_operations": len(batch["results"]),
-                "errored_operations": batch["errored"],
-                "response_body_url": f"http://{host}/_sandbox/batch-results/{parts[2]}",
-            },
-        )
+        self._send(200, self._batch_resource(parts[2], batch))
 
     def mailchimp_batch_results(self, parts, query):
         batch = self.state.batches.get(parts[2] if len(parts) > 2 else "")

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import tarfile
+import uuid
 
 import httpx
 
@@ -63,6 +64,7 @@ class MailchimpAudience(AudienceProvider):
         self.list_id = list_id
         self._client = http_client(f"{base_url}/3.0", limits, auth=("winback", api_key))
         self._limiter = Limiter(limits)
+        self._known_batches: set[str] = set()
 
     @classmethod
     def from_connection(cls, conn: Connection | None = None) -> MailchimpAudience:
@@ -76,13 +78,13 @@ class MailchimpAudience(AudienceProvider):
     def _member_path(self, change: MemberChange) -> str:
         return f"/lists/{self.list_id}/members/{subscriber_hash(change.member.email or '')}"
 
-    def operations(self, index: int, change: MemberChange) -> list[dict]:
+    def operations(self, index: int, change: MemberChange, nonce: str = "") -> list[dict]:
         path = self._member_path(change)
         tag_status = "active" if change.action == "add" else "inactive"
         tags = {
             "method": "POST",
             "path": f"{path}/tags",
-            "operation_id": f"{index}:tag",
+            "operation_id": f"{nonce}:{index}:tag",
             "body": json.dumps({"tags": [{"name": change.audience, "status": tag_status}]}),
         }
         if change.action != "add":
@@ -97,7 +99,7 @@ class MailchimpAudience(AudienceProvider):
         upsert = {
             "method": "PUT",
             "path": path,
-            "operation_id": f"{index}:upsert",
+            "operation_id": f"{nonce}:{index}:upsert",
             "body": json.dumps(upsert_body),
         }
         return [upsert, tags]
@@ -111,6 +113,25 @@ class MailchimpAudience(AudienceProvider):
                 return response
             self._limiter.bucket.pause(retry_after_seconds(response))
 
+    async def _batch_results_of(self, batch: dict) -> dict[str, tuple[int, str]] | None:
+        """Poll one batch until finished and read its results; None if it never finishes."""
+        for _ in range(BATCH_POLL_LIMIT):
+            if batch.get("status") == "finished":
+                # The results live on storage outside the API (S3 at Mailchimp): their
+                # download does not count against the API's limits.
+                archive = await self._client.request("GET", batch["response_body_url"])
+                if archive.status_code >= 500:
+                    raise BatchUnclear(f"HTTP {archive.status_code} fetching batch results")
+                archive.raise_for_status()
+                return _batch_results(archive.content)
+            status = await self._request("GET", f"/batches/{batch['id']}")
+            if status.status_code < 500:
+                status.raise_for_status()
+                batch = status.json()
+            if batch.get("status") != "finished":
+                await asyncio.sleep(BATCH_POLL_SECONDS)
+        return None
+
     async def _run_batch(self, operations: list[dict]) -> dict[str, tuple[int, str]]:
         """operation_id -> (status code, detail) for every operation of one batch."""
         try:
@@ -118,26 +139,34 @@ class MailchimpAudience(AudienceProvider):
             if started.status_code >= 500:
                 raise BatchUnclear(f"HTTP {started.status_code} on POST /batches")
             started.raise_for_status()
-            batch_id = started.json()["id"]
-            for _ in range(BATCH_POLL_LIMIT):
-                status = await self._request("GET", f"/batches/{batch_id}")
-                if status.status_code >= 500:
-                    await asyncio.sleep(BATCH_POLL_SECONDS)
-                    continue
-                status.raise_for_status()
-                body = status.json()
-                if body["status"] == "finished":
-                    break
-                await asyncio.sleep(BATCH_POLL_SECONDS)
-            else:
-                raise BatchUnclear(f"batch {batch_id} did not finish")
-            archive = await self._request("GET", body["response_body_url"])
-            if archive.status_code >= 500:
-                raise BatchUnclear(f"HTTP {archive.status_code} fetching batch results")
-            archive.raise_for_status()
+            self._known_batches.add(started.json()["id"])
+            results = await self._batch_results_of(started.json())
         except httpx.TransportError as error:
             raise BatchUnclear(type(error).__name__) from error
-        return _batch_results(archive.content)
+        if results is None:
+            raise BatchUnclear("batch did not finish")
+        return results
+
+    async def _find_batch(self, nonce: str) -> dict[str, tuple[int, str]] | None:
+        """After an unclear POST: the results of our batch if Mailchimp has it, else None.
+
+        Mailchimp lists recent batches (`GET /batches`); operation ids carry the
+        batch's nonce, so ours is recognised among the batches not seen before.
+        """
+        listing = await self._request("GET", "/batches", params={"count": 1000})
+        listing.raise_for_status()
+        for batch in listing.json().get("batches", []):
+            if batch["id"] in self._known_batches:
+                continue
+            results = await self._batch_results_of(batch)
+            if results is None:
+                raise BatchUnclear(f"batch {batch['id']} did not finish")
+            if any(op.startswith(f"{nonce}:") for op in results):
+                self._known_batches.add(batch["id"])
+                return results
+            if results:
+                self._known_batches.add(batch["id"])  # another caller's, settled
+        return None
 
     async def apply(self, changes: list[MemberChange]) -> AudienceResult:
         result = AudienceResult()
@@ -163,19 +192,29 @@ class MailchimpAudience(AudienceProvider):
 
     async def _apply_chunk(self, operations, members: list[MemberChange]) -> AudienceResult:
         result = AudienceResult()
+        nonce = uuid.uuid4().hex[:12]
+        for op in operations:
+            op["operation_id"] = f"{nonce}{op['operation_id']}"
         try:
             by_operation = await self._run_batch(operations)
         except BatchUnclear as error:
-            settled = await self.reconcile(members)
-            for change in members:
-                if change in settled:
-                    result.accepted.append(change)
-                else:
-                    result.retry.append((change, f"batch unclear ({error}), not applied"))
-            return result
+            # Never resend before asking: did Mailchimp take the batch after all?
+            try:
+                by_operation = await self._find_batch(nonce)
+            except (BatchUnclear, httpx.HTTPError):
+                settled = await self.reconcile(members)  # member by member, slower
+                for change in members:
+                    if change in settled:
+                        result.accepted.append(change)
+                    else:
+                        result.retry.append((change, f"batch unclear ({error}), not applied"))
+                return result
+            if by_operation is None:
+                result.retry.extend((c, f"batch not taken ({error})") for c in members)
+                return result
         for index, change in enumerate(members):
             answers = [
-                by_operation.get(f"{index}:{kind}", (0, "no result for the operation"))
+                by_operation.get(f"{nonce}:{index}:{kind}", (0, "no result for the operation"))
                 for kind in (("upsert", "tag") if change.action == "add" else ("tag",))
             ]
             failed = [(code, detail) for code, detail in answers if not 200 <= code < 300]
