@@ -127,7 +127,7 @@ def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict
                     settings.auth_token,
                     "+15005550006",
                     f"{handle.url}/_sandbox/twilio-status",
-                    RateLimits(requests_per_second=rate, max_concurrency=32, timeout_seconds=0.5),
+                    RateLimits(requests_per_second=rate, max_concurrency=48, timeout_seconds=0.5),
                 )
                 sync.run(conn, RUN, "live", {"sms": provider}, {}, collect_feedback=False)
                 still_open = conn.execute(

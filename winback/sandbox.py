@@ -113,6 +113,7 @@ class SandboxState:
         self.attempts: dict[str, int] = defaultdict(int)
         self.messages: list[dict] = []  # every accepted SMS, email and popup entry
         self.by_reference: dict[str, list[dict]] = defaultdict(list)
+        self.by_recipient: dict[str, list[dict]] = defaultdict(list)
         self.popup: dict[str, dict] = {}
         self.members: dict[str, dict[str, dict]] = defaultdict(dict)  # list -> hash -> member
         self.member_writes = 0
@@ -148,6 +149,8 @@ class SandboxState:
             record["accepted_at"] = datetime.now(UTC).isoformat()
             self.messages.append(record)
             self.by_reference[reference].append(record)
+            if record.get("to"):
+                self.by_recipient[record["to"]].append(record)
             self._feedback_for(record)
         return record
 
@@ -392,12 +395,11 @@ class _Handler(BaseHTTPRequestHandler):
     def twilio_list(self, parts, query):
         to, since = query.get("To"), query.get("DateSent>", "")
         with self.state.lock:
+            candidates = self.state.by_recipient.get(to, []) if to else self.state.messages
             found = [
                 m["resource"]
-                for m in self.state.messages
-                if m["provider"] == "twilio"
-                and (to is None or m["to"] == to)
-                and m["resource"]["date_sent"] >= since
+                for m in candidates
+                if m["provider"] == "twilio" and m["resource"]["date_sent"] >= since
             ]
         self._send(200, {"messages": found[-int(query.get("PageSize", 50)) :]})
 

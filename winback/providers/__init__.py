@@ -104,6 +104,10 @@ class AudienceProvider(Protocol):
         """Apply adds and removes; each change ends accepted, rejected (with the reason)
         or to retry. Applying a change twice has the effect of applying it once."""
 
+    async def reconcile(self, changes: list[MemberChange]) -> set[MemberChange]:
+        """The changes the provider already reflects (asked before re-applying changes a
+        killed run left in flight)."""
+
     async def aclose(self) -> None: ...
 
 
