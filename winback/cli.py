@@ -280,7 +280,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     print(f"provider sandbox on {handle.url} (SMTP on port {handle.smtp_port})")
     print("point winback at it with:")
     for name, value in handle.connections_env().items():
-        print(f"export {name}='{value}'")
+        print(f"export {name}='{value}'", flush=True)
     sandbox.serve_forever(handle)
     return 0
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import multiprocessing
 import socket
 import tarfile
@@ -726,6 +727,9 @@ def _serve(settings: SandboxSettings, host: str, port: int, smtp: bool):
     controller = None
     if smtp:
         from aiosmtpd.controller import Controller
+
+        # aiosmtpd logs every envelope at INFO, addresses included: keep them out of logs.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
         # aiosmtpd checks its server by connecting to the port: it needs a real one.
         with socket.socket() as probe:
