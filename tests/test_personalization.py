@@ -220,6 +220,17 @@ def test_upsert_tracked_links_and_resolve_a_click(shop):
     assert shop.execute("select count(*) from winback.tracked_links").fetchone()[0] == 50
 
 
+def test_upsert_on_an_autocommit_connection(shop_url):
+    link = p.tracked_link("auto", "first", "c1", "sms", "https://a.example", SECRET)
+    with psycopg.connect(shop_url, autocommit=True) as conn:
+        try:
+            assert p.upsert_tracked_links(conn, [link]) == 1
+            assert p.upsert_tracked_links(conn, [link]) == 0
+            assert p.resolve_link(conn, link.code) == link
+        finally:
+            conn.execute("delete from winback.tracked_links where campaign_id = 'auto'")
+
+
 def test_a_code_collision_is_refused(shop):
     link = p.tracked_link("we_miss_you", "first", "c1", "email", "https://a.example", SECRET)
     p.upsert_tracked_links(shop, [link])

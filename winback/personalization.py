@@ -130,7 +130,7 @@ def render(template: str, context: Mapping[str, object], *, autoescape: bool = F
     environment = _ENVIRONMENTS[autoescape]
     tree = _parse(environment, template)
     try:
-        return environment.from_string(tree).render(context)
+        return str(environment.from_string(tree).render(context))
     except jinja2.UndefinedError as error:
         raise TemplateError(
             f"template: {error.message}; available: {', '.join(sorted(context))}"
