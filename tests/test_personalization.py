@@ -97,6 +97,14 @@ def test_the_sandbox_refuses_python_internals():
         p.validate_template("{% extends 'base' %}", [])
 
 
+def test_templates_are_compiled_once():
+    template = "Hi {{ first_name }}"
+    assert p.compile_template(template) is p.compile_template(template)
+    assert p.compile_template(template) is not p.compile_template(template, autoescape=True)
+    with pytest.raises(p.TemplateError, match="No filter named 'shout'"):
+        p.render("{{ first_name | shout }}", {"first_name": "Ana"})
+
+
 def test_html_templates_escape_customer_data():
     html = p.render("<p>{{ first_name }}</p>", {"first_name": "<b>Ana</b>"}, autoescape=True)
     assert html == "<p>&lt;b&gt;Ana&lt;/b&gt;</p>"

@@ -20,6 +20,7 @@ value a parameter; relations are passed as `psycopg.sql` objects, never as text.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -125,12 +126,12 @@ def validate_template(template: str, allowed_names: Iterable[str]) -> frozenset[
 def render(template: str, context: Mapping[str, object], *, autoescape: bool = False) -> str:
     """Render `template` in a sandbox; every name it uses must be in `context`.
 
-    `autoescape=True` for HTML email bodies; subjects and SMS are plain text.
+    `autoescape=True` for HTML email bodies; subjects and SMS are plain text. A template
+    is compiled once and kept: a run renders the same few templates for every customer.
     """
-    environment = _ENVIRONMENTS[autoescape]
-    tree = _parse(environment, template)
+    compiled = compile_template(template, autoescape=autoescape)
     try:
-        return str(environment.from_string(tree).render(context))
+        return str(compiled.render(context))
     except jinja2.UndefinedError as error:
         raise TemplateError(
             f"template: {error.message}; available: {', '.join(sorted(context))}"
@@ -139,6 +140,17 @@ def render(template: str, context: Mapping[str, object], *, autoescape: bool = F
         raise TemplateError(f"template not allowed in the sandbox: {error}") from None
     except jinja2.TemplateError as error:
         raise TemplateError(f"template cannot be rendered: {error}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def compile_template(template: str, *, autoescape: bool = False) -> jinja2.Template:
+    """The sandboxed, compiled template (cached); TemplateError if it cannot be."""
+    environment = _ENVIRONMENTS[autoescape]
+    tree = _parse(environment, template)
+    try:
+        return environment.from_string(tree)
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateError(f"template line {error.lineno}: {error.message}") from None
 
 
 # --- coupons ------------------------------------------------------------------------------
