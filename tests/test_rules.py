@@ -553,16 +553,18 @@ _SAFE_SQL = re.compile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(st.one_of(_RANDOM_TEXT, _MUTATED_RULES))
-def test_fuzz_any_text_compiles_to_safe_sql_or_raises_rule_error(conn, text):
+def test_fuzz_any_text_compiles_to_safe_sql_or_raises_rule_error(features, text):
     try:
         compiled = compile_rule(text)
     except RuleError:
         return
-    rendered = compiled.sql.as_string(conn)
+    rendered = compiled.sql.as_string(features)
     # only quoted column identifiers, placeholders, keywords and operators: no rule text
     assert _SAFE_SQL.fullmatch(rendered), rendered
     for name in compiled.columns:
         assert name in feature_columns()
+    with features.transaction():  # and what compiles, runs
+        audience(features, compiled)
 
 
 @settings(max_examples=200, deadline=None)
