@@ -438,6 +438,8 @@ INJECTIONS = [
     ("rfm_segment = 'x\x00y'", "control characters"),
     ("orders_count > 3\u037e drop", "unexpected character"),  # Greek question mark
     ("órders_count > 3", "unexpected character 'ó'"),
+    ("orders_\u212aount > 3", "unexpected character '\u212a'"),  # Kelvin sign, folds to k
+    ("orders_count > \u0663", "unexpected character"),  # Arabic-Indic digit three
 ]
 
 
