@@ -330,8 +330,7 @@ def main() -> None:
         print(
             f"pymc-marketing {pymc['version']} (BetaGeoModel, MAP, default priors): "
             f"{pymc['seconds']:.1f}s, of which fit {pymc['fit_seconds']:.1f}s "
-            f"(pytensor compiled {pymc['compiled_modules']} new C modules; "
-            "a warm compile cache skips that); "
+            f"(pytensor compiled {pymc['compiled_modules']} C modules its cache lacked); "
             f"time ratio pymc/winback: {pymc['seconds'] / best['seconds']:.1f}x; "
             f"peak memory ratio pymc/winback: {pymc['peak_rss_mb'] / best['peak_rss_mb']:.1f}x"
         )
