@@ -382,6 +382,18 @@ audience_rules = st.one_of(
 )
 
 
+consent_flags = st.fixed_dictionaries(
+    {
+        "is_email_subscribed": st.booleans(),
+        "has_valid_email": st.booleans(),
+        "is_email_suppressed": st.booleans(),
+        "is_sms_subscribed": st.booleans(),
+        "has_valid_phone": st.booleans(),
+        "is_sms_suppressed": st.booleans(),
+    }
+)
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -389,30 +401,35 @@ audience_rules = st.one_of(
     customers=st.lists(flags, min_size=1, max_size=30),
     rule=audience_rules,
     channel=st.sampled_from(["email", "sms"]),
-    days=st.integers(0, 3),
+    later_days=st.lists(st.lists(consent_flags, min_size=30, max_size=30), min_size=3, max_size=3),
 )
 def test_whatever_the_rule_no_one_without_consent_reaches_the_outbox(
-    conn, customers, rule, channel, days
+    conn, customers, rule, channel, later_days
 ):
+    """Consent, contact and suppression change between days, mid-journey; every message
+    in the outbox must have had them on the day it was enqueued."""
     shop = Shop(conn)
     for i, flags_of_customer in enumerate(customers):
         shop.add(f"c{i}", **flags_of_customer)
     step = {"id": "s1", "channel": channel, "body": "hi"}
     if channel == "email":
         step["subject"] = "hello"
-    second = {**step, "id": "s2", "wait_days": 1}
-    rule_campaign = campaign(
-        holdout=holdout(0.0), audience=rule, channels=[channel], steps=[step, second]
-    )
-    for offset in range(days + 1):
-        shop.run([rule_campaign], RUN + timedelta(days=offset))
+    steps = [step, {**step, "id": "s2", "wait_days": 1}, {**step, "id": "s3", "wait_days": 1}]
+    rule_campaign = campaign(holdout=holdout(0.0), audience=rule, channels=[channel], steps=steps)
     prefix = "email" if channel == "email" else "sms"
     contact = "has_valid_email" if channel == "email" else "has_valid_phone"
-    violations = conn.execute(
-        f"select count(*) from winback.outbox o join marts.customer_features f using (customer_id) "
-        f"where not f.is_{prefix}_subscribed or not f.{contact} or f.is_{prefix}_suppressed"
-    ).fetchone()[0]
-    assert violations == 0
+    for offset in range(4):
+        if offset > 0:
+            for index in range(len(customers)):
+                shop.update(f"c{index}", **later_days[offset - 1][index])
+        shop.run([rule_campaign], RUN + timedelta(days=offset))
+        violations = conn.execute(
+            f"select count(*) from winback.outbox o join marts.customer_features f "
+            f"using (customer_id) where o.run_date = %s and (not f.is_{prefix}_subscribed "
+            f"or not f.{contact} or f.is_{prefix}_suppressed)",
+            (RUN + timedelta(days=offset),),
+        ).fetchone()[0]
+        assert violations == 0
 
 
 def test_campaign_counts_report_audience_and_outbox_per_campaign(shop):
