@@ -689,16 +689,18 @@ def advance(
 
 
 def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
-    added = 0
-    for campaign, step, customer_id, variant, message in messages:
-        cur.execute(
-            """
-            insert into winback.outbox
-                (idempotency_key, run_date, campaign_id, step_id, customer_id, channel, payload,
-                 send_at, variant, coupon_code, coupon_expires_on, tracked_link, assigned_group)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'treatment')
-            on conflict do nothing
-            """,
+    """Insert the run's messages; a key already taken (a rerun) adds nothing."""
+    if not messages:
+        return 0
+    cur.executemany(
+        """
+        insert into winback.outbox
+            (idempotency_key, run_date, campaign_id, step_id, customer_id, channel, payload,
+             send_at, variant, coupon_code, coupon_expires_on, tracked_link, assigned_group)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'treatment')
+        on conflict do nothing
+        """,
+        [
             (
                 idempotency_key(campaign.id, step.id, customer_id, step.channel),
                 run_date,
@@ -712,7 +714,8 @@ def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
                 message.get("coupon_code"),
                 message.get("coupon_expires_on"),
                 message.get("tracked_link"),
-            ),
-        )
-        added += cur.rowcount
-    return added
+            )
+            for campaign, step, customer_id, variant, message in messages
+        ],
+    )
+    return cur.rowcount
