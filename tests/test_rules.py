@@ -384,6 +384,9 @@ def test_custom_columns_mapping():
         ("rfm_segment = 'At risk", r"unterminated string literal", 15),
         ("orders_count > 3e5", r"malformed number '3e'", 16),
         ("", r"the rule is empty", 1),
+        ("last_order_date < run_date - 90days", r"malformed number '90d' \(write digits", 30),
+        ("last_order_date < run_date - 101 years", r"101 years is more than 100 years", 30),
+        ("last_order_date < run_date - 36601 days", r"36601 days is more than 100 years", 30),
         ("orders_count > 3 and and", r"expected a column or a value, found 'and'", 22),
     ],
 )

@@ -56,6 +56,9 @@ RUN_DATE_PARAM = "run_date"
 # parser recurse or allocate without limit.
 MAX_RULE_LENGTH = 4000
 MAX_NESTING = 40
+# Date arithmetic stays within a century, far from PostgreSQL's integer and date limits.
+MAX_SHIFT_YEARS = 100
+_MAX_SHIFT = {"days": 366 * MAX_SHIFT_YEARS, "months": 12 * MAX_SHIFT_YEARS}
 
 NUMBER, TEXT, BOOLEAN, DATE, TIMESTAMP = "number", "text", "boolean", "date", "timestamp"
 _TEMPORAL = frozenset({DATE, TIMESTAMP})
@@ -240,7 +243,11 @@ def _tokenize(text: str) -> list[_Token]:
             match = _NUMBER.match(text, i)
             end = match.end()
             if end < len(text) and (text[end].isalnum() or text[end] in "_.'"):
-                raise RuleError(f"malformed number {text[i : end + 1]!r}", i)
+                raise RuleError(
+                    f"malformed number {text[i : end + 1]!r} (write digits with an optional "
+                    f"decimal part, and a space before a word)",
+                    i,
+                )
             literal = match.group()
             value = Decimal(literal) if match.group(1) else int(literal)
             tokens.append(_Token("number", literal, i, value))
@@ -522,6 +529,11 @@ class _Parser:
                 )
             self._advance()
             field, factor = _UNITS[unit.text]
+            if amount.value * factor > _MAX_SHIFT[field]:
+                raise RuleError(
+                    f"{amount.text} {unit.text} is more than {MAX_SHIFT_YEARS} years",
+                    amount.position,
+                )
             value = _Shift(value, operator.text, field, amount.value * factor, operator.position)
         return value
 
