@@ -59,6 +59,11 @@ class Shop:
             create table staging.stg_shop__orders (
                 order_id text primary key, customer_id text, ordered_at timestamptz,
                 order_date date, is_completed boolean);
+            create table staging.stg_shop__order_lines (
+                order_id text, line_number integer, product_id text, quantity integer);
+            create table staging.stg_shop__products (
+                product_id text primary key, product_name text, category text,
+                list_price numeric);
             create table staging.stg_shop__engagement_events (
                 event_id text primary key, customer_id text, channel text, event_type text,
                 occurred_at timestamptz, campaign_id text, message_id text);
@@ -95,14 +100,28 @@ class Shop:
             {**features, "customer_id": customer_id},
         )
 
-    def order(self, customer_id: str, day: date) -> None:
+    def order(self, customer_id: str, day: date, products: tuple[str, ...] = ()) -> None:
         self._orders += 1
+        order_id = f"o{self._orders}"
         self.conn.execute(
             "insert into staging.stg_shop__orders values (%s, %s, %s, %s, true)",
-            (f"o{self._orders}", customer_id, datetime.combine(day, datetime.min.time()), day),
+            (order_id, customer_id, datetime.combine(day, datetime.min.time()), day),
+        )
+        for line, product_id in enumerate(products, start=1):
+            self.conn.execute(
+                "insert into staging.stg_shop__order_lines values (%s, %s, %s, 1)",
+                (order_id, line, product_id),
+            )
+
+    def product(self, product_id: str, name: str, category: str, price: float = 10) -> None:
+        self.conn.execute(
+            "insert into staging.stg_shop__products values (%s, %s, %s, %s)",
+            (product_id, name, category, price),
         )
 
-    def event(self, customer_id: str, campaign_id: str, channel: str, kind: str, day: date):
+    def event(
+        self, customer_id: str, campaign_id: str, channel: str, kind: str, day: date, hour=12
+    ):
         self._events += 1
         self.conn.execute(
             "insert into staging.stg_shop__engagement_events values (%s, %s, %s, %s, %s, %s, null)",
@@ -112,7 +131,7 @@ class Shop:
                 channel,
                 kind,
                 datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo("UTC"))
-                + timedelta(hours=12),
+                + timedelta(hours=hour),
                 campaign_id,
             ),
         )

@@ -7,12 +7,13 @@ day, adding the orders, opens, clicks and unsubscribes that make each branch hap
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from test_audiences import Shop
 
-from winback import campaigns, config, journeys
+from winback import campaigns, config, journeys, personalization
 
 DAY0 = date(2026, 11, 20)
 
@@ -60,6 +61,9 @@ def test_we_miss_you_first_touch_then_a_coupon_45_days_later(shop):
     shop.add("leaver", rfm_segment="Need attention")
     shop.add("couponed", rfm_segment="Can't lose them")
     shop.add("champion", rfm_segment="Champions")
+    shop.product("p1", "red shoes", "shoes")
+    shop.product("p2", "blue boots", "shoes")
+    shop.order("quiet", DAY0 - timedelta(days=200), ("p1",))
 
     def coupon_from_elsewhere():
         shop.conn.execute(
@@ -93,10 +97,11 @@ def test_we_miss_you_first_touch_then_a_coupon_45_days_later(shop):
     first = by_step[("quiet", "first_touch")]
     assert first["variant"] in {"personal", "products"}
     assert first["variant"] == journeys.choose_variant("we_miss_you", campaign.steps[0], "quiet")
-    assert "red shoes" in first["payload"]["body"]
+    assert "Last time you chose: red shoes." in first["payload"]["body"]
+    assert "You might like: blue boots." in first["payload"]["body"]  # not bought yet
     coupon = by_step[("quiet", "coupon")]
     assert coupon["coupon_code"] and coupon["coupon_code"] in coupon["payload"]["body"]
-    assert coupon["coupon_expires_on"] == day(45) + timedelta(days=14)
+    assert coupon["coupon_expires_on"] == day(45) + timedelta(days=13)  # 14 days, inclusive
     assert "15% off" in coupon["payload"]["subject"]
     assert coupon["tracked_link"] in coupon["payload"]["body"]
 
@@ -197,6 +202,38 @@ def test_sms_flow_survey_contest_coupon_and_consent_withdrawn_at_the_end(shop):
         local = message["send_at"].astimezone(journeys.ZoneInfo("Asia/Tokyo")).time()
         assert not campaign.quiet_hours.contains(local)
         assert message["payload"]["to"] == "+81312345678"
+
+
+def test_an_sms_in_the_customers_quiet_hours_is_scheduled_for_the_morning(shop):
+    campaign = shipped("sms_reactivation")
+    for customer_id in ("night_owl", "early_bird"):
+        shop.add(customer_id, days_since_last_order=30, phone="+81312345678", country_code="JP")
+    for n in (1, 2, 3):  # usual opens at 23:00 and 08:00 in Tokyo (14:00 / 23:00 UTC)
+        shop.event("night_owl", "newsletter", "email", "open", DAY0 - timedelta(days=n), 14)
+        shop.event("early_bird", "newsletter", "email", "open", DAY0 - timedelta(days=n), 23)
+    result = shop.run([campaign], DAY0)["sms_reactivation"]
+    assert result.scheduled_for_quiet_hours == 2
+    tokyo = ZoneInfo("Asia/Tokyo")
+    send_at = {m["customer_id"]: m["send_at"].astimezone(tokyo) for m in shop.outbox()}
+    assert send_at == {
+        "night_owl": datetime(2026, 11, 21, 9, 0, tzinfo=tokyo),  # 23:00 is quiet: next morning
+        "early_bird": datetime(2026, 11, 20, 9, 0, tzinfo=tokyo),  # 08:00 is quiet: 09:00
+    }
+
+
+def test_each_message_has_its_own_tracked_link_and_utm_landing_page(shop):
+    shop.add_many(3, rfm_segment="At risk")
+    shop.run([shipped("we_miss_you")], DAY0)
+    for message in shop.outbox():
+        code = message["tracked_link"].rsplit("/", 1)[1]
+        link = personalization.resolve_link(shop.conn, code)
+        assert (link.customer_id, link.campaign_id, link.step_id) == (
+            message["customer_id"],
+            "we_miss_you",
+            "first_touch",
+        )
+        assert "utm_campaign=we_miss_you" in link.target_url
+        assert f"utm_content=first_touch%2F{message['variant']}" in link.target_url
 
 
 def test_personal_timing_branches_on_opened_or_not(shop):

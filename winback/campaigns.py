@@ -13,7 +13,7 @@ The file format is documented in docs/campaigns.md.
 
 from __future__ import annotations
 
-from datetime import date, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Literal
 
@@ -378,57 +378,68 @@ def template_problems(campaign: Campaign) -> list[str]:
     """Templates using unknown names, and SMS bodies too long once rendered: field: problem."""
     from winback import personalization, rules, sms_encoding
 
-    allowed = frozenset(rules.feature_columns()) | MESSAGE_NAMES
+    columns = rules.feature_columns()
+    allowed = frozenset(columns) | MESSAGE_NAMES
     problems = []
     for index, step in enumerate(campaign.steps):
         for where, which, template in step.texts():
             field = f"steps.{index}.{where}{which}"
             try:
-                outcome = personalization.validate_template(template, allowed)
-            except Exception as error:  # the validator's own error type says what is wrong
+                personalization.validate_template(template, allowed)
+            except personalization.TemplateError as error:
                 problems.append(f"{field}: {error}")
                 continue
-            if outcome:  # a validator that returns its problems instead of raising
-                problems.append(f"{field}: {outcome}")
-                continue
             if step.channel == "sms" and which == "body":
-                text = personalization.render(template, longest_sms_context(campaign, step))
+                context = longest_sms_context(campaign, step, columns)
                 try:
+                    text = personalization.render(template, context)
                     sms_encoding.check_sms(text, max_parts=campaign.max_sms_parts)
-                except ValueError as error:
+                except ValueError as error:  # TemplateError is a ValueError too
                     problems.append(f"{field}: {error}")
     return problems
 
 
-def longest_sms_context(campaign: Campaign, step: Step) -> dict:
-    """A customer whose personal values are as long as real ones get, for length checks.
+# Long but real values, for checking SMS length: first names are cut to 20 characters in
+# messages; categories and product names up to 24; coupon codes and links are the
+# lengths winback.personalization makes (WB-XXXX-XXXX-XXXX, a 10-character link code).
+_LONG_VALUES = {
+    "first_name": "Maximilianoalexandro",
+    "last_purchased_category": "Garden & outdoor living",
+    "favourite_category": "Garden & outdoor living",
+    "last_purchased_products": "Stainless steel kettle, Garden hose 25 m",
+    "recommendations": ["Stainless steel kettle", "Garden hose 25 m", "Terracotta pot"],
+    "coupon_code": "WB-XXXX-XXXX-XXXX",
+    "coupon_expires_on": date(2026, 12, 31),
+    "landing_url": "https://shop.example.com/?utm_source=winback&utm_medium=sms",
+    "tracked_link": "https://wb.example/s/xxxxxxxxxx",
+    "campaign_id": "x" * 24,
+    "step_id": "x" * 16,
+    "variant": "x" * 8,
+    "bonus_points": 10000,
+}
+_LONG_BY_TYPE = {
+    "number": 1000000,
+    "date": date(2026, 12, 31),
+    "timestamp": datetime(2026, 12, 31, 23, 59, 59),
+    "boolean": True,
+}
 
-    Lengths: first names are cut to 20 characters in messages, a tracked link is the short
-    host plus a 10-character code, categories and product names up to 24 characters.
-    """
-    return {
-        "first_name": "Maximilianoalexandro",
-        "last_purchased_category": "Garden & outdoor living",
-        "favourite_category": "Garden & outdoor living",
-        "last_purchased_products": ["Stainless steel kettle 1.7L"] * 3,
-        "recommendations": ["Stainless steel kettle 1.7L"] * 3,
-        "days_since_last_order": 1000,
-        "orders_count": 100,
-        "points_balance": 100000,
-        "points_expiring_30d": 100000,
-        "next_points_expiry_date": "2026-12-31",
-        "coupon_code": "WB-XXXXXXXXXX",
-        "coupon_expires_on": "2026-12-31",
-        "coupon_discount": step.incentive.coupon.describe()
-        if step.incentive and step.incentive.coupon
-        else "",
-        "bonus_points": step.incentive.bonus_points if step.incentive else None,
-        "tracked_link": "https://wb.example/s/XXXXXXXXXX",
-        "landing_url": campaign.landing_url,
-        "campaign_id": campaign.id,
-        "step_id": step.id,
-        "variant": "a",
+
+def longest_sms_context(campaign: Campaign, step: Step, columns: dict[str, str]) -> dict:
+    """A customer whose personal values are as long as real ones get, for length checks."""
+    from winback import rules
+
+    context = {
+        name: _LONG_BY_TYPE.get(rules.column_kind(kind) or "text", "x" * 24)
+        for name, kind in columns.items()
     }
+    context.update(_LONG_VALUES)
+    context["landing_url"] = campaign.landing_url
+    if step.incentive and step.incentive.coupon:
+        context["coupon_discount"] = step.incentive.coupon.describe()
+    else:
+        context["coupon_discount"] = None
+    return context
 
 
 def holdout_warning(campaign: Campaign) -> str | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -36,6 +37,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import psycopg
 from phonenumbers import timezone as phone_timezones
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from winback.campaigns import MESSAGE_CHANNELS, Campaign, QuietHours, Step
@@ -46,6 +48,8 @@ FEATURES = "marts.customer_features"
 ORDERS = "staging.stg_shop__orders"
 ENGAGEMENT = "staging.stg_shop__engagement_events"
 DEFAULT_SEND_HOUR = 10
+SHORT_LINK_BASE_ENV = "WINBACK_SHORT_LINK_BASE"
+DEFAULT_SHORT_LINK_BASE = "https://wb.example/s"
 
 JOURNEY_DDL = """
 create table if not exists winback.journey_state (
@@ -338,39 +342,79 @@ class CapLedger:
 class MessageBuilder:
     """Renders one run's messages: personal values, templates, send time, tracked links.
 
-    Per-customer inputs that need SQL (usual open hour, recommendations) are read once per
-    run for the customers being messaged; tracked links are written in one batch.
+    Per-customer inputs that need SQL (the usual open hour in the customer's time zone,
+    recommendations) are read in bulk by `prepare` for a campaign's active journeys; coupon
+    and link codes come from `winback.personalization` (HMAC, deterministic, so a rerun
+    renders the same codes); tracked links are written in one batch by `flush`.
     """
 
-    def __init__(self, conn: psycopg.Connection, run_date: date):
+    def __init__(self, conn: psycopg.Connection, run_date: date, mode: str = "dry_run"):
         from winback import personalization
 
-        self.personalization = personalization
+        self.p = personalization
         self.conn = conn
         self.run_date = run_date
-        self._send_hours: dict[str, int] | None = None
-        self._recommendations: dict[str, list[str]] = {}
+        self.secret = personalization.coupon_secret(mode)
+        self.short_link_base = os.environ.get(SHORT_LINK_BASE_ENV, DEFAULT_SHORT_LINK_BASE)
+        self.zones: dict[str, tuple[ZoneInfo, ...]] = {}
+        self.send_hours: dict[str, int] = {}
+        self.recommended: dict[str, list[str]] = {}
         self._links: list = []
+        personalization.ensure_tracked_links(conn)
 
-    def send_hour(self, customer_id: str) -> int:
-        if self._send_hours is None:
-            self._send_hours = self.personalization.send_hours(self.conn, self.run_date)
-        return self._send_hours.get(customer_id, DEFAULT_SEND_HOUR)
-
-    def recommendations(self, features: dict) -> list[str]:
-        customer_id = features.get("customer_id")
-        if customer_id not in self._recommendations:
-            self._recommendations[customer_id] = self.personalization.recommendations(
-                self.conn, customer_id
+    def prepare(self, cur, campaign: Campaign) -> None:
+        """Read send hours and recommendations of the campaign's active journeys at once."""
+        rows = cur.execute(
+            f"""
+            select f.customer_id, f.phone, f.country_code, f.favourite_category
+            from winback.journey_state j
+            join {FEATURES} f on f.customer_id = j.customer_id
+            where j.campaign_id = %s and j.status = 'active' and j.assigned_group = 'treatment'
+            """,
+            (campaign.id,),
+        ).fetchall()
+        new = [r for r in rows if r["customer_id"] not in self.zones]
+        if not new:
+            return
+        for row in new:
+            self.zones[row["customer_id"]] = customer_time_zones(row["phone"], row["country_code"])
+        cur.execute(
+            "create temporary table if not exists message_customers "
+            "(customer_id text, favourite_category text, zone text) on commit drop"
+        )
+        cur.execute("truncate message_customers")
+        with cur.copy("copy message_customers from stdin") as copy:
+            for row in new:
+                zone = self.zones[row["customer_id"]][0].key
+                copy.write_row((row["customer_id"], row["favourite_category"], zone))
+        # The usual open hour, counted in each customer's own time zone: one query per zone.
+        for zone in sorted({self.zones[r["customer_id"]][0].key for r in new}):
+            customers = sql.SQL(
+                "(select customer_id from message_customers where zone = {}) as customers"
+            ).format(sql.Literal(zone))
+            query, params = self.p.send_hour_query(
+                self.run_date, customers, default_hour=DEFAULT_SEND_HOUR, time_zone=zone
             )
-        return self._recommendations[customer_id]
+            self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
+        query, params = self.p.recommendations_query(self.run_date, sql.SQL("message_customers"))
+        for customer_id in (r["customer_id"] for r in new):
+            self.recommended[customer_id] = []
+        for customer_id, _rank, _product_id, name, _price in self.conn.execute(query, params):
+            self.recommended[customer_id].append(name)
 
     def context(self, campaign: Campaign, step: Step, variant: str | None, features: dict):
         """Everything a template can use (campaigns.MESSAGE_NAMES and the feature columns)."""
         customer_id = features["customer_id"]
-        p = self.personalization
-        landing = p.landing_url(campaign.landing_url, campaign.id, step.id, variant, step.channel)
-        link = p.tracked_link(campaign.id, step.id, customer_id, step.channel, landing)
+        landing = self.p.landing_url(
+            campaign.landing_url,
+            campaign_id=campaign.id,
+            step_id=step.id,
+            channel=step.channel,
+            variant=variant,
+        )
+        link = self.p.tracked_link(
+            campaign.id, step.id, customer_id, step.channel, landing, self.secret
+        )
         self._links.append(link)
         context = {
             **features,
@@ -378,16 +422,21 @@ class MessageBuilder:
             "step_id": step.id,
             "variant": variant,
             "landing_url": landing,
-            "tracked_link": link.url,
-            "recommendations": self.recommendations(features),
+            "tracked_link": link.short_url(self.short_link_base),
+            "recommendations": self.recommended.get(customer_id, []),
             "coupon_code": None,
             "coupon_expires_on": None,
             "coupon_discount": None,
             "bonus_points": None,
         }
         if step.incentive and step.incentive.coupon:
-            coupon = p.coupon(
-                campaign.id, step.id, customer_id, self.run_date, step.incentive.coupon.valid_days
+            coupon = self.p.issue_coupon(
+                campaign.id,
+                step.id,
+                customer_id,
+                send_date=self.run_date,
+                valid_days=step.incentive.coupon.valid_days,
+                secret=self.secret,
             )
             context.update(
                 coupon_code=coupon.code,
@@ -402,6 +451,7 @@ class MessageBuilder:
         self, campaign: Campaign, step: Step, variant: str | None, features: dict, run_date: date
     ) -> dict:
         """The outbox row's payload and columns for one treatment customer and step."""
+        customer_id = features["customer_id"]
         context = self.context(campaign, step, variant, features)
         chosen = next((v for v in step.variants if v.id == variant), None)
         subject = (chosen.subject if chosen and chosen.subject else None) or step.subject
@@ -409,12 +459,12 @@ class MessageBuilder:
         to = {
             "email": features.get("email"),
             "sms": features.get("phone"),
-            "popup": features["customer_id"],  # the site knows its visitors by customer id
+            "popup": customer_id,  # the site knows its visitors by customer id
         }[step.channel]
         payload = {
             "to": to,
-            "subject": self.personalization.render(subject, context) if subject else None,
-            "body": self.personalization.render(body, context),
+            "subject": self.p.render(subject, context) if subject else None,
+            "body": self.p.render(body, context),
         }
         if step.incentive:
             payload["incentive"] = {
@@ -423,11 +473,13 @@ class MessageBuilder:
                 "coupon": step.incentive.coupon.model_dump() if step.incentive.coupon else None,
                 "bonus_points": context["bonus_points"],
             }
-        zones = customer_time_zones(features.get("phone"), features.get("country_code"))
+        zones = self.zones.get(customer_id) or customer_time_zones(
+            features.get("phone"), features.get("country_code")
+        )
         send_at, moved = scheduled_send_at(
             run_date,
             zones,
-            self.send_hour(features["customer_id"]),
+            self.send_hours.get(customer_id, DEFAULT_SEND_HOUR),
             step.channel,
             campaign.quiet_hours,
         )
@@ -440,9 +492,10 @@ class MessageBuilder:
             "tracked_link": context["tracked_link"],
         }
 
-    def flush(self, cur) -> None:
+    def flush(self) -> None:
+        """Store the run's tracked links, so each click resolves to its customer and step."""
         if self._links:
-            self.personalization.save_tracked_links(self.conn, self._links)
+            self.p.upsert_tracked_links(self.conn, self._links)
             self._links = []
 
 
@@ -507,6 +560,7 @@ def advance(
     result = AdvanceResult(steps={s.id: StepCounts() for s in campaign.steps})
     with conn.cursor(row_factory=dict_row) as cur:
         facts = _load_facts(cur, campaign, run_date)
+        messages.prepare(cur, campaign)
         journeys = cur.execute(
             f"""
             select j.*, to_jsonb(f) as features
@@ -657,7 +711,7 @@ def advance(
                 )
             )
         result.outbox_added = _write_outbox(cur, outbox, run_date)
-        messages.flush(cur)
+        messages.flush()
         cur.executemany(
             """
             update winback.journey_state
