@@ -363,15 +363,25 @@ class MessageBuilder:
         personalization.ensure_tracked_links(conn)
 
     def prepare(self, cur, campaign: Campaign) -> None:
-        """Read send hours and recommendations of the campaign's active journeys at once."""
+        """Read zones, send hours and recommendations of the customers due a step today."""
         rows = cur.execute(
             f"""
             select f.customer_id, f.phone, f.country_code, f.favourite_category
             from winback.journey_state j
             join {FEATURES} f on f.customer_id = j.customer_id
-            where j.campaign_id = %s and j.status = 'active' and j.assigned_group = 'treatment'
+            where j.campaign_id = %(campaign)s and j.status = 'active'
+              and j.assigned_group = 'treatment'
+              and j.next_step < %(steps)s
+              -- their next step is due today (further steps due the same day are theirs)
+              and j.clock_date + j.deferred_days + (%(waits)s::int[])[j.next_step + 1]
+                  <= %(run_date)s
             """,
-            (campaign.id,),
+            {
+                "campaign": campaign.id,
+                "steps": len(campaign.steps),
+                "waits": [s.wait_days for s in campaign.steps],
+                "run_date": self.run_date,
+            },
         ).fetchall()
         new = [r for r in rows if r["customer_id"] not in self.zones]
         if not new:
@@ -577,6 +587,7 @@ def advance(
         events: list[tuple] = []
         outbox: list[tuple] = []
         updates: list[tuple] = []
+        untouched: list[str] = []
         withdrawals: list[tuple] = []
         for journey in journeys:
             result.advanced += 1
@@ -697,19 +708,26 @@ def advance(
                     for action in campaign.journey.on_end:
                         channel = action.removeprefix("withdraw_").removesuffix("_consent")
                         withdrawals.append((customer_id, channel, campaign.id, run_date))
-            updates.append(
-                (
-                    state["next_step"],
-                    state["clock_date"],
-                    state["deferred_days"],
-                    state["status"],
-                    state["exit_reason"],
-                    state["ended_on"],
-                    run_date,
-                    campaign.id,
-                    customer_id,
-                )
+            unchanged = (
+                all(state[k] == journey[k] for k in ("next_step", "clock_date", "deferred_days"))
+                and state["status"] == "active"
             )
+            if unchanged:  # most journeys on most days: only the run date moves on
+                untouched.append(customer_id)
+            else:
+                updates.append(
+                    (
+                        state["next_step"],
+                        state["clock_date"],
+                        state["deferred_days"],
+                        state["status"],
+                        state["exit_reason"],
+                        state["ended_on"],
+                        run_date,
+                        campaign.id,
+                        customer_id,
+                    )
+                )
         result.outbox_added = _write_outbox(cur, outbox, run_date)
         messages.flush()
         cur.executemany(
@@ -720,6 +738,11 @@ def advance(
             where campaign_id = %s and customer_id = %s
             """,
             updates,
+        )
+        cur.execute(
+            "update winback.journey_state set advanced_through = %s "
+            "where campaign_id = %s and customer_id = any(%s)",
+            (run_date, campaign.id, untouched),
         )
         cur.executemany(
             """
