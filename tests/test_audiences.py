@@ -459,3 +459,16 @@ def test_campaign_counts_report_audience_and_outbox_per_campaign(shop):
     assert counts["audience"] == 100 and counts["holdout"] == 10
     assert counts["outbox_today"] == counts["email_today"] == 90
     assert counts["entered"] == 100
+
+
+def test_a_live_run_without_the_coupon_secret_refuses_and_writes_nothing(shop, monkeypatch):
+    shop.add_many(5)
+    shop.conn.commit()
+    monkeypatch.delenv("WINBACK_COUPON_SECRET", raising=False)
+    with pytest.raises(RuntimeError, match="WINBACK_COUPON_SECRET"):
+        audiences.build_audiences(shop.conn, [campaign()], RUN, send_mode="live")
+    shop.conn.rollback()
+    assert shop.conn.execute("select to_regclass('winback.outbox')").fetchone()[0] is None
+    monkeypatch.setenv("WINBACK_COUPON_SECRET", "a-real-secret")
+    [result] = audiences.build_audiences(shop.conn, [campaign()], RUN, send_mode="live")
+    assert result.outbox_added == result.treatment > 0

@@ -368,11 +368,16 @@ def _log_steps(cur, campaign: Campaign, run_date: date, position: int, advanced)
 
 
 def build_audiences(
-    conn: psycopg.Connection, campaigns: list[Campaign], run_date: date
+    conn: psycopg.Connection,
+    campaigns: list[Campaign],
+    run_date: date,
+    send_mode: str = "dry_run",
 ) -> list[AudienceResult]:
     """Enrol every active campaign's audience and advance every journey for `run_date`.
 
     Highest priority first, all in one transaction: a failure leaves no half-built day.
+    `send_mode="live"` refuses to mint coupon and link codes without
+    `WINBACK_COUPON_SECRET` (a dry run falls back to the documented demo secret).
     """
     ensure_app_schema(conn)
     results = []
@@ -380,7 +385,7 @@ def build_audiences(
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         caps = journeys.CapLedger.load(cur, run_date, lookback)
-        messages = journeys.MessageBuilder(conn, run_date)
+        messages = journeys.MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
             channel = ",".join(campaign.channels)
             result = AudienceResult(campaign.id, channel)
