@@ -438,6 +438,8 @@ INJECTIONS = [
     ("rfm_segment = 'x\x00y'", "control characters"),
     ("orders_count > 3\u037e drop", "unexpected character"),  # Greek question mark
     ("órders_count > 3", "unexpected character 'ó'"),
+    ("orders_\u212aount > 3", "unexpected character '\u212a'"),  # Kelvin sign, folds to k
+    ("orders_count > \u0663", "unexpected character"),  # Arabic-Indic digit three
 ]
 
 
@@ -553,16 +555,18 @@ _SAFE_SQL = re.compile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(st.one_of(_RANDOM_TEXT, _MUTATED_RULES))
-def test_fuzz_any_text_compiles_to_safe_sql_or_raises_rule_error(conn, text):
+def test_fuzz_any_text_compiles_to_safe_sql_or_raises_rule_error(features, text):
     try:
         compiled = compile_rule(text)
     except RuleError:
         return
-    rendered = compiled.sql.as_string(conn)
+    rendered = compiled.sql.as_string(features)
     # only quoted column identifiers, placeholders, keywords and operators: no rule text
     assert _SAFE_SQL.fullmatch(rendered), rendered
     for name in compiled.columns:
         assert name in feature_columns()
+    with features.transaction():  # and what compiles, runs
+        audience(features, compiled)
 
 
 @settings(max_examples=200, deadline=None)

@@ -151,8 +151,8 @@ _SQL_WORDS = frozenset(
         "join",
     }
 )
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(\.\d+)?")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*", re.IGNORECASE | re.ASCII)
+_NUMBER = re.compile(r"\d+(\.\d+)?", re.ASCII)
 _OPERATORS = ("<=", ">=", "!=", "<>", "=", "<", ">", "+", "-")
 
 
