@@ -176,3 +176,22 @@ def test_the_audience_task_refuses_an_invalid_campaign_and_runs_the_others(tmp_p
     assert "bad.yaml refused" in caplog.text
     sent = conn.execute("select distinct campaign_id from winback.outbox").fetchall()
     assert sent == [("good",)]
+
+
+def test_counts_command_prints_each_campaigns_audience_and_outbox(tmp_path, conn, capsys):
+    from test_audiences import Shop
+
+    from winback import pipeline
+
+    shop = Shop(conn)
+    for i in range(20):
+        shop.add(f"c{i}", rfm_segment="At risk", orders_count=5)
+    conn.commit()
+    write(tmp_path, "good", VALID.format(id="good"))
+    pipeline.build_audiences("2026-06-01", str(tmp_path))
+    assert cli.main(["campaigns", "counts", "--date", "2026-06-01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["campaign", "audience"]
+    name, audience, treatment, holdout, entered, *_ = lines[1].split()
+    assert (name, int(audience), int(treatment) + int(holdout)) == ("good", 20, 20)
+    assert int(holdout) == 4  # 20% of 20, in the one stratum

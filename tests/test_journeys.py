@@ -302,3 +302,65 @@ def test_all_six_together_a_customer_gets_the_highest_priority_campaign(shop):
         "select customer_id, campaign_id from winback.campaign_audiences order by 1"
     ).fetchall()
     assert audience == [("both", "abandoned_cart"), ("one", "we_miss_you")]
+
+
+def test_a_mixed_shop_over_days_keeps_every_invariant(shop):
+    """400 varied customers, all six campaigns, 60 days with opens, clicks and purchases:
+    one campaign per customer per day, no holdout message, no message without consent,
+    no step twice, and the holdout near its share in every campaign."""
+    import random
+
+    rng = random.Random(7)
+    every = campaigns.load_campaigns()
+    for i in range(400):
+        shop.add(
+            f"m{i:03d}",
+            rfm_segment=rng.choice(campaigns.RFM_SEGMENTS),
+            lifecycle_stage=rng.choice(campaigns.LIFECYCLE_STAGES),
+            days_since_last_order=rng.choice([30, 33, 100, 130, 200]),
+            orders_count=rng.randint(1, 6),
+            abandoned_carts=rng.randint(0, 1),
+            newest_abandoned_cart_days=rng.choice([20, 60, 64]),
+            points_balance=rng.choice([0, 300]),
+            expected_next_order_date=DAY0 - timedelta(days=rng.randint(-10, 10)),
+            is_email_subscribed=rng.random() < 0.8,
+            is_sms_subscribed=rng.random() < 0.6,
+        )
+    for n in range(60):
+        for customer_id in rng.sample(range(400), 8):
+            kind = rng.choice(["open", "click"])
+            campaign_id = rng.choice([c.id for c in every])
+            channel = "sms" if campaign_id == "sms_reactivation" else "email"
+            shop.event(f"m{customer_id:03d}", campaign_id, channel, kind, day(n))
+        if n % 5 == 0:
+            shop.order(f"m{rng.randrange(400):03d}", day(n))
+            shop.update(f"m{rng.randrange(400):03d}", is_email_subscribed=False)
+        shop.run(every, day(n))
+        if n in (0, 30, 59):
+            shop.run(every, day(n))  # reruns change nothing either
+    doubles = shop.conn.execute(
+        "select count(*) from (select run_date, customer_id from winback.campaign_audiences "
+        "group by 1, 2 having count(*) > 1) d"
+    ).fetchone()[0]
+    assert doubles == 0
+    leaked = shop.conn.execute(
+        "select count(*) from winback.outbox o join winback.journey_state j "
+        "using (campaign_id, customer_id) where j.assigned_group = 'holdout'"
+    ).fetchone()[0]
+    assert leaked == 0
+    unconsented = shop.conn.execute(
+        "select count(*) from winback.outbox o join winback.journey_events e "
+        "on e.campaign_id = o.campaign_id and e.customer_id = o.customer_id "
+        "and e.step_id = o.step_id and e.action = 'sent' "
+        "join marts.customer_features f on f.customer_id = o.customer_id "
+        "where o.channel = 'sms' and not f.is_sms_subscribed"
+    ).fetchone()[0]
+    assert unconsented == 0  # SMS consent never changes here, so today's flags are the truth
+    shares = shop.conn.execute(
+        "select campaign_id, count(*), avg((assigned_group = 'holdout')::int)::float "
+        "from winback.journey_state group by 1"
+    ).fetchall()
+    for campaign_id, entered, share in shares:
+        expected = next(c.holdout.share for c in every if c.id == campaign_id)
+        assert abs(share - expected) <= 0.5 * expected + 2 / entered, campaign_id
+    assert len(shares) == 6
