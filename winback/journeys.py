@@ -589,6 +589,10 @@ def advance(
         updates: list[tuple] = []
         untouched: list[str] = []
         withdrawals: list[tuple] = []
+
+        def record(customer_id, step_id, action, variant=None, detail=None) -> None:
+            events.append((campaign.id, customer_id, run_date, step_id, action, variant, detail))
+
         for journey in journeys:
             result.advanced += 1
             customer_id = journey["customer_id"]
@@ -600,11 +604,12 @@ def advance(
                 "exit_reason": None,
                 "ended_on": None,
             }
+
             reason = exits.get(customer_id)
             if reason is not None:
                 state.update(status="exited", exit_reason=reason, ended_on=run_date)
                 result.exited[reason] = result.exited.get(reason, 0) + 1
-                events.append((campaign.id, customer_id, run_date, "", "exited", None, reason))
+                record(customer_id, "", "exited", detail=reason)
             while state["status"] == "active" and state["next_step"] < len(campaign.steps):
                 step = campaign.steps[state["next_step"]]
                 due = state["clock_date"] + timedelta(days=step.wait_days + state["deferred_days"])
@@ -622,75 +627,39 @@ def advance(
                 features = journey["features"] or {}
                 if not outcome_holds(step.when.outcome, facts, customer_id, reference, run_date):
                     counts.skipped += 1
-                    events.append(
-                        (
-                            campaign.id,
-                            customer_id,
-                            run_date,
-                            step.id,
-                            "skipped",
-                            None,
-                            f"{step.when.outcome} did not hold",
-                        )
+                    record(
+                        customer_id, step.id, "skipped", detail=f"{step.when.outcome} did not hold"
                     )
                 elif not reachable(features, step.channel):
                     # Consent and suppression end the journey above; this is a contact that
                     # stopped being valid (a bounced address) while the journey went on.
                     counts.skipped += 1
-                    events.append(
-                        (
-                            campaign.id,
-                            customer_id,
-                            run_date,
-                            step.id,
-                            "skipped",
-                            None,
-                            f"no reachable {step.channel} contact",
-                        )
+                    record(
+                        customer_id,
+                        step.id,
+                        "skipped",
+                        detail=f"no reachable {step.channel} contact",
                     )
                 elif caps.blocks(campaign, step, customer_id, run_date):
                     counts.capped += 1
                     if state["deferred_days"] < campaign.caps.max_deferral_days:
                         state["deferred_days"] += 1
-                        events.append(
-                            (
-                                campaign.id,
-                                customer_id,
-                                run_date,
-                                step.id,
-                                "deferred",
-                                None,
-                                "frequency cap",
-                            )
-                        )
+                        record(customer_id, step.id, "deferred", detail="frequency cap")
                         break
-                    events.append(
-                        (
-                            campaign.id,
-                            customer_id,
-                            run_date,
-                            step.id,
-                            "capped_out",
-                            None,
-                            "frequency cap",
-                        )
-                    )
+                    record(customer_id, step.id, "capped_out", detail="frequency cap")
                 else:
                     counts.condition_met += 1
                     variant = choose_variant(campaign.id, step, customer_id)
-                    caps.record(step, customer_id, run_date)
                     if journey["assigned_group"] == "holdout":
                         counts.held_out += 1
-                        action = "held_out"
+                        record(customer_id, step.id, "held_out", variant)
                     else:
                         counts.sent += 1
-                        action = "sent"
+                        caps.record(step, customer_id, run_date)  # caps count real messages
                         message = messages.build(campaign, step, variant, features, run_date)
                         result.scheduled_for_quiet_hours += message.pop("moved_for_quiet_hours")
                         outbox.append((campaign, step, customer_id, variant, message))
-                    events.append(
-                        (campaign.id, customer_id, run_date, step.id, action, variant, None)
-                    )
+                        record(customer_id, step.id, "sent", variant)
                     facts.sent_on[(customer_id, step.id)] = run_date
                 state["next_step"] += 1
                 state["clock_date"] = run_date
@@ -703,7 +672,7 @@ def advance(
             ):
                 state.update(status="completed", ended_on=run_date)
                 result.completed += 1
-                events.append((campaign.id, customer_id, run_date, "", "completed", None, None))
+                record(customer_id, "", "completed")
                 if journey["assigned_group"] == "treatment":
                     for action in campaign.journey.on_end:
                         channel = action.removeprefix("withdraw_").removesuffix("_consent")
