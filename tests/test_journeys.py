@@ -213,6 +213,16 @@ def test_an_sms_in_the_customers_quiet_hours_is_scheduled_for_the_morning(shop):
         shop.event("early_bird", "newsletter", "email", "open", DAY0 - timedelta(days=n), 23)
     result = shop.run([campaign], DAY0)["sms_reactivation"]
     assert result.scheduled_for_quiet_hours == 2
+    logged = shop.conn.execute(
+        "select filter_name, customers_before, customers_after from winback.audience_filter_log "
+        "where stage = 'survey' order by position"
+    ).fetchall()
+    assert logged == [
+        ("survey: when any", 2, 2),
+        ("survey: contact still valid", 2, 2),
+        ("survey: frequency caps", 2, 2),
+        ("survey: outside quiet hours (others scheduled)", 2, 0),
+    ]
     tokyo = ZoneInfo("Asia/Tokyo")
     send_at = {m["customer_id"]: m["send_at"].astimezone(tokyo) for m in shop.outbox()}
     assert send_at == {

@@ -339,32 +339,30 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
 
 
 def _log_steps(cur, campaign: Campaign, run_date: date, position: int, advanced) -> None:
+    """Each due step's decisions, in order, as filter-log rows with stage = the step id."""
     for step in campaign.steps:
         counts = advanced.steps[step.id]
         if not counts.due:
             continue
-        chosen = counts.condition_met + counts.capped
-        log_filter(
-            cur,
-            run_date,
-            campaign.id,
-            position,
-            f"{step.id}: when {step.when.outcome}",
-            counts.due,
-            chosen,
-            stage=step.id,
-        )
-        log_filter(
-            cur,
-            run_date,
-            campaign.id,
-            position + 1,
-            f"{step.id}: frequency caps",
-            chosen,
-            counts.condition_met,
-            stage=step.id,
-        )
-        position += 2
+        condition_held = counts.due - counts.skipped
+        reachable = condition_held - counts.unreachable
+        rows = [
+            (f"{step.id}: when {step.when.outcome}", counts.due, condition_held),
+            (f"{step.id}: contact still valid", condition_held, reachable),
+            (f"{step.id}: frequency caps", reachable, counts.condition_met),
+        ]
+        if step.channel == "sms":
+            # Quiet hours drop nobody: the count after is how many go out without waiting.
+            rows.append(
+                (
+                    f"{step.id}: outside quiet hours (others scheduled)",
+                    counts.sent,
+                    counts.sent - counts.scheduled_after_quiet_hours,
+                )
+            )
+        for name, before, after in rows:
+            log_filter(cur, run_date, campaign.id, position, name, before, after, stage=step.id)
+            position += 1
 
 
 def build_audiences(

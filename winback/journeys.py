@@ -118,7 +118,9 @@ class StepCounts:
     capped: int = 0
     sent: int = 0
     held_out: int = 0
-    skipped: int = 0
+    skipped: int = 0  # the condition did not hold
+    unreachable: int = 0  # the contact stopped being valid
+    scheduled_after_quiet_hours: int = 0  # sent, with send_at moved out of quiet hours
 
 
 @dataclass
@@ -633,7 +635,7 @@ def advance(
                 elif not reachable(features, step.channel):
                     # Consent and suppression end the journey above; this is a contact that
                     # stopped being valid (a bounced address) while the journey went on.
-                    counts.skipped += 1
+                    counts.unreachable += 1
                     record(
                         customer_id,
                         step.id,
@@ -657,7 +659,9 @@ def advance(
                         counts.sent += 1
                         caps.record(step, customer_id, run_date)  # caps count real messages
                         message = messages.build(campaign, step, variant, features, run_date)
-                        result.scheduled_for_quiet_hours += message.pop("moved_for_quiet_hours")
+                        if message.pop("moved_for_quiet_hours"):
+                            result.scheduled_for_quiet_hours += 1
+                            counts.scheduled_after_quiet_hours += 1
                         outbox.append((campaign, step, customer_id, variant, message))
                         record(customer_id, step.id, "sent", variant)
                     facts.sent_on[(customer_id, step.id)] = run_date
