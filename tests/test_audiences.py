@@ -231,6 +231,16 @@ def test_the_audience_rule_is_compiled_with_the_run_date(shop):
     assert [m["customer_id"] for m in shop.outbox()] == ["due"]
 
 
+def test_a_quoted_injection_in_a_rule_is_only_data(shop):
+    shop.add("ada")
+    shop.add("robert", first_name="Robert'); drop table marts.customer_features; --")
+    rule = {"rule": "first_name = 'Robert''); drop table marts.customer_features; --'"}
+    result = shop.run([campaign(holdout=holdout(0.0), audience=rule)], RUN)["we_miss_you"]
+    assert result.candidates == 1
+    assert [m["customer_id"] for m in shop.outbox()] == ["robert"]
+    assert shop.conn.execute("select count(*) from marts.customer_features").fetchone()[0] == 2
+
+
 def test_holdout_is_stratified_and_about_the_requested_share(shop):
     for segment, count in (("At risk", 1000), ("Hibernating", 300)):
         shop.add_many(count, prefix=segment[:3], rfm_segment=segment)
