@@ -5,27 +5,29 @@
 1. Synthetic customers are drawn from a BG/NBD process (integer days, as the warehouse
    counts them) and written to a summary table in the warehouse.
 2. `winback`: `scoring.score_customers` end to end — compression in SQL, weighted fits,
-   stable vectorised predictions, chunked COPY into winback.customer_scores.
+   stable vectorised predictions of each distinct (frequency, recency, T), binary COPY of
+   that grid in chunks, and one INSERT ... SELECT joining every customer to it into
+   winback.customer_scores.
 3. `naive lifetimes`: every row read into pandas, BetaGeoFitter and GammaGammaFitter fit on
-   every row, then lifetimes' own p_alive, expected purchases (30/90/365 days) and CLV.
+   every row, then lifetimes' own p_alive, expected purchases (30/90/365 days) and CLV,
+   kept in memory: it writes nothing back, so the ratio flatters it.
 Each runs in its own process, so its peak memory (max RSS, resource.getrusage) is its
 own. The table reports wall time, peak memory, their ratios, and the log-likelihoods of
 both fits on all customers (which must agree to 1e-6 relative, else the run fails).
 pymc-marketing's BetaGeoModel is not installed in this project, so it is not compared.
 
 Writing 10M customers under 4 GB peak (the design `scoring.score_customers` follows):
-* nothing is ever held per customer except one chunk: the fit reads only the compressed
-  (frequency, recency, T, count) rows, grouped in SQL; the spend fit only distinct
+* no customer row ever reaches Python: the fit reads only the compressed
+  (frequency, recency, T, count) rows, grouped in SQL, and the spend fit only distinct
   (frequency, mean spend) rows;
-* the quadrature-heavy prediction, E[purchases | alive], shares its Gauss-Jacobi nodes
-  among customers of the same frequency (computed once per frequency and cached), and is
-  a matrix-vector product per chunk; P(alive) and the rest are closed forms per row;
-* customers stream through a server-side cursor `chunk_size` rows at a time (250k rows,
-  ~100 MB of Python objects), and each chunk goes out as one CSV COPY, inside the one
-  transaction that deleted the previous scores (readers keep seeing the old scores, MVCC);
-* so peak memory is ~ chunk + compressed fit input, independent of N; what grows with N
-  is only the distinct-row count of the fit (bounded by the history length in days) and
-  the run time (linear). Use --customers 10000000 to measure it.
+* predictions are made for that grid of distinct triples, `chunk_size` triples at a time
+  (E[purchases | alive] shares its Gauss-Jacobi nodes among triples of the same
+  frequency), and each chunk goes out as one binary COPY into a temporary table;
+* PostgreSQL joins every customer to their triple and writes customer_scores (order value
+  and CLV per customer in SQL), inside the transaction that truncated the old scores;
+* so peak memory is the grid plus one chunk, independent of N; what grows with N is the
+  number of distinct triples (bounded by the history length in days) and the database's
+  write time (linear). Use --customers 10000000 to measure it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ closed today → summary. A failed gate stops the run before
 anything is sent.
 
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
-is a dry run unless the `send_mode` param says otherwise, so a backfill never sends.
+is a dry run unless the `send_mode` param (default: the `WINBACK_SEND_MODE` environment
+variable) says `live`, and even then a backfill or a run of a past day only records what it
+would send, unless the `allow_past_sends` param is set (`winback.send_policy`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import datetime
 from airflow.sdk import Param, chain, dag, task
 
 from winback import orchestration as orch
-from winback import pipeline
+from winback import pipeline, send_policy
 
 FEATURE_MODELS = ["customer_features+"]
 
@@ -33,7 +35,17 @@ FEATURE_MODELS = ["customer_features+"]
     default_args=orch.DEFAULT_ARGS,
     doc_md=__doc__,
     params={
-        "send_mode": Param("dry_run", enum=["dry_run"], description="dry_run records only"),
+        "send_mode": Param(
+            send_policy.default_send_mode(),
+            enum=list(send_policy.SEND_MODES),
+            description="live sends; dry_run only records what would be sent "
+            "(default: WINBACK_SEND_MODE, else dry_run)",
+        ),
+        "allow_past_sends": Param(
+            False,
+            type="boolean",
+            description="let a backfill or a run of a past day send live (normally never)",
+        ),
         "max_audience_growth": Param(
             3.0,
             type="number",
@@ -78,9 +90,14 @@ def winback_daily():
         return pipeline.check_audiences(ds, max_growth=params["max_audience_growth"])
 
     @task(pool=orch.WAREHOUSE_WRITES_POOL)
-    def sync_outbox(ds: str | None = None, params: dict | None = None) -> dict:
-        """Send (or, by default, record what would be sent) exactly once per step."""
-        return pipeline.sync_outbox(ds, mode=params["send_mode"])
+    def sync_outbox(ds: str | None = None, params: dict | None = None, dag_run=None) -> dict:
+        """Send (or record what would be sent) exactly once per step; a past day never sends."""
+        return pipeline.sync_outbox(
+            ds,
+            mode=params["send_mode"],
+            allow_past_sends=params["allow_past_sends"],
+            run_type=dag_run.run_type,
+        )
 
     @task
     def measure_closed_windows(ds: str | None = None) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from conftest import create_database, using_database
 from lifetimes import BetaGeoFitter
 
-from winback import cdnow, db, dbt_runner, loader, scoring, simulator
+from winback import bgnbd, cdnow, db, dbt_runner, loader, scoring, simulator
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,40 @@ def test_scores_are_written_finite_and_banded(summary_table):
     assert set(frame["band"]) <= {"low", "medium", "high", "very_high"}
     fits = summary_table.execute("select model, converged from winback.model_fits").fetchall()
     assert sorted(fits) == [("bgnbd", True), ("gamma_gamma", True)]
+
+
+def test_each_customer_gets_the_scores_of_the_direct_per_customer_formulas(summary_table):
+    """The grid-and-join write equals computing every customer on their own."""
+    settings = scoring.ScoringSettings(backtest_holdout_days=0)
+    result = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    bg = bgnbd.BgNbdParams(**result.bgnbd.params)
+    spend = bgnbd.GammaGammaParams(**result.gamma_gamma.params)
+    rows = summary_table.execute(
+        "select s.repeat_purchase_days, s.recency_days, s.customer_age_days,"
+        " coalesce(s.mean_repeat_order_value, 0), c.p_alive, c.expected_purchases_30d,"
+        " c.expected_purchases_365d, c.expected_order_value, c.clv,"
+        " c.expected_next_purchase_date - c.as_of_date"
+        " from marts.customer_order_summary s join winback.customer_scores c using (customer_id)"
+    ).fetchall()
+    assert len(rows) == 400
+    x, t_x, T, m, p_alive, e30, e365, value, clv, wait = (
+        np.array(column, dtype=float) for column in zip(*rows, strict=True)
+    )
+    assert p_alive == pytest.approx(bgnbd.p_alive(bg, x, t_x, T), rel=1e-12)
+    for days, written in ((30, e30), (365, e365)):
+        direct = bgnbd.conditional_expected_purchases(bg, days, x, t_x, T)
+        assert written == pytest.approx(direct, rel=1e-9)
+    direct_value = bgnbd.gamma_gamma_expected_value(spend, x, m)
+    assert value == pytest.approx(np.round(direct_value, 2), abs=0.006)
+    monthly = [
+        bgnbd.conditional_expected_purchases(bg, 30 * month, x, t_x, T) for month in range(13)
+    ]
+    direct_clv = sum(
+        (monthly[month] - monthly[month - 1]) * direct_value / 1.01**month for month in range(1, 13)
+    )
+    assert clv == pytest.approx(direct_clv, abs=0.006)
+    median_wait = bgnbd.median_time_to_next_purchase_if_alive(bg, x, T)
+    assert wait == pytest.approx(np.minimum(np.round(median_wait), 36500))
 
 
 def test_a_failed_fit_keeps_the_previous_model_and_marks_scores_stale(summary_table, monkeypatch):

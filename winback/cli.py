@@ -174,41 +174,91 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from winback import airflow_env, db, dbt_runner, simulator, summary
+    from winback import (
+        airflow_env,
+        campaigns,
+        db,
+        dbt_runner,
+        demo,
+        measurement,
+        report,
+        simulator,
+        summary,
+    )
 
     landing = Path(args.landing)
-    print(f"[1/4] warehouse: {db.redacted(db.database_url())}")
-    folder = landing / args.date.isoformat()
-    if not folder.exists():
-        settings = simulator.SimulationConfig(
-            customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
-        )
-        simulator.write_landing_files(simulator.simulate_shop(settings), folder)
-    print(f"[2/4] shop data for {args.date}: {folder}")
+    print(f"[1/5] warehouse: {db.redacted(db.database_url())}")
+    settings = simulator.SimulationConfig(
+        customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
+    )
+    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), args.date)
+    # One cut: the earliest window closing today (the demo's campaigns share their start).
+    window = min(windows, key=lambda w: w.window_start, default=None)
     dbt_runner.write_manifest()
     airflow_env.migrate_metadata_db()
-    print("[3/4] airflow dags test winback_daily (logs: .winback/demo-airflow.log)")
-    log_path = config.STATE_DIR / "demo-airflow.log"
+    if window is None:
+        print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
+        folder = landing / args.date.isoformat()
+        if not folder.exists():
+            simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+    else:
+        window_start = window.window_start
+        first_folder = landing / window_start.isoformat()
+        print(
+            f"[2/5] shop data up to {window_start} (start of the window"
+            f" {window_start}..{window.window_end}): {first_folder}"
+        )
+        frames = simulator.simulate_shop(settings)
+        first, later = demo.split_at(frames, window_start)
+        if not first_folder.exists():
+            simulator.write_landing_files(first, first_folder)
+        if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
+            return 1
+        with db.connect() as conn:
+            targets = demo.audience_targets(conn, window_start)
+        later = demo.add_campaign_responses(later, targets, window, settings)
+        simulator.write_landing_files(later, landing / args.date.isoformat())
+        print(
+            f"      the window's {len(targets):,} targeted customers respond with a true uplift"
+            f" of {settings.campaign_uplift:.1%} over a baseline of"
+            f" {settings.baseline_reactivation:.1%}"
+        )
+    print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
+    if not _run_daily_dag(args.date, "demo-airflow.log"):
+        return 1
+    print("[4/5] summary")
+    with db.connect() as conn:
+        print(summary.render(summary.collect(conn, args.date)))
+        print("[5/5] campaign reports")
+        for window in windows:
+            data = report.load(conn, window.campaign_id, window.window_start, window.window_end)
+            html_path, png_path = report.write(data)
+            print(f"  {window.campaign_id}: {html_path} (chart {png_path})")
+        if not windows:
+            print("  (no window measured)")
+    return 0
+
+
+def _run_daily_dag(day: date, log_name: str) -> bool:
+    """`airflow dags test winback_daily` for one day; False, with the log's tail, on failure."""
+    from winback import airflow_env
+
+    log_path = config.STATE_DIR / log_name
+    print(f"      airflow dags test winback_daily {day} (log: {log_path})")
     with open(log_path, "w") as handle:
         result = airflow_env.run_airflow(
-            ["dags", "test", "winback_daily", args.date.isoformat()],
+            ["dags", "test", "winback_daily", day.isoformat()],
             check=False,
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    if result.returncode != 0:
-        tail = log_path.read_text().splitlines()[-60:]
-        print("\n".join(tail), file=sys.stderr)
-        print(f"winback_daily failed; full log in {log_path}", file=sys.stderr)
-        return result.returncode
     failed = _failed_tasks(log_path)
-    if failed:
-        print(f"winback_daily had failed tasks: {failed}; see {log_path}", file=sys.stderr)
-        return 1
-    print("[4/4] summary")
-    with db.connect() as conn:
-        print(summary.render(summary.collect(conn, args.date)))
-    return 0
+    if result.returncode != 0 or failed:
+        tail = log_path.read_text(errors="replace").splitlines()[-60:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"winback_daily {day} failed {failed}; full log in {log_path}", file=sys.stderr)
+        return False
+    return True
 
 
 def _failed_tasks(log_path: Path) -> list[str]:

@@ -24,11 +24,15 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import dict_row
 
 from winback import uplift
+
+if TYPE_CHECKING:
+    from winback.campaigns import Campaign
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +338,27 @@ def summary_dict(results: list[WindowResult]) -> dict:
 
 
 DEFAULT_WINDOW_DAYS = 30
+
+
+@dataclass(frozen=True)
+class CampaignWindow:
+    campaign_id: str
+    window_start: date
+    window_end: date
+    attribution_days: int
+
+
+def campaign_windows_closing_on(campaigns: list[Campaign], run_date: date) -> list[CampaignWindow]:
+    """Every campaign window whose attribution period ends on `run_date`."""
+    windows = []
+    for campaign in campaigns:
+        window_days = getattr(campaign, "measurement_window_days", None) or DEFAULT_WINDOW_DAYS
+        attribution_days = getattr(campaign, "attribution_days", None) or DEFAULT_ATTRIBUTION_DAYS
+        for start, end in windows_closing_on(
+            campaign.starts_on, campaign.ends_on, run_date, window_days, attribution_days
+        ):
+            windows.append(CampaignWindow(campaign.id, start, end, attribution_days))
+    return windows
 
 
 def windows_closing_on(

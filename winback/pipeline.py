@@ -78,42 +78,44 @@ def build_audiences(ds: str, campaigns_dir: str | None = None, mode: str = "dry_
     return {"campaigns": [asdict(r) for r in results], "refused": refused}
 
 
-def sync_outbox(ds: str, mode: str = "dry_run") -> dict:
-    """Send the day's outbox; only dry runs exist until the provider adapters land."""
-    from winback import sync
+def sync_outbox(
+    ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None
+) -> dict:
+    """Send the day's outbox, or record what would be sent; a past day never sends.
 
-    if mode != "dry_run":
-        raise ValueError(f"send mode {mode!r} is not available yet; use dry_run")
+    `run_type` is the Airflow run's type (scheduled, manual, backfill...): with the
+    logical date it decides, through `winback.send_policy`, whether `live` is honoured.
+    """
+    from winback import send_policy, sync
+
+    day = _day(ds)
+    decision = send_policy.decide(
+        mode, day, getattr(run_type, "value", run_type), allow_past_sends=allow_past_sends
+    )
+    log.info("send mode %s (requested %s): %s", decision.mode, decision.requested, decision.reason)
+    if decision.mode != "dry_run":
+        raise ValueError(f"send mode {decision.mode!r} is not available yet; use dry_run")
     with db.connect() as conn:
-        result = sync.dry_run(conn, _day(ds))
-    return asdict(result)
+        result = sync.dry_run(conn, day)
+    return {**asdict(result), "send_decision": asdict(decision)}
 
 
 def measure_closed_windows(ds: str) -> dict:
     """Measure every campaign window whose attribution period ended on this day."""
     from winback import campaigns, measurement
 
-    run_date = _day(ds)
+    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), _day(ds))
     measured = []
     with db.connect() as conn:
-        for campaign in campaigns.load_campaigns():
-            window_days = getattr(campaign, "measurement_window_days", None)
-            attribution_days = getattr(campaign, "attribution_days", None)
-            for start, end in measurement.windows_closing_on(
-                campaign.starts_on,
-                campaign.ends_on,
-                run_date,
-                window_days or measurement.DEFAULT_WINDOW_DAYS,
-                attribution_days or measurement.DEFAULT_ATTRIBUTION_DAYS,
-            ):
-                results = measurement.measure_window(
-                    conn,
-                    campaign.id,
-                    start,
-                    end,
-                    attribution_days or measurement.DEFAULT_ATTRIBUTION_DAYS,
-                )
-                measured.append(measurement.summary_dict(results))
+        for window in windows:
+            results = measurement.measure_window(
+                conn,
+                window.campaign_id,
+                window.window_start,
+                window.window_end,
+                window.attribution_days,
+            )
+            measured.append(measurement.summary_dict(results))
         conn.commit()
     return {"measured": measured}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import psycopg
+from psycopg.rows import dict_row
 
 
 @dataclass
@@ -19,6 +20,8 @@ class RunSummary:
     mean_p_alive: float | None = None
     audiences: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, group, n
     would_send: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, channel, n
+    # Windows whose attribution period ended on the run date, overall figures.
+    measured_windows: list[dict] = field(default_factory=list)
 
 
 def _exists(conn: psycopg.Connection, relation: str) -> bool:
@@ -65,7 +68,23 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
             "where l.run_date = %s and l.mode = 'dry_run' group by 1, 2 order by 1, 2",
             (run_date,),
         ).fetchall()
+    if _exists(conn, "winback.campaign_results"):
+        with conn.cursor(row_factory=dict_row) as cur:
+            summary.measured_windows = cur.execute(
+                "select campaign_id, window_start, window_end, treatment_customers,"
+                " treatment_reactivated, holdout_customers, holdout_reactivated,"
+                " absolute_uplift, absolute_uplift_low, absolute_uplift_high"
+                " from winback.campaign_results"
+                " where breakdown = 'overall'"
+                "   and window_end + attribution_days = %s"
+                " order by campaign_id, window_start",
+                (run_date,),
+            ).fetchall()
     return summary
+
+
+def _rate(reactivated: int, customers: int) -> str:
+    return f"{reactivated:,}/{customers:,} ({reactivated / customers:.1%})" if customers else "0/0"
 
 
 def render(summary: RunSummary) -> str:
@@ -94,4 +113,18 @@ def render(summary: RunSummary) -> str:
     lines += [f"  {c:<24} {g:<10} {n:>8,}" for c, g, n in summary.audiences] or ["  (none)"]
     lines += ["", "Messages that would be sent (dry run):"]
     lines += [f"  {c:<24} {ch:<10} {n:>8,}" for c, ch, n in summary.would_send] or ["  (none)"]
+    if summary.measured_windows:
+        lines += ["", "Campaign windows measured today (inactive at the start, bought again):"]
+        for w in summary.measured_windows:
+            uplift = (
+                f"uplift {w['absolute_uplift']:+.1%} "
+                f"[{w['absolute_uplift_low']:+.1%}, {w['absolute_uplift_high']:+.1%}]"
+                if w["absolute_uplift"] is not None
+                else "uplift not measurable (an empty group)"
+            )
+            lines.append(
+                f"  {w['campaign_id']} {w['window_start']}..{w['window_end']}: "
+                f"treatment {_rate(w['treatment_reactivated'], w['treatment_customers'])}, "
+                f"holdout {_rate(w['holdout_reactivated'], w['holdout_customers'])}, {uplift}"
+            )
     return "\n".join(lines)
