@@ -59,14 +59,23 @@ def score_customers(ds: str) -> dict:
     return scoring.result_summary(result)
 
 
-def build_audiences(ds: str) -> dict:
-    """Every active campaign's audience, eligibility filters and outbox rows."""
+def build_audiences(ds: str, campaigns_dir: str | None = None, mode: str = "dry_run") -> dict:
+    """Every valid campaign's audience, eligibility filters, journeys and outbox rows.
+
+    An invalid campaign file is refused: nothing is enrolled or sent for it (its journeys
+    already under way wait), the reason is logged as an error and returned under
+    `refused`, and the other campaigns run as usual. `mode` is the run's send mode: live
+    runs need `WINBACK_COUPON_SECRET` for coupon and link codes.
+    """
     from winback import audiences, campaigns
 
-    all_campaigns = campaigns.load_campaigns()
+    folder = Path(campaigns_dir) if campaigns_dir else config.CAMPAIGNS_DIR
+    valid, refused = campaigns.load_valid_campaigns(folder)
+    for name, reason in refused.items():
+        log.error("campaign file %s refused, nothing is sent for it:\n%s", name, reason)
     with db.connect() as conn:
-        results = audiences.build_audiences(conn, all_campaigns, _day(ds))
-    return {"campaigns": [asdict(r) for r in results]}
+        results = audiences.build_audiences(conn, valid, _day(ds), send_mode=mode)
+    return {"campaigns": [asdict(r) for r in results], "refused": refused}
 
 
 def sync_outbox(
