@@ -78,6 +78,23 @@ db-up: venv ## Start the embedded PostgreSQL (a no-op when WINBACK_DATABASE_URL 
 db-stop: venv ## Stop the embedded PostgreSQL
 	$(BIN)/winback db-stop
 
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat requirements.lock bench/requirements-pymc.txt pyproject.toml | sha256sum | cut -c1-16)
+
+# A venv of its own, so pymc-marketing (bench only) never enters the project's .venv.
+$(BENCH_STAMP): requirements.lock bench/requirements-pymc.txt pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BENCH_VENV)/bin/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python \
+		-r requirements.lock -r bench/requirements-pymc.txt
+	$(BENCH_VENV)/bin/uv pip install --quiet --python $(BENCH_VENV)/bin/python --no-deps -e .
+	@rm -f $(BENCH_VENV)/.installed-*
+	@touch $@
+
+.PHONY: bench-scoring
+bench-scoring: $(BENCH_STAMP) ## Scoring bench: winback, naive lifetimes, pymc-marketing (BENCH_ARGS="--customers N")
+	$(BENCH_VENV)/bin/python bench/bench_scoring.py $(BENCH_ARGS)
+
 .PHONY: lock
 lock: venv ## Re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock

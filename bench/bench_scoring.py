@@ -1,31 +1,42 @@
-"""Benchmark: winback's scoring stage against naive lifetimes, side by side in one run.
+"""Benchmark: winback's scoring stage, naive lifetimes and pymc-marketing, side by side.
 
-    .venv/bin/python bench/bench_scoring.py --customers 1000000
+    make bench-scoring BENCH_ARGS="--customers 1000000"   # all three (.venv-bench)
+    .venv/bin/python bench/bench_scoring.py --customers 1000000   # without pymc-marketing
 
 1. Synthetic customers are drawn from a BG/NBD process (integer days, as the warehouse
    counts them) and written to a summary table in the warehouse.
 2. `winback`: `scoring.score_customers` end to end — compression in SQL, weighted fits,
-   stable vectorised predictions, chunked COPY into winback.customer_scores.
+   stable vectorised predictions of each distinct (frequency, recency, T), binary COPY of
+   that grid in chunks, and one INSERT ... SELECT joining every customer to it into
+   winback.customer_scores.
 3. `naive lifetimes`: every row read into pandas, BetaGeoFitter and GammaGammaFitter fit on
-   every row, then lifetimes' own p_alive, expected purchases (30/90/365 days) and CLV.
+   every row, then lifetimes' own p_alive, expected purchases (30/90/365 days) and CLV,
+   kept in memory: it writes nothing back, so the ratio flatters it.
+4. `pymc-marketing` (when it imports; `make bench-scoring` builds .venv-bench with it,
+   the project's .venv never has it): every row read into pandas, BetaGeoModel with its
+   default priors fit by MAP (`fit(method="map")`, pymc.find_MAP), then its own p_alive and
+   expected purchases (30/90/365 days) for every customer, kept in memory. It has no
+   spend model in this comparison (no Gamma-Gamma, no CLV), so its ratio flatters it too.
 Each runs in its own process, so its peak memory (max RSS, resource.getrusage) is its
-own. The table reports wall time, peak memory, their ratios, and the log-likelihoods of
-both fits on all customers (which must agree to 1e-6 relative, else the run fails).
-pymc-marketing's BetaGeoModel is not installed in this project, so it is not compared.
+own. The table reports wall time, peak memory, their ratios, and the log-likelihood of
+each fit on all customers, all computed by one function (`winback.bgnbd.log_likelihood`).
+winback's and naive lifetimes' must agree to 1e-6 relative, else the run fails: both
+maximise the same likelihood. pymc-marketing's is reported, never enforced: MAP maximises
+likelihood + log prior (its default priors: Weibull on r and alpha, a Pareto on a + b),
+so its optimum is not the maximum-likelihood point, only close to it when data dominate.
 
 Writing 10M customers under 4 GB peak (the design `scoring.score_customers` follows):
-* nothing is ever held per customer except one chunk: the fit reads only the compressed
-  (frequency, recency, T, count) rows, grouped in SQL; the spend fit only distinct
+* no customer row ever reaches Python: the fit reads only the compressed
+  (frequency, recency, T, count) rows, grouped in SQL, and the spend fit only distinct
   (frequency, mean spend) rows;
-* the quadrature-heavy prediction, E[purchases | alive], shares its Gauss-Jacobi nodes
-  among customers of the same frequency (computed once per frequency and cached), and is
-  a matrix-vector product per chunk; P(alive) and the rest are closed forms per row;
-* customers stream through a server-side cursor `chunk_size` rows at a time (250k rows,
-  ~100 MB of Python objects), and each chunk goes out as one CSV COPY, inside the one
-  transaction that deleted the previous scores (readers keep seeing the old scores, MVCC);
-* so peak memory is ~ chunk + compressed fit input, independent of N; what grows with N
-  is only the distinct-row count of the fit (bounded by the history length in days) and
-  the run time (linear). Use --customers 10000000 to measure it.
+* predictions are made for that grid of distinct triples, `chunk_size` triples at a time
+  (E[purchases | alive] shares its Gauss-Jacobi nodes among triples of the same
+  frequency), and each chunk goes out as one binary COPY into a temporary table;
+* PostgreSQL joins every customer to their triple and writes customer_scores (order value
+  and CLV per customer in SQL), inside the transaction that truncated the old scores;
+* so peak memory is the grid plus one chunk, independent of N; what grows with N is the
+  number of distinct triples (bounded by the history length in days) and the database's
+  write time (linear). Use --customers 10000000 to measure it.
 """
 
 from __future__ import annotations
@@ -178,8 +189,79 @@ def run_naive() -> dict:
     }
 
 
+def run_pymc_marketing() -> dict:
+    import logging
+    import warnings
+
+    import pandas as pd
+    import pymc_marketing
+    from pymc_marketing.clv import BetaGeoModel
+
+    from winback import bgnbd as nm
+    from winback import db
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    modules_before = compiled_pytensor_modules()
+    started = time.perf_counter()
+    with db.connect() as conn:
+        frame = pd.DataFrame(
+            conn.execute(
+                f"select customer_id, repeat_purchase_days, recency_days, customer_age_days"
+                f" from {SCHEMA}.customer_order_summary"
+            ).fetchall(),
+            columns=["customer_id", "frequency", "recency", "T"],
+        )
+    for column in ("frequency", "recency", "T"):
+        frame[column] = frame[column].astype(float)
+    model = BetaGeoModel(data=frame)
+    model.fit(method="map", progressbar=False)
+    fitted = time.perf_counter()
+    p_alive = model.expected_probability_alive()
+    expected = {days: model.expected_purchases(future_t=days) for days in (30, 90, 365)}
+    seconds = time.perf_counter() - started
+    # Not timed: the checks below are the bench's, not part of what pymc-marketing does.
+    point = {k: float(model.fit_result[k].values.squeeze()) for k in ("r", "alpha", "a", "b")}
+    params = nm.BgNbdParams(point["r"], point["alpha"], point["a"], point["b"])
+    log_likelihood = float(
+        nm.log_likelihood(params, frame["frequency"], frame["recency"], frame["T"]).sum()
+    )
+    non_finite = int(
+        (~np.isfinite(p_alive.values)).sum()
+        + sum((~np.isfinite(v.values)).sum() for v in expected.values())
+    )
+    return {
+        "seconds": seconds,
+        "fit_seconds": fitted - started,
+        "log_likelihood": log_likelihood,
+        "params": params.as_dict(),
+        "fit_rows": len(frame),
+        "customers": len(frame),
+        "non_finite_predictions": non_finite,
+        "version": pymc_marketing.__version__,
+        "compiled_modules": compiled_pytensor_modules() - modules_before,
+    }
+
+
+def compiled_pytensor_modules() -> int:
+    """C modules in pytensor's compile cache: the first run compiles them, later runs reuse."""
+    import pytensor
+
+    path = pytensor.config.compiledir
+    return len(os.listdir(path)) if os.path.isdir(path) else 0
+
+
+CONTENDERS = {"winback": run_winback, "naive": run_naive, "pymc": run_pymc_marketing}
+
+
+def pymc_marketing_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pymc_marketing") is not None
+
+
 def child(which: str) -> None:
-    result = run_winback() if which == "winback" else run_naive()
+    result = CONTENDERS[which]()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -197,7 +279,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=1, help="repeat winback to see noise")
-    parser.add_argument("--child", choices=["winback", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-pymc", action="store_true", help="skip pymc-marketing")
+    parser.add_argument("--child", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -209,15 +292,23 @@ def main() -> None:
     print(f"prepared {args.customers:,} customers in {time.perf_counter() - started:.1f}s")
     ours = [measure("winback") for _ in range(args.repeats)]
     naive = measure("naive")
+    with_pymc = not args.no_pymc and pymc_marketing_available()
+    pymc = measure("pymc") if with_pymc else None
     best = min(ours, key=lambda r: r["seconds"])
     relative_ll = abs(best["log_likelihood"] - naive["log_likelihood"]) / abs(
         naive["log_likelihood"]
     )
+    rows = [("winback", best), ("naive lifetimes", naive)]
+    if pymc:
+        rows.append(("pymc-marketing", pymc))
     print()
-    print(f"{'':<18}{'seconds':>10}{'peak MB':>10}{'fit rows':>12}{'log-likelihood':>20}")
-    for name, result in [("winback", best), ("naive lifetimes", naive)]:
+    print(f"{'':<18}{'seconds':>10}{'peak MB':>10}{'fit rows':>12}{'log-likelihood':>20}"
+          f"{'r':>9}{'alpha':>9}{'a':>9}{'b':>9}")  # fmt: skip
+    for name, result in rows:
+        p = result["params"]
         print(f"{name:<18}{result['seconds']:>10.1f}{result['peak_rss_mb']:>10.0f}"
-              f"{result['fit_rows']:>12,}{result['log_likelihood']:>20.3f}")  # fmt: skip
+              f"{result['fit_rows']:>12,}{result['log_likelihood']:>20.3f}"
+              f"{p['r']:>9.4f}{p['alpha']:>9.3f}{p['a']:>9.4f}{p['b']:>9.4f}")  # fmt: skip
     if len(ours) > 1:
         times = [r["seconds"] for r in ours]
         print(f"winback runs: {', '.join(f'{t:.1f}s' for t in times)} "
@@ -232,7 +323,27 @@ def main() -> None:
         "winback stage timings (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in best["timings"].items())
     )
-    print("pymc-marketing: not installed in this project; its BetaGeoModel is not compared.")
+    if pymc:
+        pymc_relative_ll = (pymc["log_likelihood"] - naive["log_likelihood"]) / abs(
+            naive["log_likelihood"]
+        )
+        print(
+            f"pymc-marketing {pymc['version']} (BetaGeoModel, MAP, default priors): "
+            f"{pymc['seconds']:.1f}s, of which fit {pymc['fit_seconds']:.1f}s "
+            f"(pytensor compiled {pymc['compiled_modules']} C modules its cache lacked); "
+            f"time ratio pymc/winback: {pymc['seconds'] / best['seconds']:.1f}x; "
+            f"peak memory ratio pymc/winback: {pymc['peak_rss_mb'] / best['peak_rss_mb']:.1f}x"
+        )
+        print(
+            f"pymc-marketing log-likelihood minus naive's, relative: {pymc_relative_ll:+.2e} "
+            "(reported, not enforced: MAP maximises likelihood + log prior); "
+            f"non-finite predictions: {pymc['non_finite_predictions']}"
+        )
+    elif args.no_pymc:
+        print("pymc-marketing: skipped (--no-pymc).")
+    else:
+        print("pymc-marketing: not importable in this environment, so its BetaGeoModel is not "
+              "compared; `make bench-scoring` runs this bench with it in .venv-bench.")  # fmt: skip
     if relative_ll > 1e-6:
         raise SystemExit(f"log-likelihoods differ by {relative_ll:.2e} > 1e-6")
 

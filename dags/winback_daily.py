@@ -80,9 +80,14 @@ def winback_daily():
     features = orch.dbt_task_group("dbt_features", select=FEATURE_MODELS)
 
     @task(outlets=[orch.warehouse_asset("winback", "outbox")])
-    def build_audiences(ds: str | None = None) -> dict:
-        """Audience rules, eligibility (consent, contact, suppression), holdout, outbox."""
-        return pipeline.build_audiences(ds)
+    def build_audiences(ds: str | None = None, params: dict | None = None, dag_run=None) -> dict:
+        """Audience rules, eligibility (consent, contact, suppression, caps), holdout, journeys."""
+        return pipeline.build_audiences(
+            ds,
+            mode=params["send_mode"],
+            allow_past_sends=params["allow_past_sends"],
+            run_type=dag_run.run_type,
+        )
 
     @task(retries=0)
     def check_audiences(ds: str | None = None, params: dict | None = None) -> dict:

@@ -89,6 +89,7 @@ class DailyDagRun:
     landing: Path
     log_path: Path
     url: str
+    window: object  # winback.measurement.CampaignWindow closing on `day`
 
     def run_again(self, log_path: Path) -> subprocess.CompletedProcess:
         with using_database(self.url):
@@ -117,21 +118,35 @@ def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.Comple
 
 @pytest.fixture(scope="session")
 def daily_dag_run(tmp_path_factory) -> DailyDagRun:
-    """`airflow dags test winback_daily` on a small, slightly dirty simulated shop, once."""
-    from winback import airflow_env, dbt_runner, simulator
+    """`airflow dags test winback_daily` over a campaign window of a small, dirty shop.
+
+    As in the demo: the shop up to the start of the window that closes on `day`, a run for
+    that day, the simulator's responses of that day's audience, the rest of the shop and
+    a run for `day`, which measures the window.
+    """
+    from winback import airflow_env, campaigns, dbt_runner, demo, measurement, simulator
 
     day = date(2026, 11, 20)
     landing = tmp_path_factory.mktemp("landing")
-    shop = simulator.simulate_shop(
-        simulator.SimulationConfig(customers=1500, seed=7, as_of=day, dirty_rate=0.01)
-    )
-    simulator.write_landing_files(shop, landing / day.isoformat())
-    log_path = tmp_path_factory.mktemp("logs") / "winback_daily.log"
+    settings = simulator.SimulationConfig(customers=1500, seed=7, as_of=day, dirty_rate=0.01)
+    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), day)
+    assert windows, f"a shipped campaign should have a window closing on {day}"
+    window = windows[0]
+    first, later = demo.split_at(simulator.simulate_shop(settings), window.window_start)
+    simulator.write_landing_files(first, landing / window.window_start.isoformat())
+    logs = tmp_path_factory.mktemp("logs")
     with using_database(create_database("daily_dag")) as url:
         dbt_runner.write_manifest()
         airflow_env.migrate_metadata_db()
-        result = run_daily_dag(landing, day, log_path)
-    text = log_path.read_text(errors="replace")
-    assert result.returncode == 0, text[-6000:]
-    assert "Marking task as FAILED" not in text, text[-6000:]
-    return DailyDagRun(day, landing, log_path, url)
+        for run_day in (window.window_start, day):
+            if run_day == day:
+                with psycopg.connect(url) as conn:
+                    targets = demo.audience_targets(conn, window.window_start)
+                later = demo.add_campaign_responses(later, targets, window, settings)
+                simulator.write_landing_files(later, landing / day.isoformat())
+            log_path = logs / f"winback_daily_{run_day}.log"
+            result = run_daily_dag(landing, run_day, log_path)
+            text = log_path.read_text(errors="replace")
+            assert result.returncode == 0, text[-6000:]
+            assert "Marking task as FAILED" not in text, text[-6000:]
+    return DailyDagRun(day, landing, log_path, url, window)

@@ -49,3 +49,28 @@ def test_the_daily_dag_runs_end_to_end_and_a_rerun_sends_nothing(daily_dag_run, 
     with daily_dag_run.connect() as conn:
         after_second = counts(conn, daily_dag_run.day)
     assert after_second == after_first
+
+
+def test_the_window_closing_on_the_run_date_is_measured_against_its_holdout(daily_dag_run):
+    window = daily_dag_run.window
+    with daily_dag_run.connect() as conn:
+        rows = conn.execute(
+            "select breakdown, breakdown_value, treatment_customers, holdout_customers,"
+            " treatment_reactivated, holdout_reactivated"
+            " from winback.campaign_results"
+            " where campaign_id = %s and window_start = %s and window_end = %s",
+            (window.campaign_id, window.window_start, window.window_end),
+        ).fetchall()
+        entered = conn.execute(
+            "select assigned_group, count(*) from winback.campaign_audiences"
+            " where campaign_id = %s and run_date = %s group by 1",
+            (window.campaign_id, window.window_start),
+        ).fetchall()
+    by_breakdown = {(r[0], r[1]): r[2:] for r in rows}
+    treated, held, treated_back, held_back = by_breakdown[("overall", "all")]
+    # The cohort is who entered on the window's first day and was inactive then.
+    assert 0 < treated <= dict(entered)["treatment"]
+    assert 0 < held <= dict(entered)["holdout"]
+    assert treated_back > 0, "the simulator's treatment customers came back"
+    assert treated_back / treated > held_back / held
+    assert ("channel", "email") in by_breakdown

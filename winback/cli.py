@@ -307,6 +307,41 @@ def _failed_tasks(log_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- parser
 
 
+def cmd_campaigns_validate(args: argparse.Namespace) -> int:
+    from winback import campaigns
+
+    folder = Path(args.folder)
+    problems, warnings = campaigns.validate_folder(folder)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    for problem in problems:
+        print(f"error: {problem}")
+    count = len(list(folder.glob("*.y*ml")))
+    if problems:
+        print(f"{len(problems)} problem(s) in {folder}")
+        return 1
+    print(f"{count} campaign file(s) valid in {folder}")
+    return 0
+
+
+def cmd_campaigns_counts(args: argparse.Namespace) -> int:
+    from winback import audiences, db
+
+    with db.connect() as conn:
+        rows = audiences.campaign_counts(conn, args.date)
+    print(
+        f"{'campaign':<24} {'audience':>8} {'treat':>6} {'hold':>6} {'entered':>7} "
+        f"{'in journey':>10} {'outbox today':>12} {'outbox total':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['campaign_id']:<24} {r['audience']:>8} {r['treatment']:>6} {r['holdout']:>6} "
+            f"{r['entered']:>7} {r['in_journey']:>10} {r['outbox_today']:>12} "
+            f"{r['outbox_total']:>12}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="winback", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -390,6 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--date", type=_date, required=True)
     feedback.add_argument("--url", help="events endpoint (default: connection winback_events)")
     feedback.set_defaults(func=cmd_feedback)
+
+    campaigns_command = sub.add_parser("campaigns", help="check and inspect campaign files")
+    campaigns_sub = campaigns_command.add_subparsers(dest="campaigns_command", required=True)
+    validate = campaigns_sub.add_parser(
+        "validate", help="check every campaign file; exit 1 listing every problem"
+    )
+    validate.add_argument("--folder", default=str(config.CAMPAIGNS_DIR))
+    validate.set_defaults(func=cmd_campaigns_validate)
+    counts = campaigns_sub.add_parser(
+        "counts", help="each campaign's audience and outbox counts for a run date"
+    )
+    counts.add_argument("--date", type=_date, required=True)
+    counts.set_defaults(func=cmd_campaigns_counts)
 
     for name, function, text in [
         ("measure", cmd_measure, "measure a campaign window against its holdout"),

@@ -59,30 +59,54 @@ def score_customers(ds: str) -> dict:
     return scoring.result_summary(result)
 
 
-def build_audiences(ds: str) -> dict:
-    """Every active campaign's audience, eligibility filters and outbox rows."""
+def send_decision(ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None):
+    """The run's real send mode (`winback.send_policy`), the same for every task of a run.
+
+    `run_type` is the Airflow run's type (scheduled, manual, backfill...): with the
+    logical date it decides whether a `live` request is honoured.
+    """
+    from winback import send_policy
+
+    return send_policy.decide(
+        mode, _day(ds), getattr(run_type, "value", run_type), allow_past_sends=allow_past_sends
+    )
+
+
+def build_audiences(
+    ds: str,
+    campaigns_dir: str | None = None,
+    mode: str = "dry_run",
+    allow_past_sends: bool = False,
+    run_type=None,
+) -> dict:
+    """Every valid campaign's audience, eligibility filters, journeys and outbox rows.
+
+    An invalid campaign file is refused: nothing is enrolled or sent for it (its journeys
+    already under way wait), the reason is logged as an error and returned under
+    `refused`, and the other campaigns run as usual. `mode` is the requested send mode;
+    the run's real one (`send_decision`) decides whether coupon and link codes are live
+    (which needs `WINBACK_COUPON_SECRET`).
+    """
     from winback import audiences, campaigns
 
-    all_campaigns = campaigns.load_campaigns()
+    folder = Path(campaigns_dir) if campaigns_dir else config.CAMPAIGNS_DIR
+    valid, refused = campaigns.load_valid_campaigns(folder)
+    for name, reason in refused.items():
+        log.error("campaign file %s refused, nothing is sent for it:\n%s", name, reason)
     with db.connect() as conn:
-        results = audiences.build_audiences(conn, all_campaigns, _day(ds))
-    return {"campaigns": [asdict(r) for r in results]}
+        decision = send_decision(ds, mode, allow_past_sends, run_type)
+        results = audiences.build_audiences(conn, valid, _day(ds), send_mode=decision.mode)
+    return {"campaigns": [asdict(r) for r in results], "refused": refused}
 
 
 def sync_outbox(
     ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None
 ) -> dict:
-    """Send the day's outbox, or record what would be sent; a past day never sends.
-
-    `run_type` is the Airflow run's type (scheduled, manual, backfill...): with the
-    logical date it decides, through `winback.send_policy`, whether `live` is honoured.
-    """
-    from winback import send_policy, sync
+    """Send the day's outbox, or record what would be sent; a past day never sends."""
+    from winback import sync
 
     day = _day(ds)
-    decision = send_policy.decide(
-        mode, day, getattr(run_type, "value", run_type), allow_past_sends=allow_past_sends
-    )
+    decision = send_decision(ds, mode, allow_past_sends, run_type)
     log.info("send mode %s (requested %s): %s", decision.mode, decision.requested, decision.reason)
     with db.connect() as conn:
         result = sync.run(conn, day, decision.mode)
@@ -93,7 +117,9 @@ def measure_closed_windows(ds: str) -> dict:
     """Measure every campaign window whose attribution period ended on this day."""
     from winback import campaigns, measurement
 
-    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), _day(ds))
+    # An invalid campaign file stops its own sends, not the measurement of the others.
+    valid, _refused = campaigns.load_valid_campaigns()
+    windows = measurement.campaign_windows_closing_on(valid, _day(ds))
     measured = []
     with db.connect() as conn:
         for window in windows:

@@ -18,7 +18,9 @@ class RunSummary:
     stages: list[tuple[str, int]] = field(default_factory=list)
     scored_customers: int = 0
     mean_p_alive: float | None = None
-    audiences: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, group, n
+    # One dict per campaign (audiences.campaign_counts): audience, treatment, holdout,
+    # entered, in_journey, outbox_today, email_today, sms_today, popup_today, outbox_total.
+    campaigns: list[dict] = field(default_factory=list)
     would_send: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, channel, n
     # Windows whose attribution period ended on the run date, overall figures.
     measured_windows: list[dict] = field(default_factory=list)
@@ -55,12 +57,14 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
         summary.scored_customers, summary.mean_p_alive = conn.execute(
             "select count(*), avg(p_alive) from winback.customer_scores"
         ).fetchone()
-    if _exists(conn, "winback.campaign_audiences"):
-        summary.audiences = conn.execute(
-            "select campaign_id, assigned_group, count(*) from winback.campaign_audiences "
-            "where run_date = %s group by 1, 2 order by 1, 2",
-            (run_date,),
-        ).fetchall()
+    if _exists(conn, "winback.campaign_audiences") and _exists(conn, "winback.journey_state"):
+        from winback import audiences, campaigns
+
+        counted = {c["campaign_id"]: c for c in audiences.campaign_counts(conn, run_date)}
+        valid, _refused = campaigns.load_valid_campaigns()
+        # Every shipped campaign is listed, with zeros when nobody qualified today.
+        for campaign_id in sorted({c.id for c in valid} | set(counted)):
+            summary.campaigns.append(counted.get(campaign_id, {"campaign_id": campaign_id}))
     if _exists(conn, "winback.send_ledger"):
         summary.would_send = conn.execute(
             "select o.campaign_id, o.channel, count(*) from winback.send_ledger l "
@@ -109,8 +113,21 @@ def render(summary: RunSummary) -> str:
             f"Scored customers: {summary.scored_customers:,} "
             f"(mean P(alive) {float(summary.mean_p_alive or 0):.3f})",
         ]
-    lines += ["", "Audiences:"]
-    lines += [f"  {c:<24} {g:<10} {n:>8,}" for c, g, n in summary.audiences] or ["  (none)"]
+    lines += ["", "Campaigns (today's audience; outbox today by channel, and in total):"]
+    if summary.campaigns:
+        lines.append(
+            f"  {'campaign':<24}{'audience':>9}{'treated':>9}{'holdout':>9}{'entered':>9}"
+            f"{'in journey':>11}{'email':>7}{'sms':>6}{'popup':>7}{'total':>8}"
+        )
+    for c in summary.campaigns:
+        lines.append(
+            f"  {c['campaign_id']:<24}{c.get('audience', 0):>9,}{c.get('treatment', 0):>9,}"
+            f"{c.get('holdout', 0):>9,}{c.get('entered', 0):>9,}{c.get('in_journey', 0):>11,}"
+            f"{c.get('email_today', 0):>7,}{c.get('sms_today', 0):>6,}"
+            f"{c.get('popup_today', 0):>7,}{c.get('outbox_total', 0):>8,}"
+        )
+    if not summary.campaigns:
+        lines.append("  (none)")
     lines += ["", "Messages that would be sent (dry run):"]
     lines += [f"  {c:<24} {ch:<10} {n:>8,}" for c, ch, n in summary.would_send] or ["  (none)"]
     if summary.measured_windows:
