@@ -409,3 +409,33 @@ def test_connections_parse_from_json_and_uri_and_never_show_the_password():
     assert js.base_url == "https://us1.api.mailchimp.com"
     assert js.limits(RateLimits(10.0, 10)).requests_per_second == 5.0
     assert "s3cret" not in repr(uri) and "k-us1" not in repr(js)
+
+
+def test_a_row_scheduled_for_later_waits_for_its_time_and_not_past_its_window(warehouse, box):
+    keys = enqueue(warehouse, add_customers(warehouse, 3), "sms")
+    warehouse.execute(
+        "update winback.outbox set send_at = now() + interval '2 hours' where customer_id = 'c0'"
+    )
+    warehouse.execute(
+        "update winback.outbox set send_at = now() + interval '1 hour' where customer_id = 'c1'"
+    )
+    warehouse.commit()
+    first = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
+    assert first.by_provider["twilio"] == {"acknowledged": 1} and first.deferred == 2
+    assert ledger(warehouse)[keys[0]][0] == "scheduled"
+    # Time passes: c0's slot has just come, c1's passed five hours ago (quiet hours since).
+    warehouse.execute(
+        "update winback.outbox set send_at = now() - interval '5 minutes' where customer_id = 'c0'"
+    )
+    warehouse.execute(
+        "update winback.outbox set send_at = now() - interval '5 hours' where customer_id = 'c1'"
+    )
+    warehouse.commit()
+    later = sync.run(
+        warehouse, date(2026, 11, 21), "live", {"sms": twilio(box)}, {}, collect_feedback=False
+    )
+    assert later.by_provider["twilio"] == {"acknowledged": 1, "skipped": 1}
+    states = ledger(warehouse)
+    assert states[keys[0]][0] == "acknowledged"
+    assert states[keys[1]][0] == "skipped" and "send window missed" in states[keys[1]][2]
+    assert set(box.accepted()["messages_by_reference"]) == {keys[0], keys[2]}

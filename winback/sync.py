@@ -64,6 +64,10 @@ INTENT_CHUNK = 500
 FLUSH_EVERY_ROWS = 500
 FLUSH_EVERY_SECONDS = 0.5
 AUDIENCE_SLICE = 100_000
+# A row scheduled for later (send_at, e.g. moved out of SMS quiet hours) is sent by the
+# first live run after its time, within this window; later than that, its time slot is
+# gone (it might now fall in quiet hours), so it is skipped with the reason.
+SEND_WINDOW_HOURS = 3
 
 LEDGER_DDL = """
 create table if not exists winback.send_ledger (
@@ -248,19 +252,12 @@ def run(
     return result
 
 
-def _outbox_has_send_at(conn) -> bool:
-    return bool(
-        conn.execute(
-            "select 1 from information_schema.columns where table_schema = 'winback' "
-            "and table_name = 'outbox' and column_name = 'send_at'"
-        ).fetchone()
-    )
-
-
 def _candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
     """Rows to act on: the day's new outbox rows that are due, and earlier rows still open
     (`sending` to reconcile, `retry` to send again), each with why it may not be sent."""
-    due = "(o.send_at is null or o.send_at <= now())" if _outbox_has_send_at(conn) else "true"
+    # `send_at` (the campaigns stage's schedule, e.g. out of SMS quiet hours) is a column
+    # of every outbox: audiences.ensure_app_schema adds it.
+    _schedule_later_rows(conn, run_date)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             f"""
@@ -269,13 +266,20 @@ def _candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
                 from winback.outbox o
                 left join winback.send_ledger l
                   on l.idempotency_key = o.idempotency_key and l.mode = 'live'
-                where (l.idempotency_key is null and o.run_date = %(run_date)s and {due})
+                where (l.idempotency_key is null and o.run_date = %(run_date)s
+                       and (o.send_at is null or o.send_at <= now()))
                    or (l.status in ('sending', 'retry') and l.run_date <= %(run_date)s)
+                   or (l.status = 'scheduled' and o.send_at <= now()
+                       and l.run_date <= %(run_date)s)
             )
             select r.idempotency_key, r.customer_id, r.campaign_id, r.channel,
                    r.payload, r.ledger_status, r.intent_recorded_at,
                    coalesce(r.attempts, 0) as attempts,
                    case
+                       when r.ledger_status = 'scheduled'
+                            and r.send_at < now() - make_interval(hours => %(window)s)
+                           then 'send window missed: it was scheduled for '
+                           || to_char(r.send_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
                        when r.channel not in ('email', 'sms') then null
                        when f.customer_id is null then 'customer no longer in customer_features'
                        when r.channel = 'email' and not f.is_email_subscribed
@@ -296,17 +300,34 @@ def _candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
              and s.address_hash = {feedback.ADDRESS_HASH_SQL.format("r.payload ->> 'to'")}
             order by r.idempotency_key
             """,
-            {"run_date": run_date},
+            {"run_date": run_date, "window": SEND_WINDOW_HOURS},
         ).fetchall()
 
 
+def _schedule_later_rows(conn, run_date: date) -> None:
+    """The day's rows due later: recorded `scheduled` by this live run, for a later one."""
+    with conn.transaction():
+        conn.execute(
+            """
+            insert into winback.send_ledger
+                (idempotency_key, mode, status, provider, run_date, updated_at)
+            select o.idempotency_key, 'live', 'scheduled',
+                   case o.channel when 'email' then %(email)s when 'sms' then %(sms)s
+                        else %(popup)s end,
+                   o.run_date, now()
+            from winback.outbox o
+            where o.run_date = %(run_date)s and o.send_at > now()
+            on conflict (idempotency_key, mode) do nothing
+            """,
+            {"run_date": run_date, **PROVIDER_BY_CHANNEL},
+        )
+
+
 def _deferred(conn, run_date: date) -> int:
-    if not _outbox_has_send_at(conn):
-        return 0
     return conn.execute(
-        "select count(*) from winback.outbox o where o.run_date = %s and o.send_at > now() "
-        "and not exists (select 1 from winback.send_ledger l "
-        "where l.idempotency_key = o.idempotency_key and l.mode = 'live')",
+        "select count(*) from winback.outbox o join winback.send_ledger l"
+        " on l.idempotency_key = o.idempotency_key and l.mode = 'live'"
+        " where l.status = 'scheduled' and l.run_date <= %s and o.send_at > now()",
         (run_date,),
     ).fetchone()[0]
 
@@ -346,7 +367,7 @@ class LedgerWriter:
                 select key, 'live', 'sending', %s, %s, now() from unnest(%s::text[]) key
                 on conflict (idempotency_key, mode) do update
                     set status = 'sending', updated_at = now()
-                    where send_ledger.status in ('retry', 'sending')
+                    where send_ledger.status in ('retry', 'sending', 'scheduled')
                 """,
                 (self.provider, self.run_date, keys),
             )
@@ -455,7 +476,7 @@ def _record_skipped(conn, provider: str, run_date: date, rows: list[dict]) -> No
             from unnest(%s::text[], %s::text[]) as v(key, why)
             on conflict (idempotency_key, mode) do update
                 set status = 'skipped', error = excluded.error, updated_at = now()
-                where send_ledger.status = 'retry'
+                where send_ledger.status in ('retry', 'scheduled')
             """,
             (
                 provider,
@@ -555,7 +576,7 @@ def _desired_members(conn, run_date: date) -> dict[tuple[str, str], Member]:
               and f.is_email_subscribed and not f.is_email_suppressed
               and s.address_hash is null and f.email is not null
             """,
-            {"run_date": run_date},
+            {"run_date": run_date, "window": SEND_WINDOW_HOURS},
         ).fetchall()
     return {
         (r["audience"], r["customer_id"]): Member(
