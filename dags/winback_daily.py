@@ -3,8 +3,8 @@
 
 Every day: load the shop's files → dbt (staging, RFM, lifecycle) → input quality gate →
 score churn and value with lifetimes → score gate → dbt customer features → campaign
-audiences → audience gate → provider sync → measurement of the campaign windows that
-closed today → summary. A failed gate stops the run before
+audiences → audience gate → provider sync → provider feedback → measurement of the
+campaign windows that closed today → summary. A failed gate stops the run before
 anything is sent.
 
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
@@ -105,6 +105,11 @@ def winback_daily():
         )
 
     @task
+    def collect_feedback(ds: str | None = None) -> dict:
+        """Provider events: the funnel after sent, and unsubscribes for the suppression list."""
+        return pipeline.collect_feedback(ds)
+
+    @task
     def measure_closed_windows(ds: str | None = None) -> dict:
         """Measure the campaign windows whose attribution period ended today."""
         return pipeline.measure_closed_windows(ds)
@@ -124,6 +129,7 @@ def winback_daily():
         build_audiences(),
         check_audiences(),
         sync_outbox(),
+        collect_feedback(),
         measure_closed_windows(),
         summarize(),
     )

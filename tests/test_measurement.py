@@ -153,13 +153,27 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
         "insert into winback.send_ledger (idempotency_key, mode, status, provider, run_date)"
         " select idempotency_key, 'dry_run', 'would_send', 'smtp', run_date from winback.outbox"
     )
+    # Provider feedback: t0 and t1 delivered, t0 opened and clicked (twice: one counts).
+    for event_id, customer, event_type in [
+        ("e1", "t0", "delivered"), ("e2", "t1", "delivered"), ("e3", "t0", "opened"),
+        ("e4", "t0", "clicked"), ("e5", "t0", "clicked"),
+    ]:  # fmt: skip
+        warehouse.execute(
+            "insert into winback.message_events (event_id, provider, event_type, channel,"
+            " idempotency_key, customer_id, campaign_id, occurred_at)"
+            " select %s, 'smtp', %s, 'email', idempotency_key, customer_id, campaign_id, now()"
+            " from winback.outbox where customer_id = %s",
+            (event_id, event_type, customer),
+        )
     warehouse.commit()
     measurement.measure_window(warehouse, "we_miss_you", START, END)
     data = report.load(warehouse, "we_miss_you", START, END)
     assert data.treatment_curve[-1] == pytest.approx(2 / 8)
     assert data.holdout_curve[-1] == pytest.approx(1 / 4)
     assert data.treatment_curve[3] == 0 and data.treatment_curve[4] == pytest.approx(1 / 8)
-    assert data.funnel["sent"] == 8 and data.funnel["purchased"] == 2
+    assert data.funnel == {
+        "sent": 8, "delivered": 2, "opened": 1, "clicked": 1, "purchased": 2,
+    }  # fmt: skip
     html_path, png_path = report.write(data, tmp_path)
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in html_path.read_text()

@@ -81,21 +81,6 @@ create table if not exists winback.outbox (
 );
 comment on table winback.outbox is
     'Messages to send; one row per (campaign, step, customer, channel), ever.';
-
-create table if not exists winback.send_ledger (
-    idempotency_key text not null references winback.outbox (idempotency_key),
-    mode text not null check (mode in ('dry_run', 'live')),
-    status text not null,
-    provider text not null,
-    provider_message_id text,
-    run_date date not null,
-    intent_recorded_at timestamptz not null default now(),
-    acknowledged_at timestamptz,
-    error text,
-    primary key (idempotency_key, mode)
-);
-comment on table winback.send_ledger is
-    'Intent and acknowledgement of every send; dry runs are recorded as mode dry_run.';
 """
 
 

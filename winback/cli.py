@@ -179,11 +179,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         campaigns,
         db,
         dbt_runner,
-        demo,
         measurement,
-        report,
+        personalization,
+        sandbox,
         simulator,
-        summary,
     )
 
     landing = Path(args.landing)
@@ -196,6 +195,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     window = min(windows, key=lambda w: w.window_start, default=None)
     dbt_runner.write_manifest()
     airflow_env.migrate_metadata_db()
+    # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
+    # the demo's two simulated days are replayed as if each were today: live sends with
+    # allow_past_sends, which a real backfill never sets.
+    providers = sandbox.start_sandbox(fault_rate=0.05, seed=DEMO_SEED, in_process=True)
+    os.environ.update(providers.connections_env())
+    os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
+    print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
+    try:
+        return _demo_days(args, landing, settings, windows, window, providers)
+    finally:
+        providers.stop()
+
+
+def _demo_days(args, landing, settings, windows, window, providers) -> int:
+    from winback import db, demo, report, simulator, summary
+
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
         folder = landing / args.date.isoformat()
@@ -227,6 +242,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not _run_daily_dag(args.date, "demo-airflow.log"):
         return 1
     print("[4/5] summary")
+    stats = providers.stats()
+    print(
+        f"      the sandbox served {stats['requests']:,} requests and accepted"
+        f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member writes"
+    )
     with db.connect() as conn:
         print(summary.render(summary.collect(conn, args.date)))
         print("[5/5] campaign reports")
@@ -239,15 +259,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_RUN_CONF = {"send_mode": "live", "allow_past_sends": True}
+
+
+def _demo_coupon_secret() -> str:
+    """A coupon-signing secret for this checkout's demo, generated once and kept private.
+
+    Live sends need one; a deployment sets WINBACK_COUPON_SECRET itself. The same secret on
+    every demo run keeps coupon and link codes stable across reruns.
+    """
+    import secrets
+
+    path = config.STATE_DIR / "demo_coupon_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def _run_daily_dag(day: date, log_name: str) -> bool:
-    """`airflow dags test winback_daily` for one day; False, with the log's tail, on failure."""
+    """`airflow dags test winback_daily` for one demo day, sending live to the sandbox.
+
+    False, with the log's tail, on failure.
+    """
     from winback import airflow_env
 
     log_path = config.STATE_DIR / log_name
     print(f"      airflow dags test winback_daily {day} (log: {log_path})")
     with open(log_path, "w") as handle:
         result = airflow_env.run_airflow(
-            ["dags", "test", "winback_daily", day.isoformat()],
+            ["dags", "test", "winback_daily", day.isoformat(), "-c", json.dumps(DEMO_RUN_CONF)],
             check=False,
             stdout=handle,
             stderr=subprocess.STDOUT,

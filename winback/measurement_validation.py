@@ -16,7 +16,7 @@ from datetime import date, timedelta
 import pandas as pd
 import psycopg
 
-from winback import audiences, measurement, raw_schema, simulator
+from winback import audiences, measurement, raw_schema, simulator, sync
 
 WINDOW_START = date(2026, 9, 1)
 WINDOW_END = date(2026, 9, 30)
@@ -46,7 +46,7 @@ def reset_measurement_tables(conn: psycopg.Connection) -> None:
     conn.execute("drop schema if exists marts cascade")
     conn.execute("drop schema if exists winback cascade")
     raw_schema.ensure_raw_schema(conn)
-    audiences.ensure_app_schema(conn)
+    sync.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
     conn.execute(
         "create schema marts; create table marts.customer_lifecycle_history ("
         " customer_id text, as_of_date date, lifecycle_stage text,"

@@ -113,6 +113,18 @@ def sync_outbox(
     return {**asdict(result), "send_decision": asdict(decision)}
 
 
+def collect_feedback(ds: str) -> dict:
+    """Read the providers' events (delivered, opened, clicked, bounced, unsubscribed, STOP).
+
+    They feed the measurement funnel and the suppression list that the next sync honours.
+    Without a configured events feed (connection `winback_events`) there is nothing to read.
+    """
+    from winback import feedback
+
+    with db.connect() as conn:
+        return feedback.collect(conn, _day(ds))
+
+
 def measure_closed_windows(ds: str) -> dict:
     """Measure every campaign window whose attribution period ended on this day."""
     from winback import campaigns, measurement

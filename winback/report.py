@@ -38,7 +38,10 @@ class ReportData:
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
+    from winback import sync
+
     conn.execute(measurement.RESULTS_DDL)
+    sync.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
     with conn.cursor(row_factory=dict_row) as cur:
         results = cur.execute(
             "select * from winback.campaign_results where campaign_id = %s and window_start = %s"
@@ -105,6 +108,12 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
     )
 
 
+def _has_table(cur, relation: str) -> bool:
+    return cur.execute("select to_regclass(%s) is not null as found", (relation,)).fetchone()[
+        "found"
+    ]
+
+
 def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, int]:
     sent = cur.execute(
         "select count(distinct o.customer_id) as n from winback.outbox o"
@@ -113,14 +122,30 @@ def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, 
         " where o.campaign_id = %s and l.status in ('acknowledged', 'sent', 'would_send')",
         (campaign_id,),
     ).fetchone()["n"]
+    # Engagement comes from the providers' feedback (winback.message_events, per message of
+    # the window, whenever it arrived) and from the shop's own tracking
+    # (raw.engagement_events, within the window); a customer counts once.
+    provider_events = (
+        " union select m.event_type, m.customer_id from winback.message_events m"
+        " join winback.outbox o on o.idempotency_key = m.idempotency_key"
+        " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
+        " and o.run_date <= %(measured_on)s"
+        if _has_table(cur, "winback.message_events")
+        else ""
+    )
     events = dict(
         (r["event_type"], r["n"])
         for r in cur.execute(
-            "select e.event_type, count(distinct e.customer_id) as n from raw.engagement_events e"
-            " join cohort c on c.customer_id = e.customer_id and c.assigned_group = 'treatment'"
-            " where e.campaign_id = %s and e.occurred_at >= %s and e.occurred_at < %s::date + 1"
-            " group by 1",
-            (campaign_id, start, measured_on),
+            "select events.event_type, count(distinct events.customer_id) as n from ("
+            " select case e.event_type when 'open' then 'opened' when 'click' then 'clicked'"
+            " else e.event_type end as event_type, e.customer_id"
+            " from raw.engagement_events e"
+            " where e.campaign_id = %(campaign)s and e.occurred_at >= %(start)s"
+            " and e.occurred_at < %(measured_on)s::date + 1"
+            f"{provider_events}"
+            ") events join cohort c on c.customer_id = events.customer_id"
+            " and c.assigned_group = 'treatment' group by 1",
+            {"campaign": campaign_id, "start": start, "measured_on": measured_on},
         ).fetchall()
     )
     purchased = cur.execute(
@@ -129,8 +154,8 @@ def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, 
     return {
         "sent": sent,
         "delivered": events.get("delivered", 0),
-        "opened": events.get("open", 0),
-        "clicked": events.get("click", 0),
+        "opened": events.get("opened", 0),
+        "clicked": events.get("clicked", 0),
         "purchased": purchased,
     }
 

@@ -21,7 +21,8 @@ class RunSummary:
     # One dict per campaign (audiences.campaign_counts): audience, treatment, holdout,
     # entered, in_journey, outbox_today, email_today, sms_today, popup_today, outbox_total.
     campaigns: list[dict] = field(default_factory=list)
-    would_send: list[tuple[str, str, int]] = field(default_factory=list)  # campaign, channel, n
+    # (campaign, channel, mode, status, messages) of the run's send ledger rows.
+    ledger: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     # Windows whose attribution period ended on the run date, overall figures.
     measured_windows: list[dict] = field(default_factory=list)
 
@@ -66,10 +67,10 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
         for campaign_id in sorted({c.id for c in valid} | set(counted)):
             summary.campaigns.append(counted.get(campaign_id, {"campaign_id": campaign_id}))
     if _exists(conn, "winback.send_ledger"):
-        summary.would_send = conn.execute(
-            "select o.campaign_id, o.channel, count(*) from winback.send_ledger l "
-            "join winback.outbox o using (idempotency_key) "
-            "where l.run_date = %s and l.mode = 'dry_run' group by 1, 2 order by 1, 2",
+        summary.ledger = conn.execute(
+            "select o.campaign_id, o.channel, l.mode, l.status, count(*)"
+            " from winback.send_ledger l join winback.outbox o using (idempotency_key)"
+            " where l.run_date = %s group by 1, 2, 3, 4 order by 1, 2, 3, 4",
             (run_date,),
         ).fetchall()
     if _exists(conn, "winback.campaign_results"):
@@ -128,8 +129,11 @@ def render(summary: RunSummary) -> str:
         )
     if not summary.campaigns:
         lines.append("  (none)")
-    lines += ["", "Messages that would be sent (dry run):"]
-    lines += [f"  {c:<24} {ch:<10} {n:>8,}" for c, ch, n in summary.would_send] or ["  (none)"]
+    lines += ["", "Send ledger (live: acknowledged by the provider; dry run: would_send):"]
+    lines += [
+        f"  {c:<24} {ch:<7} {mode:<8} {status:<13} {n:>8,}"
+        for c, ch, mode, status, n in summary.ledger
+    ] or ["  (nothing to send)"]
     if summary.measured_windows:
         lines += ["", "Campaign windows measured today (inactive at the start, bought again):"]
         for w in summary.measured_windows:
