@@ -17,8 +17,18 @@ STATS_COLUMNS = (
     "customer_id, first_order_at, last_order_at, first_order_date, last_order_date,"
     " orders_count, order_days, repeat_purchase_days, total_order_value, average_order_value,"
     " mean_repeat_order_value, mean_days_between_orders, median_days_between_orders,"
-    " last_gap_days, latest_source_loaded_at"
+    " median_days_between_orders_before_last, last_gap_days, latest_source_loaded_at"
 )
+PURCHASES_COLUMNS = (
+    "customer_id, favourite_category, sector, last_purchased_category, last_purchased_products,"
+    " last_order_date, latest_source_loaded_at"
+)
+# The incremental per-customer models, and the columns a full refresh must reproduce.
+INCREMENTAL_MODELS = {
+    "int_customer_order_stats": STATS_COLUMNS,
+    "int_customer_purchases": PURCHASES_COLUMNS,
+}
+SELECT_INCREMENTAL = ["--select", " ".join(INCREMENTAL_MODELS)]
 
 
 def dbt(*args: str, day: date) -> None:
@@ -51,38 +61,65 @@ def warehouse(tmp_path_factory):
         with db.connect() as conn:
             loader.load_day(conn, landing, DAY)
         dbt("build", day=DAY)
-        yield {"url": url, "landing": landing, "new_orders": len(responses["orders"])}
+        yield {
+            "url": url,
+            "landing": landing,
+            "new_orders": len(responses["orders"]),
+            "refunded_customers": set(changed["customer_id"]),
+        }
+
+
+def snapshots(conn) -> dict[str, set[tuple]]:
+    return {
+        model: snapshot(conn, f"intermediate.{model}", columns)
+        for model, columns in INCREMENTAL_MODELS.items()
+    }
 
 
 def test_incremental_run_equals_a_full_refresh(warehouse):
     with using_database(warehouse["url"]):
         with db.connect() as conn:
-            before = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
+            before = snapshots(conn)
             loader.load_day(conn, warehouse["landing"], NEXT)
         assert warehouse["new_orders"] > 0
-        dbt("run", "--select", "int_customer_order_stats", day=NEXT)
+        dbt("run", *SELECT_INCREMENTAL, day=NEXT)
         with db.connect() as conn:
-            incremental = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", "--full-refresh", day=NEXT)
+            incremental = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=NEXT)
         with db.connect() as conn:
-            full = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-    assert incremental == full
-    assert incremental != before, "the next day's orders should have changed some customers"
-    changed = {row[0] for row in incremental - before}
-    assert 0 < len(changed) < len(full), "an increment touches only customers with new orders"
+            full = snapshots(conn)
+    for model in INCREMENTAL_MODELS:
+        assert incremental[model] == full[model], model
+        assert incremental[model] != before[model], f"{model}: the next day changed nobody"
+        changed = {row[0] for row in incremental[model] - before[model]}
+        assert 0 < len(changed) < len(full[model]), f"{model} touched every customer"
+    # The three orders refunded the next day: their customers' figures were recomputed.
+    refunded = warehouse["refunded_customers"]
+    old_stats = {row[0]: row for row in before["int_customer_order_stats"]}
+    new_stats = {row[0]: row for row in full["int_customer_order_stats"]}
+    assert all(old_stats[c] != new_stats.get(c) for c in refunded)
 
 
 def test_a_backfill_to_an_earlier_day_equals_its_full_refresh(warehouse):
+    earlier = DAY - timedelta(days=30)
     with using_database(warehouse["url"]):
-        dbt("run", "--select", "int_customer_order_stats", day=DAY - timedelta(days=30))
+        dbt("run", *SELECT_INCREMENTAL, day=earlier)
         with db.connect() as conn:
-            incremental = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", "--full-refresh",
-            day=DAY - timedelta(days=30))  # fmt: skip
+            incremental = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=earlier)
         with db.connect() as conn:
-            full = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", day=NEXT)  # back to today
+            full = snapshots(conn)
+        # Forward again, incrementally from the earlier day: the same as a full refresh.
+        dbt("run", *SELECT_INCREMENTAL, day=NEXT)
+        with db.connect() as conn:
+            forward = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=NEXT)
+        with db.connect() as conn:
+            forward_full = snapshots(conn)
     assert incremental == full
+    assert forward == forward_full
+    # Customers whose first order came after the earlier day are not in its tables.
+    assert len(full["int_customer_order_stats"]) < len(forward_full["int_customer_order_stats"])
 
 
 def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
