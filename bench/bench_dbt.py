@@ -255,7 +255,7 @@ def server_settings() -> dict[str, str]:
     )  # fmt: skip
     with db.connect() as conn:
         rows = conn.execute(
-            "select name, setting || coalesce(unit, '') from pg_settings where name = any(%s)",
+            "select name, current_setting(name) from pg_settings where name = any(%s)",
             (list(names),),
         ).fetchall()
     return dict(rows)
