@@ -3,6 +3,7 @@ idempotent and order-independent, docs generate."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pandas as pd
@@ -143,6 +144,27 @@ def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
     assert {d for d, _ in per_day} >= set(days)
 
 
-def test_docs_generate(warehouse):
+def test_docs_generate_and_every_model_is_documented_column_by_column_and_tested(
+    warehouse, tmp_path
+):
     with using_database(warehouse["url"]):
-        assert dbt_runner.run_dbt(["docs", "generate", "--quiet"]) == 0
+        code = dbt_runner.run_dbt(
+            ["docs", "generate", "--quiet", "--target-path", str(tmp_path)],
+            check=False,
+        )
+    assert code == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    catalog = json.loads((tmp_path / "catalog.json").read_text())
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
+    tests += list(manifest.get("unit_tests", {}).values())
+    tested = {parent for test in tests for parent in test["depends_on"]["nodes"]}
+    models = {k: v for k, v in manifest["nodes"].items() if v["resource_type"] == "model"}
+    assert models
+    for unique_id, model in models.items():
+        assert model["description"].strip(), f"{model['name']} has no description"
+        assert unique_id in tested, f"{model['name']} has no test"
+        built = set(catalog["nodes"][unique_id]["columns"])
+        documented = {
+            name for name, column in model["columns"].items() if column["description"].strip()
+        }
+        assert built == documented, f"{model['name']}: undocumented {sorted(built - documented)}"
