@@ -3,6 +3,7 @@ idempotent and order-independent, docs generate."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pandas as pd
@@ -17,8 +18,18 @@ STATS_COLUMNS = (
     "customer_id, first_order_at, last_order_at, first_order_date, last_order_date,"
     " orders_count, order_days, repeat_purchase_days, total_order_value, average_order_value,"
     " mean_repeat_order_value, mean_days_between_orders, median_days_between_orders,"
-    " last_gap_days, latest_source_loaded_at"
+    " median_days_between_orders_before_last, last_gap_days, latest_source_loaded_at"
 )
+PURCHASES_COLUMNS = (
+    "customer_id, favourite_category, sector, last_purchased_category, last_purchased_products,"
+    " last_order_date, latest_source_loaded_at"
+)
+# The incremental per-customer models, and the columns a full refresh must reproduce.
+INCREMENTAL_MODELS = {
+    "int_customer_order_stats": STATS_COLUMNS,
+    "int_customer_purchases": PURCHASES_COLUMNS,
+}
+SELECT_INCREMENTAL = ["--select", " ".join(INCREMENTAL_MODELS)]
 
 
 def dbt(*args: str, day: date) -> None:
@@ -51,38 +62,65 @@ def warehouse(tmp_path_factory):
         with db.connect() as conn:
             loader.load_day(conn, landing, DAY)
         dbt("build", day=DAY)
-        yield {"url": url, "landing": landing, "new_orders": len(responses["orders"])}
+        yield {
+            "url": url,
+            "landing": landing,
+            "new_orders": len(responses["orders"]),
+            "refunded_customers": set(changed["customer_id"]),
+        }
+
+
+def snapshots(conn) -> dict[str, set[tuple]]:
+    return {
+        model: snapshot(conn, f"intermediate.{model}", columns)
+        for model, columns in INCREMENTAL_MODELS.items()
+    }
 
 
 def test_incremental_run_equals_a_full_refresh(warehouse):
     with using_database(warehouse["url"]):
         with db.connect() as conn:
-            before = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
+            before = snapshots(conn)
             loader.load_day(conn, warehouse["landing"], NEXT)
         assert warehouse["new_orders"] > 0
-        dbt("run", "--select", "int_customer_order_stats", day=NEXT)
+        dbt("run", *SELECT_INCREMENTAL, day=NEXT)
         with db.connect() as conn:
-            incremental = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", "--full-refresh", day=NEXT)
+            incremental = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=NEXT)
         with db.connect() as conn:
-            full = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-    assert incremental == full
-    assert incremental != before, "the next day's orders should have changed some customers"
-    changed = {row[0] for row in incremental - before}
-    assert 0 < len(changed) < len(full), "an increment touches only customers with new orders"
+            full = snapshots(conn)
+    for model in INCREMENTAL_MODELS:
+        assert incremental[model] == full[model], model
+        assert incremental[model] != before[model], f"{model}: the next day changed nobody"
+        changed = {row[0] for row in incremental[model] - before[model]}
+        assert 0 < len(changed) < len(full[model]), f"{model} touched every customer"
+    # The three orders refunded the next day: their customers' figures were recomputed.
+    refunded = warehouse["refunded_customers"]
+    old_stats = {row[0]: row for row in before["int_customer_order_stats"]}
+    new_stats = {row[0]: row for row in full["int_customer_order_stats"]}
+    assert all(old_stats[c] != new_stats.get(c) for c in refunded)
 
 
 def test_a_backfill_to_an_earlier_day_equals_its_full_refresh(warehouse):
+    earlier = DAY - timedelta(days=30)
     with using_database(warehouse["url"]):
-        dbt("run", "--select", "int_customer_order_stats", day=DAY - timedelta(days=30))
+        dbt("run", *SELECT_INCREMENTAL, day=earlier)
         with db.connect() as conn:
-            incremental = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", "--full-refresh",
-            day=DAY - timedelta(days=30))  # fmt: skip
+            incremental = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=earlier)
         with db.connect() as conn:
-            full = snapshot(conn, "intermediate.int_customer_order_stats", STATS_COLUMNS)
-        dbt("run", "--select", "int_customer_order_stats", day=NEXT)  # back to today
+            full = snapshots(conn)
+        # Forward again, incrementally from the earlier day: the same as a full refresh.
+        dbt("run", *SELECT_INCREMENTAL, day=NEXT)
+        with db.connect() as conn:
+            forward = snapshots(conn)
+        dbt("run", *SELECT_INCREMENTAL, "--full-refresh", day=NEXT)
+        with db.connect() as conn:
+            forward_full = snapshots(conn)
     assert incremental == full
+    assert forward == forward_full
+    # Customers whose first order came after the earlier day are not in its tables.
+    assert len(full["int_customer_order_stats"]) < len(forward_full["int_customer_order_stats"])
 
 
 def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
@@ -106,6 +144,27 @@ def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
     assert {d for d, _ in per_day} >= set(days)
 
 
-def test_docs_generate(warehouse):
+def test_docs_generate_and_every_model_is_documented_column_by_column_and_tested(
+    warehouse, tmp_path
+):
     with using_database(warehouse["url"]):
-        assert dbt_runner.run_dbt(["docs", "generate", "--quiet"]) == 0
+        code = dbt_runner.run_dbt(
+            ["docs", "generate", "--quiet", "--target-path", str(tmp_path)],
+            check=False,
+        )
+    assert code == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    catalog = json.loads((tmp_path / "catalog.json").read_text())
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
+    tests += list(manifest.get("unit_tests", {}).values())
+    tested = {parent for test in tests for parent in test["depends_on"]["nodes"]}
+    models = {k: v for k, v in manifest["nodes"].items() if v["resource_type"] == "model"}
+    assert models
+    for unique_id, model in models.items():
+        assert model["description"].strip(), f"{model['name']} has no description"
+        assert unique_id in tested, f"{model['name']} has no test"
+        built = set(catalog["nodes"][unique_id]["columns"])
+        documented = {
+            name for name, column in model["columns"].items() if column["description"].strip()
+        }
+        assert built == documented, f"{model['name']}: undocumented {sorted(built - documented)}"

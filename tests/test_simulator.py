@@ -121,3 +121,67 @@ def test_campaign_responses_carry_the_known_uplift():
     pd.testing.assert_frame_equal(orders, again)
     days = pd.to_datetime(orders["ordered_at"]).dt.date
     assert days.min() >= date(2026, 9, 1) and days.max() < date(2026, 10, 1)
+
+
+def test_write_shop_in_one_chunk_writes_what_simulate_shop_returns(tmp_path):
+    settings = simulator.SimulationConfig(customers=600, seed=4, as_of=AS_OF, dirty_rate=0.01)
+    rows = simulator.write_shop(settings, tmp_path, chunk_customers=1000)
+    expected = simulator.simulate_shop(settings)
+    for raw_table in contract.TABLES:
+        written = pd.read_csv(tmp_path / f"{raw_table.stem}.csv", dtype=str, keep_default_na=False)
+        frame = expected[raw_table.name][raw_table.column_names].astype(object)
+        assert (written.to_numpy() == frame.to_numpy()).all(), raw_table.name
+        assert rows[raw_table.name] == len(frame)
+
+
+def test_write_shop_in_chunks_numbers_ids_across_chunks(tmp_path):
+    settings = simulator.SimulationConfig(customers=900, seed=4, as_of=AS_OF)
+    rows = simulator.write_shop(settings, tmp_path, chunk_customers=250)
+    again = simulator.write_shop(settings, tmp_path / "again", chunk_customers=250)
+    assert rows == again
+    for raw_table in contract.TABLES:
+        path = tmp_path / f"{raw_table.stem}.csv"
+        assert path.read_bytes() == (tmp_path / "again" / path.name).read_bytes()
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert len(frame) == rows[raw_table.name]
+        key = list(raw_table.primary_key)
+        assert not frame.duplicated(key).any(), raw_table.name
+    customers = pd.read_csv(tmp_path / "customers.csv", dtype=str)
+    orders = pd.read_csv(tmp_path / "orders.csv", dtype=str)
+    assert len(customers) == 900 and customers["customer_id"].iloc[-1] == "C00000900"
+    assert set(orders["customer_id"]) <= set(customers["customer_id"])
+    lines = pd.read_csv(tmp_path / "order_lines.csv", dtype=str)
+    assert set(lines["order_id"]) == set(orders["order_id"])
+
+
+def test_next_day_orders_come_from_existing_customers_on_that_day():
+    settings = simulator.SimulationConfig(customers=5000, seed=4, as_of=AS_OF)
+    day = date(2026, 11, 21)
+    frames = simulator.simulate_next_day_orders(settings, day, 40)
+    orders, lines = frames["orders"], frames["order_lines"]
+    assert len(orders) == 40 and orders["customer_id"].is_unique
+    assert orders["customer_id"].str.fullmatch(r"C\d{8}").all()
+    assert (orders["customer_id"].str[1:].astype(int) <= 5000).all()
+    assert orders["ordered_at"].str.startswith("2026-11-21T").all()
+    assert set(lines["order_id"]) == set(orders["order_id"])
+    totals = (
+        (lines["quantity"].astype(float) * lines["unit_price"].astype(float))
+        .groupby(lines["order_id"])
+        .sum()
+    )
+    assert np.allclose(totals.reindex(orders["order_id"]).to_numpy(), orders["total"].astype(float))
+    again = simulator.simulate_next_day_orders(settings, day, 40)
+    pd.testing.assert_frame_equal(orders, again["orders"])
+
+
+def test_text_formatting_matches_the_reference_formats():
+    seconds = np.array([0, 1_790_000_000.7, 1_700_000_000])
+    assert simulator._timestamps(seconds).tolist() == [
+        "1970-01-01T00:00:00Z", "2026-09-21T14:13:20Z", "2023-11-14T22:13:20Z",
+    ]  # fmt: skip
+    # Amounts as "%.2f" writes them after rounding to cents, which the simulator used to call.
+    amounts = np.concatenate(
+        [[0.005, 12.345, -3.1, 1000], np.random.default_rng(0).lognormal(3, 2, 10_000)]
+    )
+    reference = np.char.mod("%.2f", np.round(amounts, 2))
+    assert simulator._money(amounts).tolist() == reference.tolist()

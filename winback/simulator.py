@@ -18,6 +18,7 @@ customers) and deterministic for a seed: the same seed writes byte-identical fil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import unicodedata
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from winback.contract import TABLES
 
@@ -111,18 +115,66 @@ class SimulationConfig:
     sms_campaigns: int = 3
 
 
-def _timestamps(seconds: np.ndarray) -> pd.Series:
-    return pd.Series(
-        pd.to_datetime(seconds.astype("int64"), unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _text(values: pa.Array) -> pd.Series:
+    """Arrow strings as a pandas text column, without a Python object per value."""
+    return values.to_pandas()
+
+
+@functools.cache
+def _times_of_day() -> pa.Array:
+    """ "HH:MM:SSZ" for every second of a day, looked up instead of formatted per row."""
+    second = np.arange(SECONDS_PER_DAY)
+    parts = [
+        np.char.zfill(part.astype(str), 2)
+        for part in (second // 3600, second // 60 % 60, second % 60)
+    ]
+    return pa.array(
+        np.char.add(
+            np.char.add(np.char.add(parts[0], ":"), np.char.add(parts[1], ":")),
+            np.char.add(parts[2], "Z"),
+        )
     )
 
 
+def _timestamps(seconds: np.ndarray) -> pd.Series:
+    """ISO-8601 UTC text ("2026-11-20T09:00:00Z"), truncated to the second.
+
+    Formatting per row costs ~5 s per million; a history spans a few thousand distinct
+    days, so each row takes its date and time of day from two small lookup tables.
+    """
+    whole = np.asarray(seconds).astype("int64")
+    if len(whole) == 0:
+        return pd.Series([], dtype=object)
+    day = whole // SECONDS_PER_DAY
+    first_day = day.min()
+    dates = pa.array(
+        np.datetime_as_string(np.arange(first_day, day.max() + 1).astype("datetime64[D]"))
+    )
+    text = pc.binary_join_element_wise(
+        dates.take(pa.array(day - first_day)),
+        _times_of_day().take(pa.array(whole - day * SECONDS_PER_DAY)),
+        "T",
+    )
+    return _text(text)
+
+
 def _money(values: np.ndarray) -> pd.Series:
-    return pd.Series(np.char.mod("%.2f", np.round(values, 2)))
+    """Amounts with two decimals, as "%.2f" writes them, without formatting floats per row."""
+    cents = np.rint(np.asarray(values, dtype=float) * 100).astype("int64")
+    units = pc.cast(pa.array(np.abs(cents) // 100), pa.string())
+    hundredths = pc.utf8_lpad(pc.cast(pa.array(np.abs(cents) % 100), pa.string()), 2, "0")
+    text = pc.binary_join_element_wise(units, hundredths, ".")
+    text = pc.if_else(pa.array(cents < 0), pc.binary_join_element_wise("-", text, ""), text)
+    return _text(text)
 
 
-def _ids(prefix: str, count: int, width: int) -> pd.Series:
-    return pd.Series(np.char.add(prefix, np.char.zfill(np.arange(1, count + 1).astype(str), width)))
+def _ids(prefix: str, count: int, width: int, start: int = 1) -> pd.Series:
+    return _numbered(prefix, np.arange(start, start + count), width)
+
+
+def _numbered(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
+    digits = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width, "0")
+    return _text(pc.binary_join_element_wise(prefix, digits, ""))
 
 
 def product_catalogue() -> pd.DataFrame:
@@ -168,10 +220,73 @@ def _purchase_times(
     return np.concatenate(customers), np.concatenate(times)
 
 
+@dataclass
+class _IdStarts:
+    """The next id number of each generated table, so that chunks never share an id."""
+
+    customers: int = 1
+    orders: int = 1
+    consents: int = 1
+    events: int = 1
+    carts: int = 1
+    loyalty_entries: int = 1
+
+
 def simulate_shop(config: SimulationConfig) -> dict[str, pd.DataFrame]:
     """One DataFrame per raw table, in the contract's columns, all values as text."""
-    rng = np.random.default_rng(config.seed)
-    n = config.customers
+    return _simulate_customers(
+        config, np.random.default_rng(config.seed), config.customers, _IdStarts()
+    )
+
+
+def write_shop(
+    config: SimulationConfig, folder: Path, chunk_customers: int = 50_000
+) -> dict[str, int]:
+    """Simulate the shop `chunk_customers` at a time, appending each chunk to the CSVs.
+
+    Memory stays that of one chunk whatever `config.customers` is (a million customers
+    with ten million orders is several GB as DataFrames of text). Each chunk draws from
+    its own generator seeded by (seed, chunk), so the files are deterministic for a seed;
+    with a single chunk they hold exactly what `simulate_shop` returns. Returns the rows
+    written per table.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = _IdStarts()
+    writers: dict[str, pa_csv.CSVWriter] = {}
+    rows: dict[str, int] = {}
+    try:
+        for chunk, first in enumerate(range(0, config.customers, chunk_customers)):
+            size = min(chunk_customers, config.customers - first)
+            rng = np.random.default_rng(config.seed if chunk == 0 else [config.seed, chunk])
+            frames = _simulate_customers(config, rng, size, starts)
+            if chunk > 0:
+                del frames["products"]  # the catalogue is the same for every chunk
+            for raw_table in TABLES:
+                frame = frames.get(raw_table.name)
+                if frame is None:
+                    continue
+                table = pa.Table.from_pandas(frame[raw_table.column_names], preserve_index=False)
+                table = table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
+                if raw_table.name not in writers:
+                    writers[raw_table.name] = pa_csv.CSVWriter(
+                        folder / f"{raw_table.stem}.csv",
+                        table.schema,
+                        write_options=pa_csv.WriteOptions(quoting_style="needed"),
+                    )
+                writers[raw_table.name].write_table(table)
+                rows[raw_table.name] = rows.get(raw_table.name, 0) + len(frame)
+            del frames
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return rows
+
+
+def _simulate_customers(
+    config: SimulationConfig, rng: np.random.Generator, n: int, starts: _IdStarts
+) -> dict[str, pd.DataFrame]:
+    """`n` customers and everything they did, ids numbered from `starts` (then advanced)."""
     end = datetime.combine(config.as_of, time(23, 59, 59), UTC).timestamp()
     start = end - config.history_days * SECONDS_PER_DAY
 
@@ -184,7 +299,7 @@ def simulate_shop(config: SimulationConfig) -> dict[str, pd.DataFrame]:
     gap_high = np.array([SECTOR_PROFILES[s].typical_gap_days[1] for s in sectors])[sector_index]
     gap_days = rng.uniform(gap_low, gap_high)
     created = np.sort(rng.uniform(start, end - SECONDS_PER_DAY, size=n))
-    customer_ids = _ids("C", n, 8)
+    customer_ids = _ids("C", n, 8, starts.customers)
     country = rng.choice(COUNTRIES, size=n, p=COUNTRY_WEIGHTS)
     first_names = rng.choice(FIRST_NAMES, size=n)
     last_names = rng.choice(LAST_NAMES, size=n)
@@ -239,7 +354,7 @@ def simulate_shop(config: SimulationConfig) -> dict[str, pd.DataFrame]:
     quantity = rng.choice([1, 1, 1, 2, 3], size=len(line_order))
     unit_price = np.round(price * rng.uniform(0.85, 1.15, size=len(line_order)), 2)
     line_totals = np.bincount(line_order, weights=quantity * unit_price, minlength=m)
-    order_ids = _ids("O", m, 9)
+    order_ids = _ids("O", m, 9, starts.orders)
     orders = pd.DataFrame(
         {
             "order_id": order_ids,
@@ -265,11 +380,11 @@ def simulate_shop(config: SimulationConfig) -> dict[str, pd.DataFrame]:
     )
 
     consents, consent_state = _consents(
-        rng, customers, created, end, has_email, has_phone, is_guest
+        rng, customers, created, end, has_email, has_phone, is_guest, starts.consents
     )
-    events = _engagement(config, rng, customer_ids, consent_state, end)
-    carts = _carts(rng, customer_ids, created, end)
-    loyalty = _loyalty(rng, orders, ordered, status, line_totals, end)
+    events = _engagement(config, rng, customer_ids, consent_state, end, starts.events)
+    carts = _carts(rng, customer_ids, created, end, starts.carts)
+    loyalty = _loyalty(rng, orders, ordered, status, line_totals, end, starts.loyalty_entries)
     frames = {
         "products": catalogue.drop(columns=["sector"]),
         "customers": customers,
@@ -281,7 +396,13 @@ def simulate_shop(config: SimulationConfig) -> dict[str, pd.DataFrame]:
         "loyalty_points": loyalty,
     }
     if config.dirty_rate > 0:
-        frames = _inject_dirty_rows(config, rng, frames)
+        frames = _inject_dirty_rows(config, rng, frames, starts)
+    starts.customers += n
+    starts.orders += m
+    starts.consents += len(consents)
+    starts.events += len(events)
+    starts.carts += len(carts)
+    starts.loyalty_entries += len(loyalty)
     return {name: frame.reset_index(drop=True) for name, frame in frames.items()}
 
 
@@ -298,7 +419,7 @@ def _phones(rng: np.random.Generator, country: np.ndarray) -> np.ndarray:
     return phones
 
 
-def _consents(rng, customers, created, end, has_email, has_phone, is_guest):
+def _consents(rng, customers, created, end, has_email, has_phone, is_guest, first_id=1):
     """The consent log, and each customer's state at the end (for the engagement events)."""
     n = len(customers)
     email_granted = has_email & ~is_guest & (rng.random(n) < 0.68)
@@ -329,7 +450,7 @@ def _consents(rng, customers, created, end, has_email, has_phone, is_guest):
             )
         )
     log = pd.concat(parts, ignore_index=True).sort_values(["_at", "customer_id", "channel"])
-    log.insert(0, "consent_id", _ids("K", len(log), 9).to_numpy())
+    log.insert(0, "consent_id", _ids("K", len(log), 9, first_id).to_numpy())
     state = {
         "email_granted": email_granted,
         "email_withdrawn_at": np.where(email_withdrawn, email_withdrawn_at, np.inf),
@@ -340,7 +461,7 @@ def _consents(rng, customers, created, end, has_email, has_phone, is_guest):
     return log.drop(columns=["_at"]).reset_index(drop=True), state
 
 
-def _engagement(config, rng, customer_ids, state, end) -> pd.DataFrame:
+def _engagement(config, rng, customer_ids, state, end, first_id=1) -> pd.DataFrame:
     """Newsletters and SMS campaigns of the last months, with a per-customer open habit."""
     n = len(customer_ids)
     open_propensity = rng.beta(2, 5, size=n)
@@ -406,7 +527,7 @@ def _engagement(config, rng, customer_ids, state, end) -> pd.DataFrame:
 
     events = pd.concat(frames, ignore_index=True)
     events = events[events["_at"] <= end].sort_values(["_at", "customer_id", "event_type"])
-    events.insert(0, "event_id", _ids("E", len(events), 10).to_numpy())
+    events.insert(0, "event_id", _ids("E", len(events), 10, first_id).to_numpy())
     events["occurred_at"] = _timestamps(events["_at"].to_numpy()).to_numpy()
     events["message_id"] = np.where(
         events["campaign_id"] != "",
@@ -419,7 +540,7 @@ def _engagement(config, rng, customer_ids, state, end) -> pd.DataFrame:
     ].reset_index(drop=True)  # fmt: skip
 
 
-def _carts(rng, customer_ids, created, end) -> pd.DataFrame:
+def _carts(rng, customer_ids, created, end, first_id=1) -> pd.DataFrame:
     n = len(customer_ids)
     index = np.flatnonzero(rng.random(n) < 0.3)
     earliest = np.maximum(created[index], end - 365 * SECONDS_PER_DAY)
@@ -429,7 +550,7 @@ def _carts(rng, customer_ids, created, end) -> pd.DataFrame:
     changed = np.where(outcome == "created", created_at, np.minimum(changed, end))
     return pd.DataFrame(
         {
-            "cart_id": _ids("K", len(index), 9).str.replace("K", "CART", regex=False),
+            "cart_id": _ids("CART", len(index), 9, first_id),
             "customer_id": customer_ids.to_numpy()[index],
             "created_at": _timestamps(created_at),
             "status": outcome,
@@ -439,7 +560,7 @@ def _carts(rng, customer_ids, created, end) -> pd.DataFrame:
     )
 
 
-def _loyalty(rng, orders, ordered, status, totals, end) -> pd.DataFrame:
+def _loyalty(rng, orders, ordered, status, totals, end, first_id=1) -> pd.DataFrame:
     completed = np.flatnonzero(status == "completed")
     earned = pd.DataFrame(
         {
@@ -477,7 +598,7 @@ def _loyalty(rng, orders, ordered, status, totals, end) -> pd.DataFrame:
     ).fillna("")
     return pd.DataFrame(
         {
-            "entry_id": _ids("L", len(ledger), 10).to_numpy(),
+            "entry_id": _ids("L", len(ledger), 10, first_id).to_numpy(),
             "customer_id": ledger["customer_id"].to_numpy(),
             "occurred_at": _timestamps(ledger["_at"].to_numpy()).to_numpy(),
             "entry_type": ledger["entry_type"].to_numpy(),
@@ -487,7 +608,7 @@ def _loyalty(rng, orders, ordered, status, totals, end) -> pd.DataFrame:
     )
 
 
-def _inject_dirty_rows(config, rng, frames) -> dict[str, pd.DataFrame]:
+def _inject_dirty_rows(config, rng, frames, starts: _IdStarts) -> dict[str, pd.DataFrame]:
     """Append broken rows of every kind the loader must quarantine (never valid rows)."""
     per_kind = max(1, round(config.dirty_rate * len(frames["orders"]) / len(DIRTY_KINDS)))
     orders, customers = frames["orders"], frames["customers"]
@@ -504,7 +625,7 @@ def _inject_dirty_rows(config, rng, frames) -> dict[str, pd.DataFrame]:
     ):  # fmt: skip
         part = part.copy()
         if kind != "duplicate_id":
-            part["order_id"] = [f"BAD-{kind}-{i}" for i in range(len(part))]
+            part["order_id"] = [f"BAD-{kind}-{starts.orders - 1 + i}" for i in range(len(part))]
         if kind == "unparseable_date":
             part["ordered_at"] = "2026-13-45 25:61"
         elif kind == "negative_amount":
@@ -517,7 +638,9 @@ def _inject_dirty_rows(config, rng, frames) -> dict[str, pd.DataFrame]:
             part["ordered_at"] = future
         bad_orders.append(part)
     bad_customers = customers.sample(n=per_kind * 2, random_state=config.seed + 1).copy()
-    bad_customers["customer_id"] = [f"BAD-C-{i}" for i in range(len(bad_customers))]
+    bad_customers["customer_id"] = [
+        f"BAD-C-{starts.customers - 1 + i}" for i in range(len(bad_customers))
+    ]
     half = per_kind
     bad_customers.iloc[:half, bad_customers.columns.get_loc("email")] = "no-at-sign.example.com"
     bad_customers.iloc[half:, bad_customers.columns.get_loc("phone")] = "+39 12"
@@ -599,3 +722,59 @@ def simulate_campaign_responses(
         }
     )
     return {"orders": orders, "order_lines": lines}
+
+
+def simulate_next_day_orders(
+    config: SimulationConfig, day: date, orders: int
+) -> dict[str, pd.DataFrame]:
+    """`orders` completed orders placed on `day` by distinct existing customers.
+
+    What a shop's next daily drop looks like for a benchmark of the incremental run: the
+    buyers are drawn uniformly from the shop's customers (ids as `write_shop` numbers
+    them), each with one to four lines from the catalogue. Deterministic for (seed, day).
+    """
+    rng = np.random.default_rng([config.seed, day.toordinal()])
+    buyers = np.sort(
+        rng.choice(config.customers, size=min(orders, config.customers), replace=False)
+    )
+    count = len(buyers)
+    start = datetime.combine(day, time(0), UTC).timestamp()
+    ordered = start + rng.uniform(0, SECONDS_PER_DAY - 1, size=count)
+    catalogue = product_catalogue()
+    lines_per_order = rng.integers(1, 5, size=count)
+    line_order = np.repeat(np.arange(count), lines_per_order)
+    line_number = np.arange(len(line_order)) - np.repeat(
+        np.cumsum(lines_per_order) - lines_per_order, lines_per_order
+    )
+    pick = rng.integers(0, len(catalogue), size=len(line_order))
+    quantity = rng.choice([1, 1, 1, 2, 3], size=len(line_order))
+    unit_price = np.round(
+        catalogue["list_price"].astype(float).to_numpy()[pick]
+        * rng.uniform(0.85, 1.15, size=len(line_order)),
+        2,
+    )
+    totals = np.bincount(line_order, weights=quantity * unit_price, minlength=count)
+    order_ids = _ids(f"D{day:%Y%m%d}-", count, 7)
+    orders_frame = pd.DataFrame(
+        {
+            "order_id": order_ids,
+            "customer_id": _numbered("C", buyers + 1, 8),  # customer i is C<i + 1>
+            "ordered_at": _timestamps(ordered),
+            "status": "completed",
+            "total": _money(totals),
+            "currency": "EUR",
+            "coupon_code": "",
+            "discount_total": "",
+        }
+    )
+    lines = pd.DataFrame(
+        {
+            "order_id": order_ids.to_numpy()[line_order],
+            "line_number": (line_number + 1).astype(str),
+            "product_id": catalogue["product_id"].to_numpy()[pick],
+            "category": catalogue["category"].to_numpy()[pick],
+            "quantity": quantity.astype(str),
+            "unit_price": _money(unit_price),
+        }
+    )
+    return {"orders": orders_frame, "order_lines": lines}

@@ -4,6 +4,10 @@
     customers whose orders changed since the previous run (new purchase days up to the run
     date, rows loaded since, or, for a backfill to an earlier date, orders now after the run
     date), and a full refresh gives exactly the same table (tests/test_dbt_models.py).
+    A recomputed customer left without any completed order up to the run date (a refund,
+    or a backfill to before their first order) comes out as an empty row, so that
+    delete+insert replaces their old row, and the post-hook drops it: nothing ever scans
+    every order to find them.
 -#}
 {{
     config(
@@ -12,11 +16,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='fail',
         post_hook=[
-            "delete from {{ this }} where first_order_date > {{ as_of_date() }}",
-            "delete from {{ this }} as stats where not exists (
-                select 1 from {{ ref('stg_shop__orders') }} as o
-                where o.customer_id = stats.customer_id and o.is_completed
-                  and o.order_date <= {{ as_of_date() }})",
+            "delete from {{ this }} where first_order_date is null",
             "create index if not exists {{ this.name }}_last_order_idx on {{ this }} (last_order_date)",
         ],
     )
@@ -30,24 +30,8 @@ with orders as (
 ),
 
 {% if is_incremental() %}
-previous_run as (
-    select
-        max(last_order_date) as latest_order_date,
-        max(latest_source_loaded_at) as latest_loaded_at
-    from {{ this }}
-),
-
 changed_customers as (
-    select orders.customer_id
-    from orders
-    cross join previous_run
-    where
-        (orders.order_date > previous_run.latest_order_date and orders.order_date <= {{ as_of_date() }})
-        or orders.loaded_at > previous_run.latest_loaded_at
-    union
-    select customer_id
-    from {{ this }}
-    where last_order_date > {{ as_of_date() }}
+    {{ customers_with_changed_orders(ref('stg_shop__orders')) }}
 ),
 
 orders_in_scope as (
@@ -67,81 +51,85 @@ completed as (
     where is_completed and order_date <= {{ as_of_date() }}
 ),
 
+-- One sort by (customer, day) feeds everything: the day rows carry what the per-customer
+-- figures need, the window adds the gaps, and the aggregation streams over the sorted rows
+-- (no second grouping of the orders, no joins).
 purchase_days as (
     select
         customer_id,
         order_date,
-        sum(order_total) as day_value
+        count(*) as orders_on_day,
+        sum(order_total) as day_value,
+        min(ordered_at) as first_ordered_at,
+        max(ordered_at) as last_ordered_at,
+        max(loaded_at) as latest_loaded_at
     from completed
     group by customer_id, order_date
 ),
 
 day_gaps as (
     select
-        customer_id,
-        order_date,
-        day_value,
+        *,
         row_number() over customer_days as day_number,
         {{ days_between('lag(order_date) over customer_days', 'order_date') }}
-            as days_since_previous_day
+            as days_since_previous_day,
+        lead(order_date) over customer_days is null as is_last_day
     from purchase_days
     window customer_days as (partition by customer_id order by order_date)
 ),
 
-day_stats as (
+per_customer as (
     select
         customer_id,
-        count(*) as order_days,
-        avg(day_value) filter (where day_number > 1) as mean_repeat_order_value,
-        avg(days_since_previous_day) as mean_days_between_orders,
-        {{ median('days_since_previous_day') }} as median_days_between_orders
-    from day_gaps
-    group by customer_id
-),
-
-last_gaps as (
-    select distinct on (customer_id)
-        customer_id,
-        days_since_previous_day as last_gap_days
-    from day_gaps
-    order by customer_id asc, order_date desc
-),
-
-order_stats as (
-    select
-        customer_id,
-        min(ordered_at) as first_order_at,
-        max(ordered_at) as last_order_at,
+        min(first_ordered_at) as first_order_at,
+        max(last_ordered_at) as last_order_at,
         min(order_date) as first_order_date,
         max(order_date) as last_order_date,
-        count(*) as orders_count,
-        sum(order_total) as total_order_value,
-        avg(order_total) as average_order_value,
-        max(loaded_at) as latest_source_loaded_at
-    from completed
+        sum(orders_on_day) as orders_count,
+        count(*) as order_days,
+        count(*) - 1 as repeat_purchase_days,
+        sum(day_value) as total_order_value,
+        sum(day_value) / sum(orders_on_day) as average_order_value,
+        avg(day_value) filter (where day_number > 1) as mean_repeat_order_value,
+        avg(days_since_previous_day) as mean_days_between_orders,
+        cast({{ median('days_since_previous_day') }} as numeric) as median_days_between_orders,
+        -- The rhythm before the last purchase: was that purchase a return from inactivity?
+        cast(
+            {{ median('days_since_previous_day') }} filter (where not is_last_day) as numeric
+        ) as median_days_between_orders_before_last,
+        max(days_since_previous_day) filter (where is_last_day) as last_gap_days,
+        max(latest_loaded_at) as latest_source_loaded_at
+    from day_gaps
     group by customer_id
 ),
 
+{% if is_incremental() %}
+-- Every recomputed customer gets a row; one without orders now is empty (see above).
 final as (
     select
-        order_stats.customer_id,
-        order_stats.first_order_at,
-        order_stats.last_order_at,
-        order_stats.first_order_date,
-        order_stats.last_order_date,
-        order_stats.orders_count,
-        day_stats.order_days,
-        day_stats.order_days - 1 as repeat_purchase_days,
-        order_stats.total_order_value,
-        order_stats.average_order_value,
-        day_stats.mean_repeat_order_value,
-        day_stats.mean_days_between_orders,
-        cast(day_stats.median_days_between_orders as numeric) as median_days_between_orders,
-        last_gaps.last_gap_days,
-        order_stats.latest_source_loaded_at
-    from order_stats
-    inner join day_stats on order_stats.customer_id = day_stats.customer_id
-    inner join last_gaps on order_stats.customer_id = last_gaps.customer_id
+        changed_customers.customer_id,
+        per_customer.first_order_at,
+        per_customer.last_order_at,
+        per_customer.first_order_date,
+        per_customer.last_order_date,
+        per_customer.orders_count,
+        per_customer.order_days,
+        per_customer.repeat_purchase_days,
+        per_customer.total_order_value,
+        per_customer.average_order_value,
+        per_customer.mean_repeat_order_value,
+        per_customer.mean_days_between_orders,
+        per_customer.median_days_between_orders,
+        per_customer.median_days_between_orders_before_last,
+        per_customer.last_gap_days,
+        per_customer.latest_source_loaded_at
+    from changed_customers
+    left join per_customer on changed_customers.customer_id = per_customer.customer_id
 )
+{% else %}
+final as (
+    select * from per_customer
+)
+{% endif %}
 
 select * from final

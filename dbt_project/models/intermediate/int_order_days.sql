@@ -1,5 +1,8 @@
+{{ config(materialized='view') }}
+
 -- One row per customer and purchase day: purchases are counted by distinct day, so two
--- orders on the same day are one purchase (as BG/NBD and RFM expect).
+-- orders on the same day are one purchase (as BG/NBD and RFM expect). A view: only
+-- int_customer_rfm_scores reads it.
 with orders as (
     select * from {{ ref('stg_shop__orders') }}
 ),

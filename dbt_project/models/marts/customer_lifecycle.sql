@@ -7,7 +7,10 @@
       lost          d > lost_ratio x t
       inactive      d > t              (exactly t days is not yet inactive)
       at_risk       d > at_risk_ratio x t
-      reactivated   otherwise, when the gap before the last purchase exceeded t
+      reactivated   otherwise, when the gap before the last purchase exceeded the threshold
+                    as it stood before that purchase (from the earlier gaps, or the
+                    sector default for a second purchase day): the customer had become
+                    inactive and came back
       new           otherwise, with a single purchase day
       active        otherwise
 -#}
@@ -45,6 +48,15 @@ thresholds as (
                 )
             else sector_profiles.default_inactivity_days
         end as inactivity_threshold_days,
+        case
+            when with_sector.order_days >= 3
+                then greatest(
+                    sector_profiles.inactivity_floor_days,
+                    {{ var('inactivity_gap_multiplier') }}
+                    * with_sector.median_days_between_orders_before_last
+                )
+            when with_sector.order_days = 2 then sector_profiles.default_inactivity_days
+        end as threshold_before_last_order_days,
         sector_profiles.typical_gap_days as sector_typical_gap_days
     from with_sector
     inner join sector_profiles on with_sector.sector = sector_profiles.sector
@@ -59,6 +71,7 @@ final as (
         order_days,
         typical_gap_days,
         cast(inactivity_threshold_days as numeric) as inactivity_threshold_days,
+        cast(threshold_before_last_order_days as numeric) as threshold_before_last_order_days,
         days_since_last_order,
         case
             when days_since_last_order > {{ var('lost_ratio') }} * inactivity_threshold_days
@@ -66,7 +79,7 @@ final as (
             when days_since_last_order > inactivity_threshold_days then 'inactive'
             when days_since_last_order > {{ var('at_risk_ratio') }} * inactivity_threshold_days
                 then 'at_risk'
-            when order_days >= 2 and last_gap_days > inactivity_threshold_days then 'reactivated'
+            when last_gap_days > threshold_before_last_order_days then 'reactivated'
             when order_days = 1 then 'new'
             else 'active'
         end as lifecycle_stage,

@@ -22,6 +22,7 @@ final as (
         mean_repeat_order_value,
         mean_days_between_orders,
         median_days_between_orders,
+        median_days_between_orders_before_last,
         last_gap_days,
         {{ days_between('first_order_date', 'last_order_date') }} as recency_days,
         {{ days_between('first_order_date', as_of_date()) }} as customer_age_days,

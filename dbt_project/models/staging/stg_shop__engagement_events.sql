@@ -1,3 +1,7 @@
+-- A table, unlike the other staging models: the deduplication sorts every event, and
+-- three nodes read the result.
+{{ config(materialized='table') }}
+
 with source as (
     select * from {{ source('shop', 'engagement_events') }}
 ),
