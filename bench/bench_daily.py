@@ -324,7 +324,10 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
         "the embedded cluster (`winback/embedded_pg.py`)",
         "* PostgreSQL settings: "
         + ", ".join(f"`{k} = {v}`" for k, v in sorted(settings.items()) if k != "server_version"),
-        "* The CPUs were shared with other jobs during the runs, so times are upper bounds.",
+        "* On a machine whose CPUs are shared with other jobs (as here: other sessions ran",
+        "  builds and tests, and the two sizes overlapped), times are upper bounds and the",
+        "  same stage can vary several-fold between runs; the GROUP BY yardstick, timed in",
+        "  the same run, shows how loaded the machine was.",
         "",
     ]
     for size, result in results.items():
@@ -361,6 +364,16 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
         out += [
             "## How cost grows: 100k → 1M (10x the customers)",
             "",
+            *(
+                [
+                    f"The load row compares different methods (100k: "
+                    f"{results['100k'].get('load_method', 'winback loader')}; 1M: "
+                    f"{results['1m'].get('load_method', 'winback loader')}).",
+                    "",
+                ]
+                if results["100k"].get("load_method") != results["1m"].get("load_method")
+                else []
+            ),
             "| | day 1 100k | day 1 1M | ratio | day 2 100k | day 2 1M | ratio |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
