@@ -280,6 +280,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=1, help="repeat winback to see noise")
     parser.add_argument("--no-pymc", action="store_true", help="skip pymc-marketing")
+    parser.add_argument(
+        "--winback-only",
+        action="store_true",
+        help="only winback's stage (its time and peak memory at sizes naive lifetimes can't do)",
+    )
     parser.add_argument("--child", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -291,6 +296,13 @@ def main() -> None:
     prepare(args.customers)
     print(f"prepared {args.customers:,} customers in {time.perf_counter() - started:.1f}s")
     ours = [measure("winback") for _ in range(args.repeats)]
+    if args.winback_only:
+        for result in ours:
+            print(f"winback: {result['customers']:,} customers scored in {result['seconds']:.1f}s,"
+                  f" peak {result['peak_rss_mb']:.0f} MB, {result['fit_rows']:,} distinct rows"
+                  f" fitted; stages (s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items()))  # fmt: skip
+        return
     naive = measure("naive")
     with_pymc = not args.no_pymc and pymc_marketing_available()
     pymc = measure("pymc") if with_pymc else None
