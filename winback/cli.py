@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: the sandbox's and providers' URLs, not news.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
     return int(args.func(args) or 0)
 
