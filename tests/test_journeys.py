@@ -7,7 +7,7 @@ day, adding the orders, opens, clicks and unsubscribes that make each branch hap
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -267,6 +267,29 @@ def test_personal_timing_branches_on_opened_or_not(shop):
         "buyer": [("due_reminder", 0), ("new_subject", 2)],
         # Their own date passes on day 3: they enter on day 4.
         "later": [("due_reminder", 4), ("new_subject", 6)],
+    }
+
+
+def test_an_open_reported_by_the_provider_takes_the_opened_branch(shop):
+    """The journey reads the providers' feedback (winback.message_events) too."""
+    from winback import sync
+
+    campaign = shipped("personal_timing")
+    sync.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has
+    shop.add("opener", expected_next_order_date=DAY0 - timedelta(days=1), orders_count=3)
+
+    def provider_reports_an_open():
+        shop.conn.execute(
+            "insert into winback.message_events (event_id, provider, event_type, channel,"
+            " idempotency_key, customer_id, campaign_id, occurred_at)"
+            " select 'smtp-open-1', 'smtp', 'opened', 'email', idempotency_key, customer_id,"
+            " campaign_id, %s from winback.outbox where customer_id = 'opener'",
+            (datetime.combine(day(1), datetime.min.time(), tzinfo=UTC),),
+        )
+
+    run_days(shop, [campaign], range(0, 3), {1: provider_reports_an_open})
+    assert sent(shop, "personal_timing") == {
+        "opener": [("due_reminder", 0), ("what_kept_you", 2)],
     }
 
 

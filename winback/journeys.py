@@ -260,16 +260,37 @@ def _load_facts(cur, campaign: Campaign, run_date: date) -> Facts:
     ):
         sent_on[(row["customer_id"], row["step_id"])] = row["run_date"]
     events: dict[str, list] = defaultdict(list)
+    # What happened to a message: the shop's own tracking and, once the providers' feedback
+    # has been collected (winback.feedback), the providers' events, in the same vocabulary.
+    provider_events = (
+        """
+        union all
+        select customer_id, channel,
+               case event_type when 'opened' then 'open' when 'clicked' then 'click'
+                    else event_type end,
+               occurred_at
+        from winback.message_events
+        where campaign_id = %(c)s and event_type in ('delivered', 'opened', 'clicked')
+        """
+        if cur.execute(
+            "select to_regclass('winback.message_events') is not null as found"
+        ).fetchone()["found"]
+        else ""
+    )
     for row in cur.execute(
         f"""
+        with events (customer_id, channel, event_type, occurred_at) as (
+            select customer_id, channel, event_type, occurred_at
+            from {ENGAGEMENT}
+            where campaign_id = %(c)s and event_type in ('delivered', 'open', 'click')
+            {provider_events}
+        )
         select e.customer_id, e.channel, e.event_type,
                cast(e.occurred_at at time zone 'UTC' as date) as day
-        from {ENGAGEMENT} e
+        from events e
         join winback.journey_state j
           on j.customer_id = e.customer_id and j.campaign_id = %(c)s and j.status = 'active'
-        where e.campaign_id = %(c)s
-          and e.event_type in ('delivered', 'open', 'click')
-          and cast(e.occurred_at at time zone 'UTC' as date) between j.entered_on and %(d)s
+        where cast(e.occurred_at at time zone 'UTC' as date) between j.entered_on and %(d)s
         """,
         {"c": campaign.id, "d": run_date},
     ):
