@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from winback import config
 
@@ -78,6 +79,12 @@ def dbt_env(url: str | None = None) -> dict[str, str]:
 def export_dbt_env(url: str | None = None) -> None:
     """Put the dbt connection settings in this process's environment for dbt subprocesses."""
     os.environ.update(dbt_env(url))
+
+
+def relation_exists(conn: psycopg.Connection, relation: str) -> bool:
+    """Whether a table or view (`schema.name`) exists, whatever the connection's row factory."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
 
 
 @contextmanager

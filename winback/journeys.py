@@ -40,6 +40,7 @@ from phonenumbers import timezone as phone_timezones
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from winback import db
 from winback.campaigns import MESSAGE_CHANNELS, Campaign, QuietHours, Step
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,7 @@ def _load_facts(cur, campaign: Campaign, run_date: date) -> Facts:
         from winback.message_events
         where campaign_id = %(c)s and event_type in ('delivered', 'opened', 'clicked')
         """
-        if cur.execute(
-            "select to_regclass('winback.message_events') is not null as found"
-        ).fetchone()["found"]
+        if db.relation_exists(cur.connection, "winback.message_events")
         else ""
     )
     for row in cur.execute(

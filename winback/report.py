@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from winback import config, measurement
+from winback import config, db, measurement
 
 FUNNEL_STEPS = ("sent", "delivered", "opened", "clicked", "purchased")
 
@@ -108,12 +108,6 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
     )
 
 
-def _has_table(cur, relation: str) -> bool:
-    return cur.execute("select to_regclass(%s) is not null as found", (relation,)).fetchone()[
-        "found"
-    ]
-
-
 def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, int]:
     sent = cur.execute(
         "select count(distinct o.customer_id) as n from winback.outbox o"
@@ -130,7 +124,7 @@ def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, 
         " join winback.outbox o on o.idempotency_key = m.idempotency_key"
         " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
         " and o.run_date <= %(measured_on)s"
-        if _has_table(cur, "winback.message_events")
+        if db.relation_exists(cur.connection, "winback.message_events")
         else ""
     )
     events = dict(

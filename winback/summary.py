@@ -8,6 +8,8 @@ from datetime import date
 import psycopg
 from psycopg.rows import dict_row
 
+from winback import db
+
 
 @dataclass
 class RunSummary:
@@ -27,13 +29,9 @@ class RunSummary:
     measured_windows: list[dict] = field(default_factory=list)
 
 
-def _exists(conn: psycopg.Connection, relation: str) -> bool:
-    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
-
-
 def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
     summary = RunSummary(run_date)
-    if _exists(conn, "raw.load_batches"):
+    if db.relation_exists(conn, "raw.load_batches"):
         for table, read, loaded, quarantined in conn.execute(
             "select table_name, rows_read, rows_loaded, rows_quarantined from raw.load_batches "
             "where load_date = %s order by table_name",
@@ -45,20 +43,22 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
             "group by 1, 2 order by 3 desc, 1, 2",
             (run_date,),
         ).fetchall()
-    if _exists(conn, "marts.customer_rfm"):
+    if db.relation_exists(conn, "marts.customer_rfm"):
         summary.segments = conn.execute(
             "select rfm_segment, count(*) from marts.customer_rfm group by 1 order by 2 desc"
         ).fetchall()
-    if _exists(conn, "marts.customer_lifecycle"):
+    if db.relation_exists(conn, "marts.customer_lifecycle"):
         summary.stages = conn.execute(
             "select lifecycle_stage, count(*) from marts.customer_lifecycle "
             "group by 1 order by 2 desc"
         ).fetchall()
-    if _exists(conn, "winback.customer_scores"):
+    if db.relation_exists(conn, "winback.customer_scores"):
         summary.scored_customers, summary.mean_p_alive = conn.execute(
             "select count(*), avg(p_alive) from winback.customer_scores"
         ).fetchone()
-    if _exists(conn, "winback.campaign_audiences") and _exists(conn, "winback.journey_state"):
+    if db.relation_exists(conn, "winback.campaign_audiences") and db.relation_exists(
+        conn, "winback.journey_state"
+    ):
         from winback import audiences, campaigns
 
         counted = {c["campaign_id"]: c for c in audiences.campaign_counts(conn, run_date)}
@@ -66,14 +66,14 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
         # Every shipped campaign is listed, with zeros when nobody qualified today.
         for campaign_id in sorted({c.id for c in valid} | set(counted)):
             summary.campaigns.append(counted.get(campaign_id, {"campaign_id": campaign_id}))
-    if _exists(conn, "winback.send_ledger"):
+    if db.relation_exists(conn, "winback.send_ledger"):
         summary.ledger = conn.execute(
             "select o.campaign_id, o.channel, l.mode, l.status, count(*)"
             " from winback.send_ledger l join winback.outbox o using (idempotency_key)"
             " where l.run_date = %s group by 1, 2, 3, 4 order by 1, 2, 3, 4",
             (run_date,),
         ).fetchall()
-    if _exists(conn, "winback.campaign_results"):
+    if db.relation_exists(conn, "winback.campaign_results"):
         with conn.cursor(row_factory=dict_row) as cur:
             summary.measured_windows = cur.execute(
                 "select campaign_id, window_start, window_end, treatment_customers,"
