@@ -64,7 +64,7 @@ def winback_daily():
 
     @task(retries=0)
     def check_raw_inputs(ds: str | None = None) -> dict:
-        """Gate: rows present, ids unique, amounts >= 0, no future dates."""
+        """Gate: rows present, the day's amounts >= 0, no future dates."""
         return pipeline.check_raw_inputs(ds)
 
     @task(outlets=[orch.warehouse_asset("winback", "customer_scores")])
@@ -74,7 +74,7 @@ def winback_daily():
 
     @task(retries=0)
     def check_scores(ds: str | None = None) -> dict:
-        """Gate: p_alive within [0, 1], nothing missing, one score per customer."""
+        """Gate: p_alive within [0, 1], nothing missing, every customer scored."""
         return pipeline.check_scores(ds)
 
     features = orch.dbt_task_group("dbt_features", select=FEATURE_MODELS)

@@ -55,6 +55,15 @@ def test_negative_amounts_and_future_orders_fail_the_gate_readably(raw):
     assert "order totals >= 0" in message and "no order after 2026-11-20" in message
 
 
+def test_only_the_days_own_rows_are_judged_for_amounts(raw):
+    """A negative total loaded on another day is that day's failure, not this one's."""
+    add_order(raw, "o1", "10.00")
+    add_order(raw, "o0", "-1.00", ordered_at="2026-11-01T10:00:00Z", loaded=date(2026, 11, 1))
+    assert quality.check_raw_inputs(DAY)["failed"] == 0
+    with pytest.raises(quality.QualityGateError, match="order totals >= 0"):
+        quality.check_raw_inputs(date(2026, 11, 1))
+
+
 def test_rerunning_an_older_day_ignores_orders_that_later_days_loaded(raw):
     """A backfill of day D runs after D+30's files were loaded: their orders are no error."""
     add_order(raw, "o1", "10.00")
@@ -67,17 +76,32 @@ def test_a_day_without_orders_fails(raw):
         quality.check_raw_inputs(DAY)
 
 
-def test_scores_outside_zero_one_fail(conn):
+def test_scores_outside_zero_one_missing_or_left_out_fail(conn):
     conn.execute("drop table if exists winback.customer_scores")
     conn.execute("create schema if not exists winback")
     conn.execute(
-        "create table winback.customer_scores (customer_id text, p_alive double precision)"
+        "create table winback.customer_scores (customer_id text primary key, p_alive float8)"
     )
     conn.execute("insert into winback.customer_scores values ('a', 0.5), ('b', 1.2), ('c', null)")
+    conn.execute("drop table if exists public.quality_test_summary")
+    conn.execute("create table public.quality_test_summary (customer_id text)")
+    conn.execute("insert into public.quality_test_summary values ('a'), ('b'), ('c'), ('d')")
     conn.commit()
+    checks = quality.score_checks("public.quality_test_summary")
     with pytest.raises(quality.QualityGateError) as error:
-        quality.check_scores(DAY)
-    assert "p_alive within [0, 1]" in str(error.value)
-    assert "p_alive never missing" in str(error.value)
-    conn.execute("drop table winback.customer_scores")
-    conn.commit()
+        quality.enforce("scores", quality.run_checks("scores", checks, DAY))
+    message = str(error.value)
+    assert "failed 3 of 4" in message
+    assert "p_alive within [0, 1]" in message and "p_alive never missing" in message
+    assert "every customer with an order scored" in message
+    observed = dict(
+        conn.execute(
+            "select check_name, observed->>'observed_value' from winback.quality_results"
+            " where gate = 'scores' and not success"
+        ).fetchall()
+    )
+    assert observed == {
+        "p_alive within [0, 1]": "1",
+        "p_alive never missing": "1",
+        "every customer with an order scored": "1",
+    }
