@@ -151,6 +151,31 @@ class ScoringResult:
 # --------------------------------------------------------------------------- reading
 
 
+def copy_out_columns(conn: psycopg.Connection, query: str, column_types: dict) -> dict:
+    """`query`'s fixed-width, never-NULL columns as numpy arrays, by binary COPY.
+
+    The counterpart of `binary_copy_block`: every row of PostgreSQL's binary format is then
+    the same record (a field count, and a length and value per field), so the whole
+    stream is one numpy structured array, with no Python object per row.
+    """
+    with conn.cursor() as cursor, cursor.copy(f"copy ({query}) to stdout (format binary)") as copy:
+        stream = b"".join(bytes(block) for block in copy)
+    extension_length = int.from_bytes(stream[15:19], "big")
+    body = stream[19 + extension_length : -2]
+    fields = [("field_count", ">i2")]
+    for name, dtype in column_types.items():
+        fields += [(f"{name}__length", ">i4"), (name, dtype)]
+    record = np.dtype(fields)
+    if stream[-2:] != _BINARY_COPY_TRAILER or len(body) % record.itemsize:
+        raise ScoringError(f"unexpected binary COPY layout (a NULL?) from: {query.strip()}")
+    rows = np.frombuffer(body, dtype=record)
+    for name, dtype in column_types.items():
+        if np.any(rows[f"{name}__length"] != np.dtype(dtype).itemsize):
+            raise ScoringError(f"column {name} has a NULL or another width in: {query.strip()}")
+    return {name: rows[name].astype(np.dtype(dtype).newbyteorder("=")) for name, dtype in
+            column_types.items()}  # fmt: skip
+
+
 def read_compressed_summary(
     conn: psycopg.Connection, settings: ScoringSettings, summary_table: str = SUMMARY_TABLE
 ) -> pd.DataFrame:
@@ -159,15 +184,18 @@ def read_compressed_summary(
     frequency, recency and T are in the time unit; recency_days and age_days are the
     warehouse's integer days, the key that customers are joined back on.
     """
-    rows = conn.execute(
+    columns = copy_out_columns(
+        conn,
         f"""
-        select repeat_purchase_days, recency_days, customer_age_days, count(*)
+        select repeat_purchase_days::int4, recency_days::int4, customer_age_days::int4,
+               count(*)::float8
         from {summary_table}
         group by 1, 2, 3
-        """
-    ).fetchall()
-    frame = pd.DataFrame(rows, columns=["frequency", "recency_days", "age_days", "weight"])
-    frame = frame.astype({"frequency": float, "weight": float})
+        """,
+        {"frequency": ">i4", "recency_days": ">i4", "age_days": ">i4", "weight": ">f8"},
+    )
+    frame = pd.DataFrame(columns)
+    frame["frequency"] = frame["frequency"].astype(float)
     unit = settings.days_per_unit
     frame["recency"] = frame["recency_days"] / unit
     frame["T"] = frame["age_days"] / unit
@@ -178,17 +206,19 @@ def read_compressed_spend(
     conn: psycopg.Connection, summary_table: str = SUMMARY_TABLE
 ) -> pd.DataFrame:
     """(frequency, mean repeat spend, customers) of repeat buyers with positive spend."""
-    rows = conn.execute(
+    columns = copy_out_columns(
+        conn,
         f"""
-        select repeat_purchase_days as frequency,
-               round(mean_repeat_order_value, 6) as monetary,
-               count(*) as customers
+        select repeat_purchase_days::float8,
+               round(mean_repeat_order_value, 6)::float8,
+               count(*)::float8
         from {summary_table}
         where repeat_purchase_days > 0 and mean_repeat_order_value > 0
-        group by 1, 2
-        """
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["frequency", "monetary", "weight"]).astype(float)
+        group by repeat_purchase_days, round(mean_repeat_order_value, 6)
+        """,
+        {"frequency": ">f8", "monetary": ">f8", "weight": ">f8"},
+    )
+    return pd.DataFrame(columns)
 
 
 # --------------------------------------------------------------------------- fitting
