@@ -254,3 +254,20 @@ def test_the_dbt_hook_creates_the_same_scores_table_as_the_scoring_stage():
 
     macro = (config.DBT_PROJECT_DIR / "macros" / "scores_table.sql").read_text()
     assert columns(macro) == columns(scoring.SCHEMA_DDL)
+
+
+def test_the_grid_key_is_the_same_in_numpy_and_in_sql(conn):
+    triples = [(0, 0, 30), (1, 5, 700), (37, 1000, 1_048_575), (8_000_000, 0, 1)]
+    expected = scoring.triple_key(*zip(*triples, strict=True))
+    in_sql = [
+        conn.execute(
+            f"select {scoring.TRIPLE_KEY_SQL} from (select %s::int as repeat_purchase_days,"
+            " %s::int as recency_days, %s::int as customer_age_days) s",
+            triple,
+        ).fetchone()[0]
+        for triple in triples
+    ]
+    assert in_sql == list(expected)
+    assert len(set(in_sql)) == len(triples)
+    with pytest.raises(scoring.ScoringError, match="age_days"):
+        scoring.triple_key([1], [0], [1 << scoring.KEY_BITS])

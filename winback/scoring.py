@@ -312,9 +312,7 @@ CHURN_RISK_BAND_SQL = (
 
 
 GRID_COLUMNS = [
-    "frequency",
-    "recency_days",
-    "age_days",
+    "triple_key",
     "p_alive",
     "expected_purchases_30d",
     "expected_purchases_90d",
@@ -322,6 +320,33 @@ GRID_COLUMNS = [
     "days_to_next_purchase",
     "discounted_purchases",
 ]
+
+
+# Customers meet their grid row on one bigint, (frequency << 40) | (recency << 20) | age:
+# PostgreSQL hashes the grid on a key it knows is unique. On the three columns it took
+# them as independent, expected few matches, and at 10M customers hashed (or sorted) the
+# customers' side instead, in batches spilled to disk.
+KEY_BITS = 20
+TRIPLE_KEY_SQL = (
+    f"((s.repeat_purchase_days::bigint << {2 * KEY_BITS})"
+    f" | (s.recency_days::bigint << {KEY_BITS}) | s.customer_age_days::bigint)"
+)
+
+
+def triple_key(frequency, recency_days, age_days) -> np.ndarray:
+    """TRIPLE_KEY_SQL in numpy; refuses values the key cannot hold apart."""
+    frequency, recency_days, age_days = (
+        np.asarray(v, dtype=np.int64) for v in (frequency, recency_days, age_days)
+    )
+    limit = 1 << KEY_BITS
+    for name, values, top in (
+        ("frequency", frequency, 1 << (63 - 2 * KEY_BITS)),
+        ("recency_days", recency_days, limit),
+        ("age_days", age_days, limit),
+    ):
+        if len(values) and (values.min() < 0 or values.max() >= top):
+            raise ScoringError(f"{name} outside [0, {top}): cannot key the scoring grid")
+    return (frequency << (2 * KEY_BITS)) | (recency_days << KEY_BITS) | age_days
 
 
 def predict_grid(
@@ -355,9 +380,9 @@ def predict_grid(
 
     out = pd.DataFrame(
         {
-            "frequency": frequency_days,
-            "recency_days": grid["recency_days"].to_numpy(dtype=np.int64),
-            "age_days": age_days,
+            "triple_key": triple_key(
+                frequency_days, grid["recency_days"].to_numpy(dtype=np.int64), age_days
+            ),
             "p_alive": alive,
         }
     )
@@ -509,9 +534,7 @@ def score_customers(
 GRID_DDL = """
 drop table if exists scoring_grid;
 create temporary table scoring_grid (
-    frequency integer not null,
-    recency_days integer not null,
-    age_days integer not null,
+    triple_key bigint not null,
     p_alive double precision not null,
     expected_purchases_30d double precision not null,
     expected_purchases_90d double precision not null,
@@ -524,9 +547,7 @@ create temporary table scoring_grid (
 # Every grid column is fixed-width, so a chunk becomes PostgreSQL's binary COPY format with
 # one numpy structured array: formatting doubles as CSV text cost more than predicting them.
 GRID_COLUMN_TYPES = {
-    "frequency": ">i4",
-    "recency_days": ">i4",
-    "age_days": ">i4",
+    "triple_key": ">i8",
     "p_alive": ">f8",
     "expected_purchases_30d": ">f8",
     "expected_purchases_90d": ">f8",
@@ -610,14 +631,15 @@ def _write_scores(
                 raise ScoringError("a prediction is not finite: refusing to write scores")
             with conn.cursor() as writer, writer.copy(statement) as copy:
                 copy.write(binary_copy_block(predicted, GRID_COLUMN_TYPES))
+        conn.execute("analyze scoring_grid")  # its size and unique key, for the join's plan
         timings["predict and copy grid"], mark = time.perf_counter() - mark, time.perf_counter()
         # TRUNCATE gives the table a new file in this transaction, so with wal_level minimal
         # PostgreSQL writes it without WAL; the primary key is dropped first and rebuilt from
         # the finished table (one sort) instead of taking a million single insertions.
         conn.execute("truncate winback.customer_scores")
         conn.execute(f"alter table winback.customer_scores drop constraint if exists {SCORES_KEY}")
-        # The planner takes the three join columns as independent, expects few matches and
-        # sorts both sides for a merge join; hashing the grid is the faster plan.
+        # Hash the grid (see TRIPLE_KEY_SQL): never sort every customer for a merge join.
+        merge_join_setting = conn.execute("show enable_mergejoin").fetchone()[0]
         conn.execute("set local enable_mergejoin = off")
         spend_params = spend.as_dict() if spend is not None else {"p": 1.0, "q": 2.0, "v": 1.0}
         written = conn.execute(
@@ -631,10 +653,7 @@ def _write_scores(
                    {CHURN_RISK_BAND_SQL}, %(model_fit_id)s, %(is_stale)s, %(stale_reason)s,
                    %(as_of)s::date, now()
             from {summary_table} s
-            join scoring_grid g
-              on g.frequency = s.repeat_purchase_days
-             and g.recency_days = s.recency_days
-             and g.age_days = s.customer_age_days
+            join scoring_grid g on g.triple_key = {TRIPLE_KEY_SQL}
             cross join lateral (select {ORDER_VALUE_SQL} as order_value) v
             """,
             {
@@ -651,6 +670,8 @@ def _write_scores(
             f"alter table winback.customer_scores add constraint {SCORES_KEY}"
             " primary key (customer_id)"
         )
+        # SET LOCAL lasts until the caller's transaction ends: give its later queries theirs.
+        conn.execute("select set_config('enable_mergejoin', %s, true)", (merge_join_setting,))
         customers = int(grid["weight"].sum())
         if written != customers:
             raise ScoringError(f"wrote {written} scores for {customers} customers")
