@@ -675,9 +675,14 @@ def _write_scores(
         customers = int(grid["weight"].sum())
         if written != customers:
             raise ScoringError(f"wrote {written} scores for {customers} customers")
-        missing_value = conn.execute(
-            "select count(*) from winback.customer_scores where clv is null"
-        ).fetchone()[0]
+        # With a spend model every customer has an order value (ORDER_VALUE_SQL); without
+        # one it is their own average, which the summary may lack.
+        missing_value = (
+            spend is None
+            and conn.execute(
+                "select count(*) from winback.customer_scores where clv is null"
+            ).fetchone()[0]
+        )
         if missing_value:
             raise ScoringError(f"{missing_value} customers have no order value to price CLV")
         conn.execute("drop table scoring_grid")
