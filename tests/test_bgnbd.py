@@ -6,8 +6,10 @@ import itertools
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
-from lifetimes import BetaGeoFitter
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from scipy.optimize import approx_fprime
 
 from winback import bgnbd
 
@@ -15,8 +17,6 @@ from winback import bgnbd
 def lifetimes_model(params: bgnbd.BgNbdParams) -> BetaGeoFitter:
     model = BetaGeoFitter()
     model.params_ = {"r": params.r, "alpha": params.alpha, "a": params.a, "b": params.b}
-    import pandas as pd
-
     model.params_ = pd.Series(model.params_)
     return model
 
@@ -128,3 +128,161 @@ def test_log_likelihood_matches_lifetimes():
         log_params, x, t_x, T, np.ones(len(x)), 0.0
     )
     assert ours == pytest.approx(-mean_negative * len(x), rel=1e-9)
+
+
+# --------------------------------------------------------------------------- the fitters
+
+
+def simulated_rows(seed: int, n: int = 4000) -> pd.DataFrame:
+    """BG/NBD customers in whole weeks, compressed to distinct (x, t_x, T) with weights."""
+    from lifetimes.generate_data import beta_geometric_nbd_model
+
+    np.random.seed(seed)
+    generated = beta_geometric_nbd_model(52, 0.25, 4.4, 0.8, 2.4, size=n)
+    rows = pd.DataFrame(
+        {
+            "frequency": generated["frequency"].astype(float),
+            "recency": np.floor(generated["recency"]).astype(float),
+            "T": np.ceil(generated["T"]).astype(float),
+        }
+    )
+    return rows.groupby(["frequency", "recency", "T"]).size().rename("weight").reset_index()
+
+
+def simulated_spend(seed: int, n: int = 1500) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frequency = rng.integers(1, 15, size=n).astype(float)
+    mean_spend = np.round(rng.gamma(6.25, 1 / 3.74, size=n) * 15.44 / 1.7, 2)
+    return pd.DataFrame({"frequency": frequency, "monetary": mean_spend, "weight": 1.0})
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_bgnbd_gradient_matches_finite_differences(penalizer):
+    data = simulated_rows(3)
+    objective = bgnbd.BgNbdObjective(
+        data["frequency"], data["recency"], data["T"], data["weight"], penalizer
+    )
+    for point in ([0.3, 0.2, 0.9, 2.0], [1.5, 0.05, 0.3, 0.7], [0.05, 2.0, 4.0, 9.0]):
+        log_params = np.log(point)
+        _, gradient = objective.value_and_gradient(log_params)
+        numeric = approx_fprime(log_params, lambda z: objective.value_and_gradient(z)[0], 1e-7)
+        np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_gamma_gamma_gradient_matches_finite_differences(penalizer):
+    data = simulated_spend(4)
+    objective = bgnbd.GammaGammaObjective(
+        data["frequency"], data["monetary"], data["weight"], penalizer
+    )
+    for point in ([2.0, 3.0, 10.0], [6.0, 4.0, 15.0], [0.5, 1.5, 80.0]):
+        log_params = np.log(point)
+        _, gradient = objective.value_and_gradient(log_params)
+        numeric = approx_fprime(log_params, lambda z: objective.value_and_gradient(z)[0], 1e-7)
+        np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_objectives_equal_lifetimes_own(penalizer):
+    data = simulated_rows(5)
+    objective = bgnbd.BgNbdObjective(
+        data["frequency"], data["recency"], data["T"], data["weight"], penalizer
+    )
+    log_params = np.log([0.3, 0.2, 0.9, 2.0])
+    theirs = BetaGeoFitter._negative_log_likelihood(
+        log_params, data["frequency"].to_numpy(), data["recency"].to_numpy() * objective.scale,
+        data["T"].to_numpy() * objective.scale, data["weight"].to_numpy(), penalizer,
+    )  # fmt: skip
+    assert objective.value_and_gradient(log_params)[0] == pytest.approx(theirs, rel=1e-12)
+    spend = simulated_spend(6)
+    spend_objective = bgnbd.GammaGammaObjective(
+        spend["frequency"], spend["monetary"], spend["weight"], penalizer
+    )
+    log_params = np.log([2.0, 3.0, 10.0])
+    theirs = GammaGammaFitter._negative_log_likelihood(
+        log_params, spend["frequency"].to_numpy(), spend["monetary"].to_numpy(),
+        spend["weight"].to_numpy(), penalizer,
+    )  # fmt: skip
+    assert spend_objective.value_and_gradient(log_params)[0] == pytest.approx(theirs, rel=1e-12)
+
+
+def weighted_log_likelihood(params: bgnbd.BgNbdParams, data: pd.DataFrame) -> float:
+    ll = bgnbd.log_likelihood(params, data["frequency"], data["recency"], data["T"])
+    return float((ll * data["weight"]).sum())
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+@pytest.mark.parametrize("seed", [11, 12])
+def test_bgnbd_fit_reaches_lifetimes_optimum(seed, penalizer):
+    data = simulated_rows(seed)
+    ours, outcome = bgnbd.fit_bgnbd(
+        data["frequency"], data["recency"], data["T"], data["weight"], penalizer
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = BetaGeoFitter(penalizer_coef=penalizer).fit(
+            data["frequency"], data["recency"], data["T"], weights=data["weight"]
+        )
+    assert outcome.converged
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(ours, name) == pytest.approx(theirs.params_[name], rel=1e-5)
+    reference = bgnbd.BgNbdParams(*(theirs.params_[k] for k in ("r", "alpha", "a", "b")))
+    assert weighted_log_likelihood(ours, data) == pytest.approx(
+        weighted_log_likelihood(reference, data), rel=1e-6
+    )
+    # What both minimise (the penalized mean): ours is as low, to rounding.
+    objective = bgnbd.BgNbdObjective(
+        data["frequency"], data["recency"], data["T"], data["weight"], penalizer
+    )
+    at_ours = objective.value_and_gradient(objective.to_log_params(ours))[0]
+    at_theirs = objective.value_and_gradient(objective.to_log_params(reference))[0]
+    assert at_ours <= at_theirs + 1e-13
+    assert at_ours == pytest.approx(at_theirs, rel=1e-11)
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_gamma_gamma_fit_reaches_lifetimes_optimum(penalizer):
+    data = simulated_spend(13)
+    ours, outcome = bgnbd.fit_gamma_gamma(
+        data["frequency"], data["monetary"], data["weight"], penalizer
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = GammaGammaFitter(penalizer_coef=penalizer).fit(
+            data["frequency"], data["monetary"], weights=data["weight"]
+        )
+    assert outcome.converged
+    for name in ("p", "q", "v"):
+        assert getattr(ours, name) == pytest.approx(theirs.params_[name], rel=1e-5)
+    reference = bgnbd.GammaGammaParams(*(theirs.params_[k] for k in ("p", "q", "v")))
+
+    def total(params):
+        ll = bgnbd.gamma_gamma_log_likelihood(params, data["frequency"], data["monetary"])
+        return float((ll * data["weight"]).sum())
+
+    assert total(ours) == pytest.approx(total(reference), rel=1e-6)
+    objective = bgnbd.GammaGammaObjective(
+        data["frequency"], data["monetary"], data["weight"], penalizer
+    )
+    at_ours = objective.value_and_gradient(objective.to_log_params(ours))[0]
+    at_theirs = objective.value_and_gradient(objective.to_log_params(reference))[0]
+    assert at_ours <= at_theirs + 1e-13
+    assert at_ours == pytest.approx(at_theirs, rel=1e-11)
+
+
+def test_a_warm_start_reaches_the_cold_start_optimum():
+    data = simulated_rows(14)
+    columns = (data["frequency"], data["recency"], data["T"], data["weight"])
+    cold, _ = bgnbd.fit_bgnbd(*columns, 0.0)
+    for start in (cold, bgnbd.BgNbdParams(cold.r * 1.5, cold.alpha * 0.5, cold.a * 2, cold.b)):
+        warm, outcome = bgnbd.fit_bgnbd(*columns, 0.0, start=start)
+        assert outcome.converged
+        for name in ("r", "alpha", "a", "b"):
+            assert getattr(warm, name) == pytest.approx(getattr(cold, name), rel=1e-5)
+
+
+def test_an_unfinished_search_is_not_converged(monkeypatch):
+    data = simulated_rows(15)
+    monkeypatch.setattr(bgnbd, "CONVERGED_GRADIENT", 0.0)
+    _, outcome = bgnbd.fit_bgnbd(data["frequency"], data["recency"], data["T"], data["weight"])
+    assert not outcome.converged and "largest gradient" in outcome.message

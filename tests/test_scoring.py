@@ -53,6 +53,18 @@ def test_cdnow_reproduces_fader_hardie_lee(cdnow_warehouse):
     assert spend.p == pytest.approx(6.25, rel=5e-3)
     assert spend.q == pytest.approx(3.74, rel=5e-3)
     assert spend.v == pytest.approx(15.44, rel=5e-3)
+    # lifetimes, fitted on the same compressed rows, reaches the same optimum.
+    reference = BetaGeoFitter().fit(
+        summary["frequency"], summary["recency"], summary["T"], weights=summary["weight"]
+    )
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(params, name) == pytest.approx(reference.params_[name], rel=1e-5)
+    reference_params = bgnbd.BgNbdParams(*(reference.params_[k] for k in ("r", "alpha", "a", "b")))
+    reference_ll = float(
+        bgnbd.log_likelihood(reference_params, summary["frequency"], summary["recency"],
+                             summary["T"]) @ summary["weight"]
+    )  # fmt: skip
+    assert fit.log_likelihood == pytest.approx(reference_ll, rel=1e-6)
 
 
 def test_cdnow_backtest_on_the_39_week_holdout(cdnow_warehouse):
@@ -178,7 +190,7 @@ def test_a_failed_fit_keeps_the_previous_model_and_marks_scores_stale(summary_ta
     settings = scoring.ScoringSettings(backtest_holdout_days=0)
     first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
 
-    def failing_fit(data, penalizer):
+    def failing_fit(data, penalizer, start=None):
         return None, scoring.FitResult("bgnbd", None, None, 400, 10, 0.1, False, "did not converge")
 
     monkeypatch.setattr(scoring, "fit_bgnbd", failing_fit)
@@ -191,11 +203,39 @@ def test_a_failed_fit_keeps_the_previous_model_and_marks_scores_stale(summary_ta
     assert stale == (True, first.bgnbd.model_fit_id, first.bgnbd.model_fit_id)
 
 
+def test_a_search_that_does_not_converge_keeps_the_previous_model(summary_table, monkeypatch):
+    settings = scoring.ScoringSettings(backtest_holdout_days=0)
+    first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
+    monkeypatch.setattr(bgnbd, "CONVERGED_GRADIENT", 0.0)  # no search can reach it
+    second = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    assert not second.bgnbd.converged and "did not converge" in second.bgnbd.message
+    assert second.is_stale and f"model {first.bgnbd.model_fit_id} kept" in second.stale_reason
+    kept = summary_table.execute(
+        "select count(*), min(model_fit_id), bool_and(is_stale) from winback.customer_scores"
+    ).fetchone()
+    assert kept == (400, first.bgnbd.model_fit_id, True)
+
+
+def test_the_second_fit_starts_from_the_first_and_finds_the_same_model(summary_table):
+    settings = scoring.ScoringSettings(backtest_holdout_days=0)
+    first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
+    second = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    assert not first.bgnbd.warm_start and second.bgnbd.warm_start
+    assert second.bgnbd.iterations < first.bgnbd.iterations
+    for name, value in first.bgnbd.params.items():
+        assert second.bgnbd.params[name] == pytest.approx(value, rel=1e-5)
+    for name, value in first.gamma_gamma.params.items():
+        assert second.gamma_gamma.params[name] == pytest.approx(value, rel=1e-5)
+
+
 def test_no_previous_model_means_no_scores_at_all(summary_table, monkeypatch):
     monkeypatch.setattr(
         scoring,
         "fit_bgnbd",
-        lambda data, penalizer: (None, scoring.FitResult("bgnbd", None, None, 1, 1, 0, False, "x")),
+        lambda data, penalizer, start=None: (
+            None,
+            scoring.FitResult("bgnbd", None, None, 1, 1, 0, False, "x"),
+        ),
     )
     with pytest.raises(scoring.ScoringError, match="no previous model"):
         scoring.score_customers(summary_table, date(2026, 11, 20), scoring.ScoringSettings())
@@ -214,3 +254,20 @@ def test_the_dbt_hook_creates_the_same_scores_table_as_the_scoring_stage():
 
     macro = (config.DBT_PROJECT_DIR / "macros" / "scores_table.sql").read_text()
     assert columns(macro) == columns(scoring.SCHEMA_DDL)
+
+
+def test_the_grid_key_is_the_same_in_numpy_and_in_sql(conn):
+    triples = [(0, 0, 30), (1, 5, 700), (37, 1000, 1_048_575), (8_000_000, 0, 1)]
+    expected = scoring.triple_key(*zip(*triples, strict=True))
+    in_sql = [
+        conn.execute(
+            f"select {scoring.TRIPLE_KEY_SQL} from (select %s::int as repeat_purchase_days,"
+            " %s::int as recency_days, %s::int as customer_age_days) s",
+            triple,
+        ).fetchone()[0]
+        for triple in triples
+    ]
+    assert in_sql == list(expected)
+    assert len(set(in_sql)) == len(triples)
+    with pytest.raises(scoring.ScoringError, match="age_days"):
+        scoring.triple_key([1], [0], [1 << scoring.KEY_BITS])
