@@ -42,7 +42,6 @@ from time import perf_counter
 
 import numpy as np
 import pandas as pd
-import phonenumbers
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,13 +49,13 @@ import pyarrow.csv as pcsv
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from winback import raw_schema
+from winback import phones, raw_schema
 from winback.contract import RAW_SCHEMA, TABLES, Column, RawTable
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 500_000  # parquet batches
-BLOCK_BYTES = 32 << 20  # CSV blocks: ~0.5M rows of a wide file
+BLOCK_BYTES = 64 << 20  # CSV blocks: ~0.6M rows of the widest file
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 # RFC 5322 allows far more, but a winback email must be deliverable by an ordinary ESP:
 # one @, no spaces, a dotted domain with an alphabetic top-level label.
@@ -239,18 +238,6 @@ class ValidatedChunk:
     rejected: pd.DataFrame  # _source_line, column_name, reason, raw_record
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _normalise_phone(value: str, country: str) -> str | None:
-    """E.164 for a number valid in `country` (or carrying its own +code), else None."""
-    try:
-        number = phonenumbers.parse(value, country or None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
 def _check_column(
     column: Column, values: pd.Series, frame: pd.DataFrame, latest_allowed: pd.Timestamp
 ) -> tuple[pd.Series, pd.Series]:
@@ -310,15 +297,15 @@ def _check_column(
         normalised = lowered.astype(object)
     elif kind == "phone":
         countries = frame["country"].str.strip().str.upper() if "country" in frame else ""
-        phones = pd.Series("", index=values.index, dtype=object)
+        e164_values = pd.Series("", index=values.index, dtype=object)
         for idx in stripped.index[~empty]:
-            e164 = _normalise_phone(stripped[idx], countries[idx] if len(countries) else "")
+            e164 = phones.to_e164(stripped[idx], countries[idx] if len(countries) else "")
             if e164 is None:
                 reason[idx] = "invalid phone number for the customer's country"
                 rule[idx] = "invalid_phone"
             else:
-                phones[idx] = e164
-        normalised = phones
+                e164_values[idx] = e164
+        normalised = e164_values
     elif kind == "country":
         upper = stripped.str.upper()
         bad = ~empty & ~upper.str.fullmatch(r"[A-Z]{2}")
@@ -400,6 +387,7 @@ STRICT_AMOUNT = r"^[0-9]{1,12}(?:\.[0-9]{1,2})?$"
 STRICT_INTEGER = r"^[0-9]{1,12}$"
 STRICT_SIGNED_INTEGER = r"^-?[0-9]{1,12}$"
 CODE_PATTERNS = {"country": r"^[A-Z]{2}$", "currency": r"^[A-Z]{3}$"}
+UTC_SECONDS = pa.timestamp("s", "UTC")
 
 
 @functools.cache
@@ -413,15 +401,21 @@ def _latest_allowed(load_date: date) -> datetime:
     return datetime.combine(load_date + timedelta(days=1), time(), UTC) + timedelta(hours=14)
 
 
-def _calendar_checked(trimmed: pa.Array, pattern: str, fmt: str, placeholder: str):
-    """(strict-form mask, parsed timestamp) where strptime's silent roll-over of an
-    impossible day ('2025-02-30' -> March 2) counts as not strict."""
+def _calendar_checked(trimmed: pa.Array, pattern: str, fmt: str, placeholder: str, as_type):
+    """(strict-form mask, parsed value): the strict form that names a real calendar day."""
     strict = pc.match_substring_regex(trimmed, pattern)
     filled = pc.if_else(strict, trimmed, placeholder)
+    try:
+        # Arrow's ISO 8601 cast refuses an impossible day ('2025-02-30') for the whole
+        # block, so it only serves when every strict value is a real day (the usual case).
+        return strict, pc.cast(filled, as_type)
+    except pa.ArrowInvalid:
+        pass
+    # strptime rolls an impossible day over ('2025-02-30' -> March 2): compare the day.
     parsed = pc.strptime(filled, format=fmt, unit="s", error_is_null=True)
     day_written = pc.cast(pc.utf8_slice_codeunits(filled, 8, 10), pa.int64())
     same_day = pc.fill_null(pc.equal(pc.day(parsed), day_written), False)
-    return pc.and_(strict, same_day), parsed
+    return pc.and_(strict, same_day), pc.cast(parsed, as_type)
 
 
 def _screen_phones(trimmed: pa.Array, countries: pa.Array | None, empty: pa.Array):
@@ -431,9 +425,9 @@ def _screen_phones(trimmed: pa.Array, countries: pa.Array | None, empty: pa.Arra
     values = np.full(rows, None, dtype=object)
     valid = np.ones(rows, dtype=bool)
     if len(filled):
-        phones = trimmed.take(filled).to_pylist()
-        codes = countries.take(filled).to_pylist() if countries is not None else [""] * len(phones)
-        e164 = [_normalise_phone(p, c) for p, c in zip(phones, codes, strict=True)]
+        numbers = trimmed.take(filled).to_pylist()
+        codes = countries.take(filled).to_pylist() if countries is not None else [""] * len(numbers)
+        e164 = phones.to_e164_many(list(zip(numbers, codes, strict=True)))
         where = filled.to_numpy()
         values[where] = e164
         valid[where] = [v is not None for v in e164]
@@ -442,7 +436,7 @@ def _screen_phones(trimmed: pa.Array, countries: pa.Array | None, empty: pa.Arra
 
 def screen_batch(raw_table: RawTable, batch: pa.Table, load_date: date):
     """(normalised string columns with null for empty, rows proven valid) for one block."""
-    latest = pa.scalar(_latest_allowed(load_date).replace(tzinfo=None), pa.timestamp("s"))
+    latest = pa.scalar(_latest_allowed(load_date), pa.timestamp("s", "UTC"))
     trimmed = {
         c.name: pc.utf8_trim(batch.column(c.name).combine_chunks(), python_whitespace())
         for c in raw_table.columns
@@ -466,11 +460,13 @@ def _screen_column(column: Column, value, empty, countries, latest):
         return pa.array(np.ones(len(value), dtype=bool)), value
     if kind == "timestamp":
         ok, parsed = _calendar_checked(
-            value, STRICT_TIMESTAMP, "%Y-%m-%dT%H:%M:%SZ", "2000-01-01T00:00:00Z"
+            value, STRICT_TIMESTAMP, "%Y-%m-%dT%H:%M:%SZ", "2000-01-01T00:00:00Z", UTC_SECONDS
         )
         return pc.and_(ok, pc.fill_null(pc.less_equal(parsed, latest), False)), value
     if kind == "date":
-        return _calendar_checked(value, STRICT_DATE, "%Y-%m-%d", "2000-01-01")[0], value
+        return _calendar_checked(value, STRICT_DATE, "%Y-%m-%d", "2000-01-01", pa.date32())[
+            0
+        ], value
     if kind == "amount":
         return pc.match_substring_regex(value, STRICT_AMOUNT), value
     if kind == "integer":
@@ -588,8 +584,13 @@ def _key(raw_table: RawTable, valid: pa.Table) -> pa.Array:
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
-def _later_duplicates(keys: list[pa.Array], lines: list[pa.Array]) -> dict[int, tuple[str, int]]:
-    """line -> (key, first line) for every row whose key a valid earlier row already has."""
+def _later_duplicates(raw_table: RawTable, blocks: list[pa.Table]) -> dict[int, tuple[str, int]]:
+    """line -> (key, first line) for every row whose key a valid earlier row already has.
+
+    `blocks` hold the key columns and `_source_line` of every row that passed the checks.
+    """
+    keys = [_key(raw_table, block) for block in blocks]
+    lines = [block.column("_source_line").combine_chunks() for block in blocks]
     all_keys = pa.chunked_array(keys, pa.string())
     if pc.count_distinct(all_keys).as_py() == len(all_keys):
         return {}  # the usual case: one hash pass, nothing else
@@ -681,7 +682,7 @@ class _BulkTarget:
         regclass = f"{RAW_SCHEMA}.{raw_table.name}"
         cur.execute(sql.SQL("truncate {}").format(self.target))
         self.constraints = cur.execute(
-            "select conname, pg_get_constraintdef(oid) from pg_constraint "
+            "select conname, pg_get_constraintdef(oid), contype from pg_constraint "
             "where conrelid = %s::regclass and contype in ('p', 'u', 'x') order by conname",
             (regclass,),
         ).fetchall()
@@ -692,7 +693,9 @@ class _BulkTarget:
             "where k.conrelid = i.indrelid and k.conindid = i.indexrelid) order by 1",
             (regclass,),
         ).fetchall()
-        for name, _ in self.constraints:
+        # Rebuilding the primary key finds any duplicate key for free.
+        self.finds_duplicates = any(kind == "p" for _, _, kind in self.constraints)
+        for name, _, _ in self.constraints:
             cur.execute(
                 sql.SQL("alter table {} drop constraint {}").format(
                     self.target, sql.Identifier(name)
@@ -719,7 +722,7 @@ class _BulkTarget:
 
     def finish(self) -> None:
         self._set_lineage_defaults({"_load_date": None, "_source_file": None})
-        for name, definition in self.constraints:
+        for name, definition, _ in self.constraints:
             self.cur.execute(
                 sql.SQL("alter table {} add constraint {} {}").format(
                     self.target, sql.Identifier(name), sql.SQL(definition)
@@ -819,13 +822,13 @@ def _load_file(
     target = sql.Identifier(RAW_SCHEMA, raw_table.name)
     names = raw_table.column_names
     rejected: dict[int, Rejection] = {}
-    keys: list[pa.Array] = []
-    lines: list[pa.Array] = []
+    key_blocks: list[pa.Table] = []
     copied_keys: list[pa.Array] = []
-    rows_read = rows_copied = 0
+    rows_read = rows_copied = references_rejected = 0
     with conn.cursor() as cur:
         empty = cur.execute(sql.SQL("select not exists (select from {})").format(target))
-        bulk = _BulkTarget(cur, raw_table, load_date, source) if empty.fetchone()[0] else None
+        bulk_load = bool(empty.fetchone()[0])
+        bulk = _BulkTarget(cur, raw_table, load_date, source) if bulk_load else None
         if bulk is not None:
             copy_target, options = target, sql.SQL("format csv, null '', freeze")
             # The referenced tables are complete now: check references while reading.
@@ -847,16 +850,28 @@ def _load_file(
                 rows_read += batch.num_rows
                 checked = check_batch(raw_table, batch, load_date)
                 rejected.update((r.line, r) for r in checked.rejected)
-                keys.append(_key(raw_table, checked.valid))
-                lines.append(checked.valid.column("_source_line").combine_chunks())
+                key_blocks.append(checked.valid.select([*raw_table.primary_key, "_source_line"]))
                 valid, dangling = _unknown_references(raw_table, checked.valid, known)
                 rejected.update((r.line, r) for r in dangling)
+                references_rejected += len(dangling)
                 rows_copied += valid.num_rows
-                if bulk is not None and _is_referenced(raw_table):
+                if bulk_load and _is_referenced(raw_table):
                     copied_keys.append(_key(raw_table, valid))
                 if valid.num_rows:
                     copy.write(_payload(valid))
-        duplicates = _later_duplicates(keys, lines) if keys else {}
+        duplicates: dict[int, tuple[str, int]] = {}
+        if bulk is not None and bulk.finds_duplicates and not references_rejected:
+            # The usual first load: let the primary key's rebuild look for duplicates, and
+            # only when it finds one, name them all (a row that lost its reference may
+            # still have been the first of its key, hence the condition).
+            try:
+                with conn.transaction():
+                    bulk.finish()
+                bulk = None
+            except psycopg.errors.UniqueViolation:
+                duplicates = _later_duplicates(raw_table, key_blocks)
+        elif key_blocks:
+            duplicates = _later_duplicates(raw_table, key_blocks)
         if duplicates:
             deleted = _delete_lines(cur, raw_table, copy_target, sorted(duplicates))
             rows_copied -= len(deleted)
@@ -871,8 +886,9 @@ def _load_file(
                     f"(first seen on line {first_line})",
                     record,
                 )
-        if bulk is not None:
-            bulk.finish()
+        if bulk_load:
+            if bulk is not None:
+                bulk.finish()
             rows_loaded = rows_copied
             if copied_keys and not duplicates and len(raw_table.primary_key) == 1:
                 run.complete_keys[raw_table.name] = pa.chunked_array(
