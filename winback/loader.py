@@ -393,7 +393,7 @@ UTC_SECONDS = pa.timestamp("s", "UTC")
 @functools.cache
 def python_whitespace() -> str:
     """Every character `str.strip()` removes, so that the screen trims exactly as it does."""
-    return "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    return "".join(filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
 
 
 def _latest_allowed(load_date: date) -> datetime:
@@ -610,6 +610,33 @@ def _later_duplicates(raw_table: RawTable, blocks: list[pa.Table]) -> dict[int, 
     }
 
 
+def _duplicates_in(
+    cur: psycopg.Cursor, raw_table: RawTable, target: sql.Composable, more: list[pa.Table]
+) -> dict[int, tuple[str, int]]:
+    """`_later_duplicates` over the rows COPYed into `target` (this file's only) and `more`."""
+    buffer = io.BytesIO()
+    columns = [*raw_table.primary_key, "_source_line"]
+    statement = sql.SQL("copy (select {} from {}) to stdout with (format csv)").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), target
+    )
+    with cur.copy(statement) as copy:
+        for data in copy:
+            buffer.write(data)
+    blocks = list(more)
+    if buffer.tell():
+        buffer.seek(0)
+        types = {**dict.fromkeys(raw_table.primary_key, pa.string()), "_source_line": pa.int64()}
+        blocks.append(
+            pcsv.read_csv(
+                buffer,
+                read_options=pcsv.ReadOptions(column_names=columns),
+                parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                convert_options=pcsv.ConvertOptions(column_types=types),
+            )
+        )
+    return _later_duplicates(raw_table, blocks) if blocks else {}
+
+
 class _Run:
     """What one load_day knows across its files: the keys of tables it bulk-loaded."""
 
@@ -644,18 +671,35 @@ class _Run:
         return keys
 
 
+def _unknown_mask(values: pa.Array, known: pa.Array) -> pa.Array:
+    """True where a value is set but not among `known` (unique keys).
+
+    Arrow builds a hash set per call, so the block's few distinct values become the set
+    and the (possibly ten million) known keys only probe it.
+    """
+    distinct = pc.unique(values.drop_null())
+    found = pc.is_in(known, value_set=distinct)
+    if (pc.sum(found).as_py() or 0) == len(distinct):
+        return pa.array(np.zeros(len(values), dtype=bool))
+    missing = distinct.filter(pc.invert(pc.is_in(distinct, value_set=known.filter(found))))
+    return pc.fill_null(pc.is_in(values, value_set=missing), False)
+
+
 def _unknown_references(
     raw_table: RawTable, valid: pa.Table, known: dict[str, pa.Array]
-) -> tuple[pa.Table, list[Rejection]]:
-    """Split off rows whose reference is not among the known keys (bulk loads)."""
+) -> tuple[pa.Table, list[Rejection], pa.Table]:
+    """(rows whose references are all known, their rejections, the others' keys and lines)
+    for a bulk load; a row with several unknown references is rejected for the first."""
     rejected: list[Rejection] = []
-    for name, keys in known.items():
-        values = valid.column(name)
-        unknown = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=keys)))
+    dangling_keys: list[pa.Table] = []
+    for name, keys in known.items():  # in the contract's column order
+        unknown = _unknown_mask(valid.column(name).combine_chunks(), keys)
         if not pc.any(unknown).as_py():
             continue
         entity = raw_table.column(name).references[0].rstrip("s")
-        for row in valid.filter(unknown).to_pylist():
+        dangling = valid.filter(unknown)
+        dangling_keys.append(dangling.select([*raw_table.primary_key, "_source_line"]))
+        for row in dangling.to_pylist():
             line = row.pop("_source_line")
             rejected.append(
                 Rejection(
@@ -667,7 +711,8 @@ def _unknown_references(
                 )
             )
         valid = valid.filter(pc.invert(unknown))
-    return valid, rejected
+    keys = pa.concat_tables(dangling_keys) if dangling_keys else None
+    return valid, rejected, keys
 
 
 class _BulkTarget:
@@ -822,9 +867,9 @@ def _load_file(
     target = sql.Identifier(RAW_SCHEMA, raw_table.name)
     names = raw_table.column_names
     rejected: dict[int, Rejection] = {}
-    key_blocks: list[pa.Table] = []
+    dangling_keys: list[pa.Table] = []  # the keys of rows that lost their reference
     copied_keys: list[pa.Array] = []
-    rows_read = rows_copied = references_rejected = 0
+    rows_read = rows_copied = 0
     with conn.cursor() as cur:
         empty = cur.execute(sql.SQL("select not exists (select from {})").format(target))
         bulk_load = bool(empty.fetchone()[0])
@@ -850,17 +895,17 @@ def _load_file(
                 rows_read += batch.num_rows
                 checked = check_batch(raw_table, batch, load_date)
                 rejected.update((r.line, r) for r in checked.rejected)
-                key_blocks.append(checked.valid.select([*raw_table.primary_key, "_source_line"]))
-                valid, dangling = _unknown_references(raw_table, checked.valid, known)
+                valid, dangling, keys = _unknown_references(raw_table, checked.valid, known)
                 rejected.update((r.line, r) for r in dangling)
-                references_rejected += len(dangling)
+                if keys is not None:
+                    dangling_keys.append(keys)
                 rows_copied += valid.num_rows
                 if bulk_load and _is_referenced(raw_table):
                     copied_keys.append(_key(raw_table, valid))
                 if valid.num_rows:
                     copy.write(_payload(valid))
         duplicates: dict[int, tuple[str, int]] = {}
-        if bulk is not None and bulk.finds_duplicates and not references_rejected:
+        if bulk is not None and bulk.finds_duplicates and not dangling_keys:
             # The usual first load: let the primary key's rebuild look for duplicates, and
             # only when it finds one, name them all (a row that lost its reference may
             # still have been the first of its key, hence the condition).
@@ -869,9 +914,9 @@ def _load_file(
                     bulk.finish()
                 bulk = None
             except psycopg.errors.UniqueViolation:
-                duplicates = _later_duplicates(raw_table, key_blocks)
-        elif key_blocks:
-            duplicates = _later_duplicates(raw_table, key_blocks)
+                duplicates = _duplicates_in(cur, raw_table, copy_target, dangling_keys)
+        else:
+            duplicates = _duplicates_in(cur, raw_table, copy_target, dangling_keys)
         if duplicates:
             deleted = _delete_lines(cur, raw_table, copy_target, sorted(duplicates))
             rows_copied -= len(deleted)
@@ -946,6 +991,14 @@ def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> L
         check_header(by_name[name], path)
 
     raw_schema.ensure_raw_schema(conn)
+    # The planner's estimate (-1: never analysed), enough to decide on an analyze below.
+    rows_before = dict(
+        conn.execute(
+            "select relname, reltuples from pg_class "
+            "where relnamespace = %s::regnamespace and relname = any(%s)",
+            (RAW_SCHEMA, list(files)),
+        ).fetchall()
+    )
     reports: list[FileReport] = []
     run = _Run()
     with conn.transaction():
@@ -988,8 +1041,8 @@ def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> L
                 report.reasons or "",
             )
             reports.append(report)
-    for table_name in files:
-        conn.execute(
-            sql.SQL("analyze {}.{}").format(sql.Identifier(RAW_SCHEMA), sql.Identifier(table_name))
-        )
+    for report in reports:
+        # As autovacuum would: statistics are refreshed once a tenth of the rows is new.
+        if report.rows_loaded > 0.1 * rows_before.get(report.table, -1):
+            conn.execute(sql.SQL("analyze {}").format(sql.Identifier(RAW_SCHEMA, report.table)))
     return LoadReport(load_date=load_date, files=reports)
