@@ -373,3 +373,11 @@ def test_the_screen_only_proves_what_the_reference_checks_accept(table_name):
             assert mine == theirs, (column.name, line)
     # And the strict forms are proven, so the reference checks stay the exception.
     assert len(proven_lines) >= len(raw_table.columns) * 5
+
+
+def test_values_with_commas_quotes_and_line_breaks_load_unchanged(conn, tmp_path):
+    name = 'Ada "the Countess", of\nLovelace'
+    write_csv(tmp_path / DAY.isoformat(), "customers", [customer("c1", first_name=name)])
+    loader.load_day(conn, tmp_path, DAY)
+    stored = conn.execute("select first_name from raw.customers").fetchone()
+    assert stored == (name,)

@@ -542,10 +542,21 @@ def check_batch(raw_table: RawTable, batch: pa.Table, load_date: date) -> Checke
 
 
 def _payload(table: pa.Table) -> pa.Buffer:
-    """CSV for COPY: nulls as empty unquoted fields, every string quoted."""
-    sink = pa.BufferOutputStream()
-    pcsv.write_csv(table, sink, pcsv.WriteOptions(include_header=False))
-    return sink.getvalue()
+    """CSV for COPY; a null is an empty unquoted field (empty strings are null by now).
+
+    Unquoted when no value holds a comma, quote or line break (smaller, and less for the
+    server to parse); Arrow refuses such a value rather than write it, so then quoted.
+    """
+    for quoting in ("none", "needed"):
+        sink = pa.BufferOutputStream()
+        try:
+            pcsv.write_csv(
+                table, sink, pcsv.WriteOptions(include_header=False, quoting_style=quoting)
+            )
+        except pa.ArrowInvalid:
+            continue
+        return sink.getvalue()
+    raise AssertionError("quoting_style='needed' writes any value")
 
 
 def _record_sql(raw_table: RawTable, alias: str) -> sql.Composable:
