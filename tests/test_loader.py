@@ -381,3 +381,43 @@ def test_values_with_commas_quotes_and_line_breaks_load_unchanged(conn, tmp_path
     loader.load_day(conn, tmp_path, DAY)
     stored = conn.execute("select first_name from raw.customers").fetchone()
     assert stored == (name,)
+
+
+def test_a_foreign_key_on_a_raw_table_does_not_stop_a_first_load(conn, landing):
+    # A first load drops and rebuilds the indexes; a user's foreign key to raw.customers
+    # forbids that, and the loader then loads as into a table with data.
+    from winback import raw_schema
+
+    raw_schema.ensure_raw_schema(conn)
+    conn.execute("create table public.vip (customer_id text references raw.customers)")
+    conn.commit()
+    try:
+        report = loader.load_day(conn, landing, DAY)
+        by_table = {f.table: f for f in report.files}
+        assert (by_table["customers"].rows_read, by_table["customers"].rows_loaded) == (8, 2)
+        pkey = conn.execute(
+            "select count(*) from pg_constraint where conrelid = 'raw.customers'::regclass "
+            "and contype = 'p'"
+        ).fetchone()
+        assert pkey == (1,)
+    finally:
+        conn.rollback()
+        conn.execute("drop table if exists public.vip")
+        conn.commit()
+
+
+def test_a_first_load_keeps_every_index_of_the_table(conn, landing):
+    from winback import raw_schema
+
+    raw_schema.ensure_raw_schema(conn)
+    conn.commit()
+    query = "select indexname, indexdef from pg_indexes where schemaname = 'raw' order by 1"
+    before = conn.execute(query).fetchall()
+    loader.load_day(conn, landing, DAY)
+    assert conn.execute(query).fetchall() == before
+    defaults = conn.execute(
+        "select table_name, column_name from information_schema.columns "
+        "where table_schema = 'raw' and column_name in ('_load_date', '_source_file') "
+        "and column_default is not null"
+    ).fetchall()
+    assert defaults == []  # the lineage defaults of the COPY are gone again

@@ -883,8 +883,16 @@ def _load_file(
     rows_read = rows_copied = 0
     with conn.cursor() as cur:
         empty = cur.execute(sql.SQL("select not exists (select from {})").format(target))
-        bulk_load = bool(empty.fetchone()[0])
-        bulk = _BulkTarget(cur, raw_table, load_date, source) if bulk_load else None
+        bulk = None
+        if empty.fetchone()[0]:
+            try:
+                with conn.transaction():
+                    bulk = _BulkTarget(cur, raw_table, load_date, source)
+            except (psycopg.errors.FeatureNotSupported, psycopg.errors.DependentObjectsStillExist):
+                # Someone's foreign key forbids the truncate or needs the primary key: load
+                # as into a table with data.
+                bulk = None
+        bulk_load = bulk is not None
         if bulk is not None:
             copy_target, options = target, sql.SQL("format csv, null '', freeze")
             # The referenced tables are complete now: check references while reading.
