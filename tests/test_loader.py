@@ -421,3 +421,10 @@ def test_a_first_load_keeps_every_index_of_the_table(conn, landing):
         "and column_default is not null"
     ).fetchall()
     assert defaults == []  # the lineage defaults of the COPY are gone again
+
+
+def test_a_file_with_only_its_header_loads_nothing_and_reconciles(conn, tmp_path):
+    write_csv(tmp_path / DAY.isoformat(), "customers", [])
+    report = loader.load_day(conn, tmp_path, DAY)
+    assert (report.rows_read, report.rows_loaded, report.rows_quarantined) == (0, 0, 0)
+    assert conn.execute("select count(*) from raw.customers").fetchone() == (0,)
