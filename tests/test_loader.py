@@ -428,3 +428,16 @@ def test_a_file_with_only_its_header_loads_nothing_and_reconciles(conn, tmp_path
     report = loader.load_day(conn, tmp_path, DAY)
     assert (report.rows_read, report.rows_loaded, report.rows_quarantined) == (0, 0, 0)
     assert conn.execute("select count(*) from raw.customers").fetchone() == (0,)
+
+
+def test_phone_numbers_split_with_the_helper_process_come_back_in_order():
+    from winback import phones
+
+    countries = ["IT", "FR", "DE", "GB", "US", ""]
+    pairs = [
+        (f"+39 06 {i:08d}"[: 8 + i % 7] if i % 5 else f"0{i:09d}", countries[i % 6])
+        for i in range(phones.PARALLEL_FROM + 1)
+    ]
+    expected = [phones.to_e164(number, country) for number, country in pairs]
+    assert any(expected) and not all(expected)
+    assert phones.to_e164_many(pairs) == expected

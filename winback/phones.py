@@ -2,20 +2,23 @@
 
 phonenumbers is exact but slow (~60 us a number, all Python), and no shortcut is provably
 equivalent to it: the national-prefix stripping and validity patterns differ per country.
-So a big file's numbers are split between this process and one worker process; this
-module imports nothing else, so the worker starts quickly.
+So a big file's numbers are split between this process and one helper process
+(`python -m winback.phones`, which imports nothing else and never re-runs the caller's
+main module, unlike multiprocessing's spawn and forkserver).
 """
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
+import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+import sys
+import threading
 
 import phonenumbers
 
-PARALLEL_FROM = 20_000  # below this, starting a worker costs more than it saves
+PARALLEL_FROM = 20_000  # below this, starting a helper costs more than it saves
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -35,15 +38,33 @@ def _to_e164_block(pairs: list[tuple[str, str]]) -> list[str | None]:
 
 
 def to_e164_many(pairs: list[tuple[str, str]]) -> list[str | None]:
-    """`to_e164` for each (number, country), in order; half in a worker when there are many."""
-    can_fork = not multiprocessing.current_process().daemon and (os.cpu_count() or 1) > 1
-    if len(pairs) < PARALLEL_FROM or not can_fork:
+    """`to_e164` for each (number, country), in order; half in a helper when there are many."""
+    if len(pairs) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
         return _to_e164_block(pairs)
-    # forkserver, not fork: this process runs Arrow and psycopg threads.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["winback.phones"])
     half = len(pairs) // 2
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        second = pool.submit(_to_e164_block, pairs[half:])
-        first = _to_e164_block(pairs[:half])
-        return first + second.result()
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "winback.phones"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    answer: list[bytes] = []
+    # The helper's pipes are served from a thread while this process does its half.
+    talk = threading.Thread(
+        target=lambda: answer.append(helper.communicate(json.dumps(pairs[half:]).encode())[0])
+    )
+    talk.start()
+    first = _to_e164_block(pairs[:half])
+    talk.join()
+    if helper.returncode != 0 or not answer:
+        raise RuntimeError(f"the phone-number helper failed (exit {helper.returncode})")
+    return first + json.loads(answer[0])
+
+
+def main() -> None:
+    """Read [[number, country], ...] on stdin, write the E.164 list on stdout."""
+    pairs = json.load(sys.stdin)
+    json.dump(_to_e164_block([(value, country) for value, country in pairs]), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
