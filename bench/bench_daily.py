@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bulk-load",
         action="store_true",
-        help="load with a plain COPY instead of the loader (to measure the other stages at 1M)",
+        help="load with an unchecked bulk COPY instead of the winback loader; only for "
+        "comparison: the loader is as fast at both sizes (docs/loading.md)",
     )
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)
     parser.add_argument("--ds", help=argparse.SUPPRESS)

@@ -140,9 +140,10 @@ def load_day(landing: Path, day: date) -> tuple[float, int]:
 def bulk_load_day(landing: Path, day: date) -> tuple[float, int]:
     """COPY the day's files straight into raw.*, without the loader's per-value checks.
 
-    Only for measuring the later stages at sizes where the loader itself would take most
-    of the run (its rate is measured at 100k): the simulator's files are valid by
-    construction and a day never repeats an id (a duplicate fails the COPY). PostgreSQL
+    The yardstick bench/bench_load.py measures the winback loader against (it used to
+    stand in for the loader at 1M, when the loader was ten times slower): the simulator's
+    files are valid by construction and a day never repeats an id (a duplicate fails the
+    COPY). PostgreSQL
     parses the values into the raw tables' types; quoted empty values become null
     (FORCE_NULL); the bookkeeping columns take the day and file for the duration of the
     COPY; raw.load_batches gets reconciled counts as the loader writes them.

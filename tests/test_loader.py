@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from winback import contract, loader
@@ -197,3 +198,246 @@ def test_optional_columns_may_be_left_out_of_the_header(conn, tmp_path):
     assert report.rows_loaded == 1
     row = conn.execute("select email, phone from raw.customers where customer_id = 'c1'")
     assert row.fetchone() == (None, None)
+
+
+def order_line(oid: str, line: str, **overrides) -> dict:
+    row = {
+        "order_id": oid,
+        "line_number": line,
+        "product_id": "p1",
+        "category": "books",
+        "quantity": "1",
+        "unit_price": "9.90",
+    }
+    row.update(overrides)
+    return row
+
+
+def quarantined(conn, table: str) -> dict[int, tuple[str, str]]:
+    rows = conn.execute(
+        "select line_number, rule, reason from raw.quarantine where table_name = %s", (table,)
+    ).fetchall()
+    return {line: (rule, reason) for line, rule, reason in rows}
+
+
+@pytest.mark.parametrize("into", ["an empty table", "a table with data"])
+def test_a_duplicate_of_a_row_with_an_unknown_reference_is_still_a_duplicate(conn, tmp_path, into):
+    # The first row of a key wins even when it is then quarantined for its reference: the
+    # later row is a duplicate, not a second chance. Both load paths agree.
+    if into == "a table with data":
+        earlier = date(2026, 11, 19)
+        write_csv(tmp_path / earlier.isoformat(), "customers", [customer("c1")])
+        write_csv(tmp_path / earlier.isoformat(), "orders", [order("o0", "c1")])
+        loader.load_day(conn, tmp_path, earlier)
+    write_csv(tmp_path / DAY.isoformat(), "customers", [customer("c1")])
+    write_csv(
+        tmp_path / DAY.isoformat(),
+        "orders",
+        [order("o1", "ghost"), order("o1", "c1"), order("o2", "c1"), order("o2", "c1")],
+    )
+    report = loader.load_day(conn, tmp_path, DAY)
+    orders = {f.table: f for f in report.files}["orders"]
+    assert (orders.rows_read, orders.rows_loaded, orders.rows_quarantined) == (4, 1, 3)
+    assert quarantined(conn, "orders") == {
+        2: ("unknown_customer", "customer_id: unknown customer ghost"),
+        3: ("duplicate_id", "order_id: duplicate id o1 (first seen on line 2)"),
+        5: ("duplicate_id", "order_id: duplicate id o2 (first seen on line 4)"),
+    }
+    loaded = conn.execute(
+        "select order_id, _source_line from raw.orders where _load_date = %s", (DAY,)
+    )
+    assert loaded.fetchall() == [("o2", 4)]
+
+
+def test_composite_keys_compare_as_their_typed_values(conn, tmp_path):
+    folder = tmp_path / DAY.isoformat()
+    write_csv(folder, "customers", [customer("c1")])
+    write_csv(folder, "orders", [order("o1", "c1")])
+    write_csv(
+        folder,
+        "products",
+        [{"product_id": "p1", "product_name": "Book", "category": "books", "list_price": "9.90"}],
+    )
+    write_csv(
+        folder,
+        "order_lines",
+        [
+            order_line("o1", "1"),
+            order_line("o1", "01"),
+            order_line("o1", "2.0"),
+            order_line("o9", "1"),
+        ],
+    )
+    report = loader.load_day(conn, tmp_path, DAY)
+    assert {f.table: f.rows_loaded for f in report.files}["order_lines"] == 2
+    assert quarantined(conn, "order_lines") == {
+        3: ("duplicate_id", "order_id: duplicate id o1/1 (first seen on line 2)"),
+        5: ("unknown_order", "order_id: unknown order o9"),
+    }
+    lines = conn.execute("select line_number from raw.order_lines order by 1").fetchall()
+    assert lines == [(1,), (2,)]  # '2.0' is a whole number, stored as bigint 2
+
+
+INTERESTING = [
+    "",
+    " ",
+    "c1",
+    " c1 ",
+    "\u00a0c1",
+    "c1\x1c",
+    "Zoë",
+    "K\u212a",
+    "2026-11-19T09:30:00Z",
+    "2026-11-19T09:30:00.5Z",
+    "2026-11-19 09:30:00",
+    "2026-11-19",
+    "2025-02-29T00:00:00Z",
+    "2024-02-29T10:00:00Z",
+    "2026-11-22T23:59:59Z",
+    "2026-11-21T23:59:59Z",
+    "1899-12-31T00:00:00Z",
+    "2026-04-31",
+    "2024-02-29",
+    "9999-01-01",
+    "0",
+    "007",
+    "49.90",
+    "49.9",
+    "-5",
+    "1e3",
+    "2.0",
+    "999999999999.99",
+    "1000000000000",
+    ".5",
+    "a@b.co",
+    "Ada.Lovelace@Example.COM",
+    "a@b",
+    "a b@c.de",
+    "ä@b.de",
+    "IT",
+    "it",
+    "ITA",
+    "EUR",
+    "eur",
+    "ß",
+    "completed",
+    "Completed",
+    "teleported",
+    "+390669881234",
+    "+39 06 6988 1234",
+    "12",
+    "06 6988 1234",
+]
+
+
+@pytest.mark.parametrize("table_name", ["customers", "orders", "loyalty_points"])
+def test_the_screen_only_proves_what_the_reference_checks_accept(table_name):
+    # Every (column, value) pair of the list, each on its own row beside valid values: a
+    # row the screen proves valid must be valid for the reference checks and normalised
+    # to the same value.
+    raw_table = contract.table(table_name)
+    base = {
+        "customers": customer("c0", phone="+390669881234"),
+        "orders": order("o0", "c0", coupon_code="", discount_total=""),
+        "loyalty_points": {
+            "entry_id": "l0",
+            "customer_id": "c0",
+            "occurred_at": "2026-11-19T09:30:00Z",
+            "entry_type": "earned",
+            "points": "10",
+            "expires_at": "2027-11-19",
+        },
+    }[table_name]
+    rows = [dict(base, **{c: v}) for c in raw_table.column_names for v in INTERESTING]
+    frame = pd.DataFrame(rows, columns=raw_table.column_names).astype(str)
+    frame["_source_line"] = range(2, len(frame) + 2)
+    batch = pa.Table.from_pandas(frame, preserve_index=False)
+    normalised, proven = loader.screen_batch(raw_table, batch, DAY)
+    reference = loader.validate_chunk(raw_table, frame, DAY)
+    accepted = reference.valid.set_index("_source_line")
+    proven_lines = [
+        line for line, ok in zip(frame["_source_line"], proven.to_pylist(), strict=True) if ok
+    ]
+    assert proven_lines, "the screen proved nothing"
+    assert set(proven_lines) <= set(accepted.index)
+    for column in raw_table.columns:
+        screened = dict(
+            zip(frame["_source_line"], normalised[column.name].to_pylist(), strict=True)
+        )
+        for line in proven_lines:
+            mine, theirs = screened[line] or "", accepted.at[line, column.name] or ""
+            if column.kind == "timestamp" and mine:
+                mine, theirs = pd.Timestamp(mine), pd.Timestamp(theirs)
+            if column.kind == "integer" and mine:
+                mine, theirs = int(mine), int(theirs)
+            assert mine == theirs, (column.name, line)
+    # And the strict forms are proven, so the reference checks stay the exception.
+    assert len(proven_lines) >= len(raw_table.columns) * 5
+
+
+def test_values_with_commas_quotes_and_line_breaks_load_unchanged(conn, tmp_path):
+    name = 'Ada "the Countess", of\nLovelace'
+    write_csv(tmp_path / DAY.isoformat(), "customers", [customer("c1", first_name=name)])
+    loader.load_day(conn, tmp_path, DAY)
+    stored = conn.execute("select first_name from raw.customers").fetchone()
+    assert stored == (name,)
+
+
+def test_a_foreign_key_on_a_raw_table_does_not_stop_a_first_load(conn, landing):
+    # A first load drops and rebuilds the indexes; a user's foreign key to raw.customers
+    # forbids that, and the loader then loads as into a table with data.
+    from winback import raw_schema
+
+    raw_schema.ensure_raw_schema(conn)
+    conn.execute("create table public.vip (customer_id text references raw.customers)")
+    conn.commit()
+    try:
+        report = loader.load_day(conn, landing, DAY)
+        by_table = {f.table: f for f in report.files}
+        assert (by_table["customers"].rows_read, by_table["customers"].rows_loaded) == (8, 2)
+        pkey = conn.execute(
+            "select count(*) from pg_constraint where conrelid = 'raw.customers'::regclass "
+            "and contype = 'p'"
+        ).fetchone()
+        assert pkey == (1,)
+    finally:
+        conn.rollback()
+        conn.execute("drop table if exists public.vip")
+        conn.commit()
+
+
+def test_a_first_load_keeps_every_index_of_the_table(conn, landing):
+    from winback import raw_schema
+
+    raw_schema.ensure_raw_schema(conn)
+    conn.commit()
+    query = "select indexname, indexdef from pg_indexes where schemaname = 'raw' order by 1"
+    before = conn.execute(query).fetchall()
+    loader.load_day(conn, landing, DAY)
+    assert conn.execute(query).fetchall() == before
+    defaults = conn.execute(
+        "select table_name, column_name from information_schema.columns "
+        "where table_schema = 'raw' and column_name in ('_load_date', '_source_file') "
+        "and column_default is not null"
+    ).fetchall()
+    assert defaults == []  # the lineage defaults of the COPY are gone again
+
+
+def test_a_file_with_only_its_header_loads_nothing_and_reconciles(conn, tmp_path):
+    write_csv(tmp_path / DAY.isoformat(), "customers", [])
+    report = loader.load_day(conn, tmp_path, DAY)
+    assert (report.rows_read, report.rows_loaded, report.rows_quarantined) == (0, 0, 0)
+    assert conn.execute("select count(*) from raw.customers").fetchone() == (0,)
+
+
+def test_phone_numbers_split_with_the_helper_process_come_back_in_order():
+    from winback import phones
+
+    countries = ["IT", "FR", "DE", "GB", "US", ""]
+    pairs = [
+        (f"+39 06 {i:08d}"[: 8 + i % 7] if i % 5 else f"0{i:09d}", countries[i % 6])
+        for i in range(phones.PARALLEL_FROM + 1)
+    ]
+    expected = [phones.to_e164(number, country) for number, country in pairs]
+    assert any(expected) and not all(expected)
+    assert phones.to_e164_many(pairs) == expected
