@@ -25,25 +25,7 @@
 -- The linter renders only one branch of is_incremental() (whichever the database it
 -- connects to implies), so its indentation rule would judge the two branches differently.
 -- noqa: disable=LT02
-with orders as (
-    select * from {{ ref('stg_shop__orders') }}
-),
-
-{% if is_incremental() %}
-changed_customers as (
-    {{ customers_with_changed_orders(ref('stg_shop__orders')) }}
-),
-
-orders_in_scope as (
-    select orders.*
-    from orders
-    inner join changed_customers on orders.customer_id = changed_customers.customer_id
-),
-{% else %}
-orders_in_scope as (
-    select * from orders
-),
-{% endif %}
+with {{ orders_in_scope(ref('stg_shop__orders')) }}
 
 completed as (
     select *
