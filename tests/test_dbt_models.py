@@ -24,12 +24,19 @@ PURCHASES_COLUMNS = (
     "customer_id, favourite_category, sector, last_purchased_category, last_purchased_products,"
     " last_order_date, latest_source_loaded_at"
 )
-# The incremental per-customer models, and the columns a full refresh must reproduce.
+EVENTS_COLUMNS = (
+    "event_id, customer_id, channel, event_type, occurred_at, campaign_id, message_id, loaded_at"
+)
+# The incremental models, and the columns a full refresh must reproduce.
 INCREMENTAL_MODELS = {
-    "int_customer_order_stats": STATS_COLUMNS,
-    "int_customer_purchases": PURCHASES_COLUMNS,
+    "intermediate.int_customer_order_stats": STATS_COLUMNS,
+    "intermediate.int_customer_purchases": PURCHASES_COLUMNS,
+    "staging.stg_shop__engagement_events": EVENTS_COLUMNS,
 }
-SELECT_INCREMENTAL = ["--select", " ".join(INCREMENTAL_MODELS)]
+SELECT_INCREMENTAL = [
+    "--select",
+    " ".join(relation.split(".")[1] for relation in INCREMENTAL_MODELS),
+]
 
 
 def dbt(*args: str, day: date) -> None:
@@ -39,6 +46,18 @@ def dbt(*args: str, day: date) -> None:
 
 def snapshot(conn, relation: str, columns: str = "*") -> set[tuple]:
     return set(conn.execute(f"select {columns} from {relation}").fetchall())
+
+
+def next_day_events(events: pd.DataFrame) -> pd.DataFrame:
+    """New events for a few customers, and two webhook retries of yesterday's events: one
+    under a lower id than the copy already kept (deduplication must now keep the retry),
+    one under a higher id (dropped)."""
+    new = events.iloc[:4].copy()
+    new["event_id"] = [f"E9{n:09d}" for n in range(len(new))]
+    new["occurred_at"] = f"{NEXT.isoformat()}T10:00:00Z"
+    retries = events.iloc[[10, 20]].copy()
+    retries["event_id"] = ["E0000000000", "E9999999999"]
+    return pd.concat([new, retries], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +75,7 @@ def warehouse(tmp_path_factory):
     next_day = {
         "orders": pd.concat([responses["orders"], changed], ignore_index=True),
         "order_lines": responses["order_lines"],
+        "engagement_events": next_day_events(shop["engagement_events"]),
     }
     simulator.write_landing_files(next_day, landing / NEXT.isoformat())
     with using_database(create_database("dbt")) as url:
@@ -72,8 +92,8 @@ def warehouse(tmp_path_factory):
 
 def snapshots(conn) -> dict[str, set[tuple]]:
     return {
-        model: snapshot(conn, f"intermediate.{model}", columns)
-        for model, columns in INCREMENTAL_MODELS.items()
+        relation: snapshot(conn, relation, columns)
+        for relation, columns in INCREMENTAL_MODELS.items()
     }
 
 
@@ -96,9 +116,13 @@ def test_incremental_run_equals_a_full_refresh(warehouse):
         assert 0 < len(changed) < len(full[model]), f"{model} touched every customer"
     # The three orders refunded the next day: their customers' figures were recomputed.
     refunded = warehouse["refunded_customers"]
-    old_stats = {row[0]: row for row in before["int_customer_order_stats"]}
-    new_stats = {row[0]: row for row in full["int_customer_order_stats"]}
+    old_stats = {row[0]: row for row in before["intermediate.int_customer_order_stats"]}
+    new_stats = {row[0]: row for row in full["intermediate.int_customer_order_stats"]}
     assert all(old_stats[c] != new_stats.get(c) for c in refunded)
+    # The retry under a lower id replaced the copy kept yesterday; the other was dropped.
+    kept = {row[0] for row in incremental["staging.stg_shop__engagement_events"]}
+    assert "E0000000000" in kept and "E9999999999" not in kept
+    assert len(kept) == len({row[0] for row in before["staging.stg_shop__engagement_events"]}) + 4
 
 
 def test_a_backfill_to_an_earlier_day_equals_its_full_refresh(warehouse):
@@ -120,7 +144,8 @@ def test_a_backfill_to_an_earlier_day_equals_its_full_refresh(warehouse):
     assert incremental == full
     assert forward == forward_full
     # Customers whose first order came after the earlier day are not in its tables.
-    assert len(full["int_customer_order_stats"]) < len(forward_full["int_customer_order_stats"])
+    stats = "intermediate.int_customer_order_stats"
+    assert len(full[stats]) < len(forward_full[stats])
 
 
 def test_history_is_the_same_whatever_the_order_of_runs(warehouse):

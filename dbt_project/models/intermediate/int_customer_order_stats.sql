@@ -8,6 +8,12 @@
     or a backfill to before their first order) comes out as an empty row, so that
     delete+insert replaces their old row, and the post-hook drops it: nothing ever scans
     every order to find them.
+
+    The pre-hook turns hash aggregation off for this model's transaction (`set local`):
+    the purchase days come out of one sort by (customer, day) that the window and the
+    per-customer aggregation reuse, but PostgreSQL expects far fewer days than there are,
+    hashes them (spilling to disk) and then sorts anyway: 22.7 s against 10.9 s at 100k
+    customers.
 -#}
 {{
     config(
@@ -15,6 +21,7 @@
         unique_key='customer_id',
         incremental_strategy='delete+insert',
         on_schema_change='fail',
+        pre_hook="set local enable_hashagg = off",
         post_hook=[
             "delete from {{ this }} where first_order_date is null",
             "create index if not exists {{ this.name }}_last_order_idx on {{ this }} (last_order_date)",
@@ -25,25 +32,7 @@
 -- The linter renders only one branch of is_incremental() (whichever the database it
 -- connects to implies), so its indentation rule would judge the two branches differently.
 -- noqa: disable=LT02
-with orders as (
-    select * from {{ ref('stg_shop__orders') }}
-),
-
-{% if is_incremental() %}
-changed_customers as (
-    {{ customers_with_changed_orders(ref('stg_shop__orders')) }}
-),
-
-orders_in_scope as (
-    select orders.*
-    from orders
-    inner join changed_customers on orders.customer_id = changed_customers.customer_id
-),
-{% else %}
-orders_in_scope as (
-    select * from orders
-),
-{% endif %}
+with {{ orders_in_scope(ref('stg_shop__orders')) }}
 
 completed as (
     select *

@@ -3,6 +3,13 @@
     the category and products of their last completed order. Incremental like
     int_customer_order_stats (the same changed customers, the same empty-row removal), as
     it reads every order line: ten times the orders.
+
+    Every order line is read once, for the spend per category; the last orders' lines are
+    looked up by order id through raw.order_lines' primary key. On a full build `orders`
+    and `order_lines` are `not materialized`: read by several CTEs, PostgreSQL would
+    otherwise copy each to a temporary store first and plan the joins without statistics or
+    parallel workers. On an increment `orders` holds only the recomputed customers' orders
+    and is kept once; their lines are fetched by order id.
 -#}
 {{
     config(
@@ -18,33 +25,20 @@
 }}
 
 -- noqa: disable=LT02
-with all_orders as (
-    select * from {{ ref('stg_shop__orders') }}
-),
+with {{ orders_in_scope(ref('stg_shop__orders')) }}
 
-{% if is_incremental() %}
-changed_customers as (
-    {{ customers_with_changed_orders(ref('stg_shop__orders')) }}
-),
-
-orders_in_scope as (
-    select all_orders.*
-    from all_orders
-    inner join changed_customers on all_orders.customer_id = changed_customers.customer_id
-),
-{% else %}
-orders_in_scope as (
-    select * from all_orders
-),
-{% endif %}
-
-orders as (
-    select *
+orders as {% if not is_incremental() %}not materialized {% endif %}(
+    select
+        customer_id,
+        order_id,
+        ordered_at,
+        order_date,
+        loaded_at
     from orders_in_scope
     where is_completed and order_date <= {{ as_of_date() }}
 ),
 
-order_lines as (
+order_lines as not materialized (
     select * from {{ ref('stg_shop__order_lines') }}
 ),
 
@@ -56,26 +50,23 @@ category_sectors as (
     select * from {{ ref('category_sectors') }}
 ),
 
-lines as (
-    select
-        orders.customer_id,
-        orders.order_id,
-        orders.ordered_at,
-        order_lines.category,
-        order_lines.line_total,
-        products.product_name
+lines_in_scope as (
+    select order_lines.*
     from order_lines
-    inner join orders on order_lines.order_id = orders.order_id
-    left join products on order_lines.product_id = products.product_id
+    {%- if is_incremental() %}
+    -- The recomputed customers' lines only, through the primary key (order_id first).
+    where order_lines.order_id = any(array(select orders.order_id from orders))
+    {%- endif %}
 ),
 
 category_spend as (
     select
-        customer_id,
-        category,
-        sum(line_total) as spend
-    from lines
-    group by customer_id, category
+        orders.customer_id,
+        lines_in_scope.category,
+        sum(lines_in_scope.line_total) as spend
+    from lines_in_scope
+    inner join orders on lines_in_scope.order_id = orders.order_id
+    group by orders.customer_id, lines_in_scope.category
 ),
 
 favourite as (
@@ -94,16 +85,29 @@ last_orders as (
     order by customer_id asc, ordered_at desc, order_id desc
 ),
 
+-- A lateral lookup per last order (offset 0 keeps PostgreSQL from flattening it into a
+-- join, which it would run by hashing every order line).
 last_order_lines as (
     select
-        lines.customer_id,
-        (array_agg(lines.category order by lines.line_total desc, lines.category asc))[1]
-            as last_purchased_category,
-        {{ string_agg_ordered('distinct lines.product_name', 'lines.product_name') }}
+        last_orders.customer_id,
+        (array_agg(
+            last_order_line.category
+            order by last_order_line.line_total desc, last_order_line.category asc
+        ))[1] as last_purchased_category,
+        {{ string_agg_ordered('distinct products.product_name', 'products.product_name') }}
             as last_purchased_products
-    from lines
-    inner join last_orders on lines.order_id = last_orders.order_id
-    group by lines.customer_id
+    from last_orders
+    cross join lateral (
+        select
+            order_lines.category,
+            order_lines.line_total,
+            order_lines.product_id
+        from order_lines
+        where order_lines.order_id = last_orders.order_id
+        offset 0  -- noqa: AM09
+    ) as last_order_line
+    left join products on last_order_line.product_id = products.product_id
+    group by last_orders.customer_id
 ),
 
 order_markers as (
@@ -115,15 +119,13 @@ order_markers as (
     group by customer_id
 ),
 
-{% if is_incremental() %}
 customers_in_scope as (
-    select customer_id from changed_customers
+    {% if is_incremental() -%}
+        select customer_id from changed_customers
+    {%- else -%}
+        select customer_id from favourite
+    {%- endif %}
 ),
-{% else %}
-customers_in_scope as (
-    select customer_id from favourite
-),
-{% endif %}
 
 final as (
     select
