@@ -69,3 +69,23 @@ def test_the_traversal_check_follows_permission_bits(tmp_path):
     assert not embedded_pg._can_traverse(inner, nobody)
     private.chmod(0o755)
     assert embedded_pg._can_traverse(inner, nobody) == embedded_pg._can_traverse(tmp_path, nobody)
+
+
+def test_new_databases_sort_text_in_byte_order(cluster):
+    """The per-customer models sort millions of text ids; "C" takes PostgreSQL's fast path."""
+    name = "winback_collation_check"
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name}")
+        conn.execute(embedded_pg.create_database_statement(name))
+        try:
+            collation = conn.execute(
+                "select datcollate from pg_database where datname = %s", (name,)
+            ).fetchone()
+            with psycopg.connect(cluster.url(name)) as db:
+                ordered = db.execute(
+                    "select array_agg(v order by v) from unnest(array['b', 'B', 'a', 'é']) v"
+                ).fetchone()[0]
+        finally:
+            conn.execute(f"drop database {name}")
+    assert collation == (embedded_pg.COLLATION,)
+    assert ordered == ["B", "a", "b", "é"]
