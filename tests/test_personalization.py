@@ -406,6 +406,21 @@ def test_recommendations_options(catalogue):
     assert _names(day)["bob"] == ["Sencha", "Assam", "Oolong"]
 
 
+def test_a_run_reuses_one_product_ranking_for_every_campaign(catalogue):
+    """MessageBuilder ranks the products once per run; reading the ranking from a table
+    gives exactly what the self-contained query gives."""
+    targets = sql.Identifier("targets")
+    query, params = p.ranked_products_query(RUN_DATE)
+    catalogue.execute(sql.SQL("create temporary table ranking as {}").format(query), params)
+    query, params = p.recommendations_query(
+        RUN_DATE, targets, ranked_products=sql.Identifier("ranking")
+    )
+    from_table = catalogue.execute(query, params).fetchall()
+    query, params = p.recommendations_query(RUN_DATE, targets)
+    assert from_table == catalogue.execute(query, params).fetchall()
+    assert len(from_table) == 9
+
+
 def test_recommendation_options_are_checked():
     with pytest.raises(ValueError, match="at least 1"):
         p.recommendations_query(RUN_DATE, top_n=0)

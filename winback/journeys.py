@@ -382,6 +382,7 @@ class MessageBuilder:
         self.send_hours: dict[str, int] = {}
         self.recommended: dict[str, list[str]] = {}
         self._links: list = []
+        self._ranked_products_ready = False
         personalization.ensure_tracked_links(conn)
 
     def prepare(self, cur, campaign: Campaign) -> None:
@@ -428,11 +429,30 @@ class MessageBuilder:
                 self.run_date, customers, default_hour=DEFAULT_SEND_HOUR, time_zone=zone
             )
             self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
-        query, params = self.p.recommendations_query(self.run_date, sql.SQL("message_customers"))
+        query, params = self.p.recommendations_query(
+            self.run_date,
+            sql.SQL("message_customers"),
+            ranked_products=self._ranked_products(cur),
+        )
         for customer_id in (r["customer_id"] for r in new):
             self.recommended[customer_id] = []
         for customer_id, _rank, _product_id, name, _price in self.conn.execute(query, params):
             self.recommended[customer_id].append(name)
+
+    def _ranked_products(self, cur) -> sql.Composable:
+        """The run's product ranking, computed on first use: it reads a year of order
+        lines and is the same for every campaign of the run (one transaction, one builder)."""
+        table = sql.Identifier("pg_temp", "run_ranked_products")
+        if not self._ranked_products_ready:
+            query, params = self.p.ranked_products_query(self.run_date)
+            cur.execute(sql.SQL("drop table if exists {}").format(table))
+            cur.execute(
+                sql.SQL("create temporary table {} on commit drop as {}").format(table, query),
+                params,
+            )
+            cur.execute(sql.SQL("analyze {}").format(table))
+            self._ranked_products_ready = True
+        return table
 
     def context(self, campaign: Campaign, step: Step, variant: str | None, features: dict):
         """Everything a template can use (campaigns.MESSAGE_NAMES and the feature columns)."""

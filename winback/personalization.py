@@ -11,7 +11,7 @@
 * `send_hour_query`: the hour each customer usually opens email (the most frequent hour
   of their recent opens), with a default for customers without that history.
 * `recommendations_query`: the most popular products of the customer's favourite category
-  that they have not bought yet.
+  that they have not bought yet, ranked by `ranked_products_query` (once per run).
 
 The SQL helpers return `(query, params)` for the caller to embed or execute, with every
 value a parameter; relations are passed as `psycopg.sql` objects, never as text.
@@ -449,57 +449,73 @@ def send_hours(conn: psycopg.Connection, run_date: date, **options) -> dict[str,
 # --- recommendations ----------------------------------------------------------------------
 
 
+def ranked_products_query(
+    run_date: date, *, lookback_days: int = 365
+) -> tuple[sql.Composable, dict[str, object]]:
+    """(product_id, product_name, category, list_price, category_rank): every product
+    ranked within its category, the most popular first (distinct buyers in the
+    `lookback_days` up to `run_date`, then units, then product_id, so the order is stable).
+
+    The same for every customer of a run: a run computes it once (MessageBuilder keeps it
+    in a temporary table) instead of once per campaign, as it reads a year of order lines.
+    """
+    if lookback_days < 1:
+        raise ValueError("lookback_days must be at least 1")
+    query = sql.SQL("""
+        with popularity as (
+            select
+                l.product_id,
+                count(distinct o.customer_id) as buyers,
+                sum(l.quantity) as units
+            from {order_lines} l
+            inner join {orders} o on o.order_id = l.order_id
+            where o.is_completed
+                and o.order_date <= %(reco_run_date)s
+                and o.order_date > cast(%(reco_run_date)s as date)
+                    - cast(%(reco_lookback)s as integer)
+            group by l.product_id
+        )
+
+        select
+            p.product_id,
+            p.product_name,
+            p.category,
+            p.list_price,
+            row_number() over (
+                partition by p.category
+                order by coalesce(pop.buyers, 0) desc, coalesce(pop.units, 0) desc,
+                    p.product_id
+            ) as category_rank
+        from {products} p
+        left join popularity pop on pop.product_id = p.product_id
+    """).format(order_lines=ORDER_LINES, orders=ORDERS, products=PRODUCTS)
+    return query, {"reco_run_date": run_date, "reco_lookback": lookback_days}
+
+
 def recommendations_query(
     run_date: date,
     customers: sql.Composable = CUSTOMER_FEATURES,
     *,
     top_n: int = 3,
     lookback_days: int = 365,
+    ranked_products: sql.Composable | None = None,
 ) -> tuple[sql.Composable, dict[str, object]]:
     """(customer_id, recommendation_rank, product_id, product_name, list_price).
 
     For each customer of `customers` (a relation with customer_id and favourite_category):
     up to `top_n` products of that category they have never bought in a completed order,
-    the most popular first (distinct buyers in the `lookback_days` up to `run_date`, then
-    units, then product_id, so the order is stable).
+    in the order of `ranked_products_query` (pass `ranked_products`, a relation holding
+    its result, to reuse it; by default it is computed inside this query).
     """
     if top_n < 1 or lookback_days < 1:
         raise ValueError("top_n and lookback_days must be at least 1")
+    ranked_params: dict[str, object] = {"reco_run_date": run_date}
+    if ranked_products is None:
+        ranked_sql, ranked_params = ranked_products_query(run_date, lookback_days=lookback_days)
+        ranked_products = sql.SQL("({}) as ranked").format(ranked_sql)
     query = sql.SQL("""
-        with completed_lines as (
-            select
-                o.customer_id,
-                o.order_date,
-                l.product_id,
-                l.quantity
-            from {order_lines} l
-            inner join {orders} o on o.order_id = l.order_id
-            where o.is_completed and o.order_date <= %(reco_run_date)s
-        ),
-
-        popularity as (
-            select
-                product_id,
-                count(distinct customer_id) as buyers,
-                sum(quantity) as units
-            from completed_lines
-            where order_date > cast(%(reco_run_date)s as date) - cast(%(reco_lookback)s as integer)
-            group by product_id
-        ),
-
-        ranked_products as (
-            select
-                p.product_id,
-                p.product_name,
-                p.category,
-                p.list_price,
-                row_number() over (
-                    partition by p.category
-                    order by coalesce(pop.buyers, 0) desc, coalesce(pop.units, 0) desc,
-                        p.product_id
-                ) as category_rank
-            from {products} p
-            left join popularity pop on pop.product_id = p.product_id
+        with ranked_products as (
+            select * from {ranked_products}
         ),
 
         targets as (
@@ -508,13 +524,16 @@ def recommendations_query(
             where favourite_category is not null
         ),
 
-        -- only what matters: the products of their favourite category they bought
+        -- only what matters: the products of their favourite category they bought, read
+        -- through the targets' own orders (an index probe each), never every order line
         bought as (
-            select distinct cl.customer_id, cl.product_id
-            from completed_lines cl
-            inner join targets t on t.customer_id = cl.customer_id
+            select distinct t.customer_id, l.product_id
+            from targets t
+            inner join {orders} o on o.customer_id = t.customer_id
+            inner join {order_lines} l on l.order_id = o.order_id
             inner join ranked_products rp
-                on rp.product_id = cl.product_id and rp.category = t.favourite_category
+                on rp.product_id = l.product_id and rp.category = t.favourite_category
+            where o.is_completed and o.order_date <= %(reco_run_date)s
         ),
 
         candidates as (
@@ -535,9 +554,13 @@ def recommendations_query(
         from candidates
         where recommendation_rank <= %(reco_top_n)s
         order by customer_id, recommendation_rank
-    """).format(order_lines=ORDER_LINES, orders=ORDERS, products=PRODUCTS, customers=customers)
-    params = {"reco_run_date": run_date, "reco_lookback": lookback_days, "reco_top_n": top_n}
-    return query, params
+    """).format(
+        order_lines=ORDER_LINES,
+        orders=ORDERS,
+        customers=customers,
+        ranked_products=ranked_products,
+    )
+    return query, {**ranked_params, "reco_run_date": run_date, "reco_top_n": top_n}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
     keeps the copy a full refresh keeps (the duplicates of an event share its customer).
     A customer whose only events moved to another customer on a reload comes out as an
     empty row, for delete+insert to clear their old rows, and the post-hook drops it.
+    Indexed by customer (the increment's delete, each journey's send-hour probe) and by
+    campaign (a journey reads its own campaign's events, a sliver of them all).
 -#}
 {{
     config(
@@ -12,7 +14,12 @@
         unique_key='customer_id',
         incremental_strategy='delete+insert',
         on_schema_change='fail',
-        post_hook=["delete from {{ this }} where event_id is null", "analyze {{ this }}"],
+        post_hook=[
+            "delete from {{ this }} where event_id is null",
+            "create index if not exists {{ this.name }}_customer_idx on {{ this }} (customer_id)",
+            "create index if not exists {{ this.name }}_campaign_idx on {{ this }} (campaign_id)",
+            "analyze {{ this }}",
+        ],
     )
 }}
 
