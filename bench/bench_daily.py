@@ -258,11 +258,11 @@ def goals_table(results: dict) -> list[str]:
     """The issues' goals against the largest size measured (and the loader at any size)."""
     size = "1m" if "1m" in results else "100k"
     figures = summary_figures(results[size])
-    loader_rates = [
-        summary_figures(r)["day1"]["load_rows_per_s"]
-        for r in results.values()
+    loader_rates = {
+        name: summary_figures(r)["day1"]["load_rows_per_s"]
+        for name, r in results.items()
         if r.get("load_method", "winback loader") == "winback loader"
-    ]
+    }
     rows = [
         ("full daily run (day 1)", "<= 600 s", figures["day1"]["total"], 600, "s"),
         ("next day (day 2)", "<= 180 s", figures["day2"]["total"], 180, "s"),
@@ -287,10 +287,12 @@ def goals_table(results: dict) -> list[str]:
             f"| {name} | {target} | {value:,.1f} {unit} | {'yes' if value <= limit else 'no'} |"
         )
     if loader_rates:
-        rate = min(loader_rates)
+        # The slowest size decides; each size's own rate is shown beside it.
+        rate = min(loader_rates.values())
+        each = ", ".join(f"{name} {value:,.0f}" for name, value in sorted(loader_rates.items()))
         lines.append(
-            f"| loading with the winback loader | >= 200,000 rows/s | {rate:,.0f} rows/s "
-            f"| {'yes' if rate >= 200_000 else 'no'} |"
+            f"| loading with the winback loader, day 1 (slowest size; {each}) "
+            f"| >= 200,000 rows/s | {rate:,.0f} rows/s | {'yes' if rate >= 200_000 else 'no'} |"
         )
     return [*lines, ""]
 
@@ -324,10 +326,10 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
         "the embedded cluster (`winback/embedded_pg.py`)",
         "* PostgreSQL settings: "
         + ", ".join(f"`{k} = {v}`" for k, v in sorted(settings.items()) if k != "server_version"),
-        "* On a machine whose CPUs are shared with other jobs (as here: other sessions ran",
-        "  builds and tests, and the two sizes overlapped), times are upper bounds and the",
-        "  same stage can vary several-fold between runs; the GROUP BY yardstick, timed in",
-        "  the same run, shows how loaded the machine was.",
+        "* When other jobs share the CPUs, times are upper bounds and the same stage can",
+        "  vary several-fold between runs; the GROUP BY yardstick, timed in the same run,",
+        "  shows how loaded the machine was. Each section says when it was measured; the",
+        "  README says what else ran at the time.",
         "",
     ]
     for size, result in results.items():
