@@ -323,7 +323,7 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
         "",
         f"* {host['cpus']} CPUs ({host['cpu']}), {host['memory_gb']} GB RAM, {host['os']}",
         f"* Python {host['python']}; PostgreSQL {settings.get('server_version', '?')}, "
-        "the embedded cluster (`winback/embedded_pg.py`)",
+        "the embedded cluster (`winback/local/embedded_pg.py`)",
         "* PostgreSQL settings: "
         + ", ".join(f"`{k} = {v}`" for k, v in sorted(settings.items()) if k != "server_version"),
         "* When other jobs share the CPUs, times are upper bounds and the same stage can",

@@ -32,7 +32,11 @@ from pathlib import Path
 
 import psycopg
 
-from winback import config, db, dbt_runner, embedded_pg, loader, simulator
+from winback import config
+from winback.ingest import loader
+from winback.local import dbt_runner, embedded_pg
+from winback.simulation import simulator
+from winback.warehouse import db
 
 DAY = date(2026, 11, 20)
 NEXT = DAY + timedelta(days=1)
@@ -167,8 +171,8 @@ def bulk_load_day(landing: Path, day: date) -> tuple[float, int]:
     """
     from psycopg import sql
 
-    from winback import raw_schema
-    from winback.contract import RAW_SCHEMA, TABLES
+    from winback.ingest.contract import RAW_SCHEMA, TABLES
+    from winback.warehouse import raw_schema
 
     started = time.perf_counter()
     total = 0

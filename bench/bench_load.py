@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_load.py --landing DIR        # any landing folder with both days
 
 Day 1 (the whole history, ~6.2M rows) and day 2 (~0.5% new orders and their lines) are
-loaded by `winback.loader.load_day` into a fresh database, then by
+loaded by `winback.ingest.loader.load_day` into a fresh database, then by
 `bench_dbt.bulk_load_day` (COPY straight into the raw tables, no checks, no quarantine)
 into another fresh database: the yardstick, measured in the same run. Rows per second
 per table and in total are printed side by side, with the machine's load average before
@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_dbt  # noqa: E402  (the shop, the databases and the yardstick are shared)
 
-from winback import db, loader  # noqa: E402
+from winback.ingest import loader  # noqa: E402
+from winback.warehouse import db  # noqa: E402
 
 DATABASE = "winback_bench_load"
 DAYS = (("day1", bench_dbt.DAY), ("day2", bench_dbt.NEXT))

@@ -6,7 +6,7 @@
 1. Synthetic customers are drawn from a BG/NBD process (integer days, as the warehouse
    counts them) and written to a summary table in the warehouse.
 2. `winback`: `scoring.score_customers` end to end — compression in SQL read by binary
-   COPY, weighted maximum-likelihood fits with exact gradients (`winback.bgnbd`, the same
+   COPY, weighted maximum-likelihood fits with exact gradients (`winback.scoring.bgnbd`, the same
    objectives as lifetimes'), stable vectorised predictions of each distinct
    (frequency, recency, T), binary COPY of that grid in chunks, and one INSERT ... SELECT
    joining every customer to it into winback.customer_scores (primary key rebuilt after).
@@ -22,7 +22,7 @@
    spend model in this comparison (no Gamma-Gamma, no CLV), so its ratio flatters it too.
 Each runs in its own process, so its peak memory (max RSS, resource.getrusage) is its
 own. The table reports wall time, peak memory, their ratios, and the log-likelihood of
-each fit on all customers, all computed by one function (`winback.bgnbd.log_likelihood`).
+each fit on all customers, all computed by one function (`winback.scoring.bgnbd.log_likelihood`).
 winback's and naive lifetimes' must agree to 1e-6 relative, else the run fails: both
 maximise the same likelihood. pymc-marketing's is reported, never enforced: MAP maximises
 likelihood + log prior (its default priors: Weibull on r and alpha, a Pareto on a + b),
@@ -83,7 +83,7 @@ def draw_customers(n: int, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def prepare(n: int) -> None:
-    from winback import db
+    from winback.warehouse import db
 
     customers = draw_customers(n)
     with db.connect() as conn:
@@ -118,7 +118,8 @@ def prepare(n: int) -> None:
 
 
 def run_winback(warm_start: bool = False) -> dict:
-    from winback import db, scoring
+    from winback.scoring import scores as scoring
+    from winback.warehouse import db
 
     started = time.perf_counter()
     settings = scoring.ScoringSettings(bgnbd_penalizer=0.0, gamma_gamma_penalizer=0.0,
@@ -146,8 +147,8 @@ def run_naive() -> dict:
     import pandas as pd
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
-    from winback import bgnbd as nm
-    from winback import db
+    from winback.scoring import bgnbd as nm
+    from winback.warehouse import db
 
     warnings.simplefilter("ignore")
     started = time.perf_counter()
@@ -202,8 +203,8 @@ def run_pymc_marketing() -> dict:
     import pymc_marketing
     from pymc_marketing.clv import BetaGeoModel
 
-    from winback import bgnbd as nm
-    from winback import db
+    from winback.scoring import bgnbd as nm
+    from winback.warehouse import db
 
     warnings.simplefilter("ignore")
     logging.getLogger("pymc").setLevel(logging.ERROR)

@@ -35,10 +35,13 @@ from datetime import date
 
 import psycopg
 
-from winback import audiences, db, sandbox, sync
-from winback.providers.mailchimp import MailchimpAudience, subscriber_hash
-from winback.providers.ratelimit import RateLimits
-from winback.providers.twilio import TwilioSms
+from winback.campaigns import audiences
+from winback.delivery import sync
+from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
+from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.twilio import TwilioSms
+from winback.simulation import sandbox
+from winback.warehouse import db
 
 RUN = date(2026, 11, 20)
 BENCH_DB = "winback_bench_sync"
@@ -57,7 +60,7 @@ create table marts.customer_features (
 
 
 def bench_database() -> str:
-    from winback.embedded_pg import ensure_databases
+    from winback.local.embedded_pg import ensure_databases
 
     ensure_databases(db.with_database(db.database_url(), "postgres"), [BENCH_DB])
     return db.with_database(db.database_url(), BENCH_DB)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/validate_uplift_coverage.py --seeds 100
 
-Runs `winback.measurement_validation` over the seeds twice: with a true uplift (coverage
+Runs `winback.simulation.measurement_validation` over the seeds twice: with a true uplift (coverage
 should be about 95%, the goal is at least 90 of 100) and with none (the interval should
 exclude zero about 5% of the time). Uses its own database on the warehouse server.
 """
@@ -14,7 +14,8 @@ import time
 
 import psycopg
 
-from winback import db, measurement_validation
+from winback.simulation import measurement_validation
+from winback.warehouse import db
 
 DATABASE = "winback_uplift_validation"
 

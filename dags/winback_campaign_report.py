@@ -19,8 +19,8 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from winback import orchestration as orch
 from winback import pipeline
+from winback.orchestration import cosmos_config as orch
 
 
 @dag(

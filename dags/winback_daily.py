@@ -10,7 +10,7 @@ anything is sent.
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
 is a dry run unless the `send_mode` param (default: the `WINBACK_SEND_MODE` environment
 variable) says `live`, and even then a backfill or a run of a past day only records what it
-would send, unless the `allow_past_sends` param is set (`winback.send_policy`).
+would send, unless the `allow_past_sends` param is set (`winback.delivery.send_policy`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from datetime import datetime
 
 from airflow.sdk import Param, chain, dag, task
 
-from winback import orchestration as orch
-from winback import pipeline, send_policy
+from winback import pipeline
+from winback.delivery import send_policy
+from winback.orchestration import cosmos_config as orch
 
 FEATURE_MODELS = ["customer_features+"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
-from winback import task_runs
+from winback.orchestration import task_runs
 
 
 class TaskRunRecorder:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from winback import config as winback_config
-from winback import db
+from winback.warehouse import db
 
 _SESSION_DB = f"winback_test_{os.getpid()}"
 _server_url: str | None = None
@@ -89,7 +89,7 @@ class DailyDagRun:
     landing: Path
     log_path: Path
     url: str
-    window: object  # winback.measurement.CampaignWindow closing on `day`
+    window: object  # winback.measurement.windows.CampaignWindow closing on `day`
 
     def run_again(self, log_path: Path) -> subprocess.CompletedProcess:
         with using_database(self.url):
@@ -100,7 +100,7 @@ class DailyDagRun:
 
 
 def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.CompletedProcess:
-    from winback import airflow_env
+    from winback.local import airflow_env
 
     env = airflow_env.airflow_environment()
     env["WINBACK_LANDING_DIR"] = str(landing)
@@ -124,7 +124,10 @@ def daily_dag_run(tmp_path_factory) -> DailyDagRun:
     that day, the simulator's responses of that day's audience, the rest of the shop and
     a run for `day`, which measures the window.
     """
-    from winback import airflow_env, campaigns, dbt_runner, demo, measurement, simulator
+    from winback.campaigns import campaign_files as campaigns
+    from winback.local import airflow_env, dbt_runner
+    from winback.measurement import windows as measurement
+    from winback.simulation import demo, simulator
 
     day = date(2026, 11, 20)
     landing = tmp_path_factory.mktemp("landing")

@@ -1,6 +1,6 @@
 """The Airflow UI for real: `make airflow`'s processes, a login, and winback_daily's last run.
 
-`winback.airflow_ui.start_local_airflow` starts the api-server, scheduler and
+`winback.local.airflow_ui.start_local_airflow` starts the api-server, scheduler and
 dag-processor on the metadata database the `daily_dag_run` fixture ran winback_daily in.
 Headless Chromium (Debian's `chromium`, driven by Playwright without Playwright's own
 browser build) signs in as `admin`, opens the DAG list, the DAG and its Runs tab, and
@@ -23,8 +23,9 @@ import httpx
 import pytest
 from conftest import using_database
 
-from winback import airflow_ui, config
-from winback.airflow_ui import start_local_airflow
+from winback import config
+from winback.local import airflow_ui
+from winback.local.airflow_ui import start_local_airflow
 
 CHROMIUM = Path(os.environ.get("WINBACK_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

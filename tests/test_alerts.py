@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
-from winback import alerts
+from winback.orchestration import alerts
 from winback.quality import QualityGateError
 
 

@@ -1,7 +1,7 @@
 """Audiences on the real PostgreSQL: eligibility, priority, holdout, caps, quiet hours.
 
 `marts.customer_features` is replaced here by a table with every documented column (types
-from `winback.rules.feature_columns()`), and the two staging views the journeys read
+from `winback.campaigns.rules.feature_columns()`), and the two staging views the journeys read
 (orders, engagement events) by tables, so each rule is exercised on customers made for it.
 `Shop` is shared with tests/test_journeys.py, which advances it day by day.
 """
@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from winback import audiences, campaigns, journeys, rules, sync
+from winback.campaigns import audiences, journeys, rules
+from winback.campaigns import campaign_files as campaigns
+from winback.delivery import sync
 
 RUN = date(2026, 11, 20)
 

@@ -11,7 +11,7 @@ import pytest
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 from scipy.optimize import approx_fprime
 
-from winback import bgnbd
+from winback.scoring import bgnbd
 
 
 def lifetimes_model(params: bgnbd.BgNbdParams) -> BetaGeoFitter:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from winback import campaigns, cli
+from winback import cli
+from winback.campaigns import campaign_files as campaigns
 
 VALID = """
 id: {id}

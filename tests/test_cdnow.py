@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from winback import cdnow, contract
+from winback.ingest import contract
+from winback.simulation import cdnow
 
 
 def test_the_master_log_is_complete():

@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from conftest import create_database, using_database
 
-from winback import db, dbt_runner, loader, simulator
+from winback.ingest import loader
+from winback.local import dbt_runner
+from winback.simulation import simulator
+from winback.warehouse import db
 
 DAY = date(2026, 11, 20)
 NEXT = DAY + timedelta(days=1)

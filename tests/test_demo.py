@@ -6,7 +6,8 @@ from datetime import date
 
 import pandas as pd
 
-from winback import demo, measurement, simulator
+from winback.measurement import windows as measurement
+from winback.simulation import demo, simulator
 
 AS_OF = date(2026, 11, 20)
 CUT = date(2026, 10, 8)

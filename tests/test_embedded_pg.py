@@ -10,7 +10,8 @@ import sys
 import psycopg
 import pytest
 
-from winback import config, embedded_pg
+from winback import config
+from winback.local import embedded_pg
 
 
 @pytest.fixture

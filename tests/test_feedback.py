@@ -7,10 +7,11 @@ import json
 import pytest
 
 from tests.test_sync import RUN, add_customers, enqueue, ledger, reset_warehouse, twilio
-from winback import feedback, sandbox, sync
-from winback.providers import Outcome
-from winback.providers.ratelimit import RateLimits
-from winback.providers.twilio import TwilioSms
+from winback.delivery import feedback, sync
+from winback.delivery.providers import Outcome
+from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.twilio import TwilioSms
+from winback.simulation import sandbox
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def test_twilio_lookup_finds_a_message_the_provider_accepted(box):
     import asyncio
     from datetime import UTC, datetime
 
-    from winback.providers import OutgoingMessage
+    from winback.delivery.providers import OutgoingMessage
 
     provider = TwilioSms(
         box.url, "ACsandbox", "sandbox-token", "+15005550006", limits=RateLimits(10.0, 2)

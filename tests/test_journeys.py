@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from test_audiences import Shop
 
-from winback import campaigns, config, journeys, personalization
+from winback import config
+from winback.campaigns import campaign_files as campaigns
+from winback.campaigns import journeys, personalization
 
 DAY0 = date(2026, 11, 20)
 
@@ -272,7 +274,7 @@ def test_personal_timing_branches_on_opened_or_not(shop):
 
 def test_an_open_reported_by_the_provider_takes_the_opened_branch(shop):
     """The journey reads the providers' feedback (winback.message_events) too."""
-    from winback import sync
+    from winback.delivery import sync
 
     campaign = shipped("personal_timing")
     sync.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has

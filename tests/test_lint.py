@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from winback import config, db
+from winback import config
+from winback.warehouse import db
 
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from winback import contract, loader
+from winback.ingest import contract, loader
 
 DAY = date(2026, 11, 20)
 
@@ -386,7 +386,7 @@ def test_values_with_commas_quotes_and_line_breaks_load_unchanged(conn, tmp_path
 def test_a_foreign_key_on_a_raw_table_does_not_stop_a_first_load(conn, landing):
     # A first load drops and rebuilds the indexes; a user's foreign key to raw.customers
     # forbids that, and the loader then loads as into a table with data.
-    from winback import raw_schema
+    from winback.warehouse import raw_schema
 
     raw_schema.ensure_raw_schema(conn)
     conn.execute("create table public.vip (customer_id text references raw.customers)")
@@ -407,7 +407,7 @@ def test_a_foreign_key_on_a_raw_table_does_not_stop_a_first_load(conn, landing):
 
 
 def test_a_first_load_keeps_every_index_of_the_table(conn, landing):
-    from winback import raw_schema
+    from winback.warehouse import raw_schema
 
     raw_schema.ensure_raw_schema(conn)
     conn.commit()
@@ -431,7 +431,7 @@ def test_a_file_with_only_its_header_loads_nothing_and_reconciles(conn, tmp_path
 
 
 def test_phone_numbers_split_with_the_helper_process_come_back_in_order():
-    from winback import phones
+    from winback.ingest import phones
 
     countries = ["IT", "FR", "DE", "GB", "US", ""]
     pairs = [

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from winback import measurement
+from winback.measurement import windows as measurement
 
 START, END = date(2026, 9, 1), date(2026, 9, 30)
 
@@ -14,7 +14,7 @@ START, END = date(2026, 9, 1), date(2026, 9, 30)
 @pytest.fixture
 def warehouse(conn):
     """Empty raw, winback and a hand-fillable lifecycle history (as the validation uses)."""
-    from winback import measurement_validation
+    from winback.simulation import measurement_validation
 
     measurement_validation.reset_measurement_tables(conn)
     conn.commit()
@@ -140,7 +140,7 @@ def test_measuring_again_later_gives_the_same_numbers(warehouse):
 
 
 def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
-    from winback import report
+    from winback.measurement import report
 
     for i in range(8):
         add_customer(warehouse, f"t{i}", "treatment", "inactive")
@@ -182,7 +182,7 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
 
 
 def test_a_window_that_was_not_measured_says_so(warehouse):
-    from winback import report
+    from winback.measurement import report
 
     with pytest.raises(LookupError, match="measure the window first"):
         report.load(warehouse, "we_miss_you", START, END)
@@ -203,7 +203,7 @@ def test_windows_close_once_their_attribution_period_has_passed():
 
 def test_the_interval_covers_the_simulated_truth(conn):
     """A small version of bench/validate_uplift_coverage.py (which runs 100 seeds)."""
-    from winback import measurement_validation
+    from winback.simulation import measurement_validation
 
     results = measurement_validation.coverage(conn, range(20), customers=2000, uplift=0.04)
     assert sum(r.covers_truth for r in results) >= 17

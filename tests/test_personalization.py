@@ -15,7 +15,7 @@ import pytest
 from conftest import create_database
 from psycopg import sql
 
-from winback import personalization as p
+from winback.campaigns import personalization as p
 
 RUN_DATE = date(2026, 11, 20)
 SECRET = b"test-secret"

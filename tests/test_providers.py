@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from winback.providers import Member, MemberChange
-from winback.providers.mailchimp import subscriber_hash
-from winback.providers.meta import (
+from winback.delivery.providers import Member, MemberChange
+from winback.delivery.providers.mailchimp import subscriber_hash
+from winback.delivery.providers.meta import (
     MetaCustomAudienceFile,
     hashed_identifiers,
     normalize_email,
     normalize_phone,
 )
-from winback.providers.ratelimit import Limiter, RateLimits, TokenBucket
+from winback.delivery.providers.ratelimit import Limiter, RateLimits, TokenBucket
 
 
 def test_meta_normalizes_as_documented_and_hashes_with_sha256():

@@ -6,7 +6,8 @@ from datetime import date
 
 import pytest
 
-from winback import quality, raw_schema
+from winback import quality
+from winback.warehouse import raw_schema
 
 DAY = date(2026, 11, 20)
 

@@ -16,7 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from winback.rules import CompiledRule, RuleError, column_kind, compile_rule, feature_columns
+from winback.campaigns.rules import (
+    CompiledRule,
+    RuleError,
+    column_kind,
+    compile_rule,
+    feature_columns,
+)
 
 RUN_DATE = date(2026, 11, 20)
 

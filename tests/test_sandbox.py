@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from winback import sandbox
+from winback.simulation import sandbox
 
 TWILIO = "/2010-04-01/Accounts/ACsandbox/Messages.json"
 

@@ -10,7 +10,12 @@ import pytest
 from conftest import create_database, using_database
 from lifetimes import BetaGeoFitter
 
-from winback import bgnbd, cdnow, db, dbt_runner, loader, scoring, simulator
+from winback.ingest import loader
+from winback.local import dbt_runner
+from winback.scoring import bgnbd
+from winback.scoring import scores as scoring
+from winback.simulation import cdnow, simulator
+from winback.warehouse import db
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from winback import send_policy
+from winback.delivery import send_policy
 
 TODAY = date(2026, 11, 23)
 

@@ -9,7 +9,8 @@ import pandas as pd
 import phonenumbers
 import pytest
 
-from winback import contract, simulator
+from winback.ingest import contract
+from winback.simulation import simulator
 
 AS_OF = date(2026, 11, 20)
 

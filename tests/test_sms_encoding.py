@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from winback.sms_encoding import (
+from winback.campaigns.sms_encoding import (
     GSM7,
     GSM7_BASIC,
     GSM7_EXTENSION,

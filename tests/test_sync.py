@@ -12,13 +12,16 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from winback import audiences, config, sandbox, sync
-from winback.providers import parse_connection
-from winback.providers.mailchimp import MailchimpAudience, subscriber_hash
-from winback.providers.popup import PopupCsvExport, PopupWebhook
-from winback.providers.ratelimit import RateLimits
-from winback.providers.smtp import SmtpEmail
-from winback.providers.twilio import TwilioSms
+from winback import config
+from winback.campaigns import audiences
+from winback.delivery import sync
+from winback.delivery.providers import parse_connection
+from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
+from winback.delivery.providers.popup import PopupCsvExport, PopupWebhook
+from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.smtp import SmtpEmail
+from winback.delivery.providers.twilio import TwilioSms
+from winback.simulation import sandbox
 
 RUN = date(2026, 11, 20)
 
@@ -337,7 +340,7 @@ def test_the_audience_sync_mirrors_membership_and_sends_only_the_difference(ware
 def test_a_contact_without_newsletter_consent_is_never_subscribed(box):
     import asyncio
 
-    from winback.providers import Member, MemberChange
+    from winback.delivery.providers import Member, MemberChange
 
     provider = MailchimpAudience(box.url, "key", "L2")
     changes = [

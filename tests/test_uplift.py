@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from winback import uplift
+from winback.measurement import uplift
 
 
 def test_wilson_matches_a_published_value():

@@ -35,14 +35,14 @@ def _date(text: str) -> date:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from winback import db
+    from winback.warehouse import db
 
     print(db.database_url())
     return 0
 
 
 def cmd_db_up(args: argparse.Namespace) -> int:
-    from winback import db
+    from winback.warehouse import db
 
     url = db.database_url()
     db.ensure_airflow_database()
@@ -54,14 +54,14 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
     if config.configured_database_url():
         print(f"{config.DATABASE_URL_ENV} is set: the server is yours, winback leaves it alone")
         return 0
-    from winback import embedded_pg
+    from winback.local import embedded_pg
 
     print("stopped" if embedded_pg.stop() else "not running")
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from winback import simulator
+    from winback.simulation import simulator
 
     settings = simulator.SimulationConfig(
         customers=args.customers,
@@ -78,7 +78,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_import_cdnow(args: argparse.Namespace) -> int:
-    from winback import cdnow, simulator
+    from winback.simulation import cdnow, simulator
 
     frames = cdnow.cdnow_frames(sample=args.sample)
     folder = Path(args.landing) / args.date.isoformat()
@@ -88,7 +88,8 @@ def cmd_import_cdnow(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from winback import db, loader
+    from winback.ingest import loader
+    from winback.warehouse import db
 
     with db.connect() as conn:
         report = loader.load_day(conn, Path(args.landing), args.date)
@@ -97,26 +98,26 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_dbt(args: argparse.Namespace) -> int:
-    from winback import dbt_runner
+    from winback.local import dbt_runner
 
     return dbt_runner.run_dbt(args.dbt_args)
 
 
 def cmd_dbt_manifest(args: argparse.Namespace) -> int:
-    from winback import dbt_runner
+    from winback.local import dbt_runner
 
     dbt_runner.write_manifest()
     return 0
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    from winback import airflow_env
+    from winback.local import airflow_env
 
     return airflow_env.run_airflow(args.airflow_args, check=False).returncode
 
 
 def cmd_airflow_setup(args: argparse.Namespace) -> int:
-    from winback import airflow_env, dbt_runner
+    from winback.local import airflow_env, dbt_runner
 
     dbt_runner.write_manifest()
     airflow_env.migrate_metadata_db()
@@ -125,7 +126,7 @@ def cmd_airflow_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow_ui(args: argparse.Namespace) -> int:
-    from winback import airflow_ui
+    from winback.local import airflow_ui
 
     return airflow_ui.serve(port=args.port, triggerer=args.triggerer)
 
@@ -139,7 +140,8 @@ def cmd_pipeline_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from winback import db, summary
+    from winback import summary
+    from winback.warehouse import db
 
     with db.connect() as conn:
         print(summary.render(summary.collect(conn, args.date)))
@@ -147,7 +149,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from winback import db, measurement
+    from winback.measurement import windows as measurement
+    from winback.warehouse import db
 
     with db.connect() as conn:
         results = measurement.measure_window(
@@ -158,7 +161,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from winback import db, measurement, report
+    from winback.measurement import report
+    from winback.measurement import windows as measurement
+    from winback.warehouse import db
 
     with db.connect() as conn:
         if args.measure:
@@ -174,16 +179,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from winback import (
-        airflow_env,
-        campaigns,
-        db,
-        dbt_runner,
-        measurement,
-        personalization,
-        sandbox,
-        simulator,
-    )
+    from winback.campaigns import campaign_files as campaigns
+    from winback.campaigns import personalization
+    from winback.local import airflow_env, dbt_runner
+    from winback.measurement import windows as measurement
+    from winback.simulation import sandbox, simulator
+    from winback.warehouse import db
 
     landing = Path(args.landing)
     print(f"[1/5] warehouse: {db.redacted(db.database_url())}")
@@ -209,7 +210,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_days(args, landing, settings, windows, window, providers) -> int:
-    from winback import db, demo, report, simulator, summary
+    from winback import summary
+    from winback.measurement import report
+    from winback.simulation import demo, simulator
+    from winback.warehouse import db
 
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
@@ -283,7 +287,7 @@ def _run_daily_dag(day: date, log_name: str) -> bool:
 
     False, with the log's tail, on failure.
     """
-    from winback import airflow_env
+    from winback.local import airflow_env
 
     log_path = config.STATE_DIR / log_name
     print(f"      airflow dags test winback_daily {day} (log: {log_path})")
@@ -314,7 +318,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from winback import sandbox
+    from winback.simulation import sandbox
 
     handle = sandbox.start_sandbox(
         fault_rate=args.fault_rate, seed=args.seed, rate_limit=args.rate_limit, port=args.port
@@ -328,7 +332,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from winback import db, feedback
+    from winback.delivery import feedback
+    from winback.warehouse import db
 
     with db.connect() as conn:
         result = feedback.collect(conn, args.date, url=args.url)
@@ -350,7 +355,7 @@ def _failed_tasks(log_path: Path) -> list[str]:
 
 
 def cmd_campaigns_validate(args: argparse.Namespace) -> int:
-    from winback import campaigns
+    from winback.campaigns import campaign_files as campaigns
 
     folder = Path(args.folder)
     problems, warnings = campaigns.validate_folder(folder)
@@ -367,7 +372,8 @@ def cmd_campaigns_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_campaigns_counts(args: argparse.Namespace) -> int:
-    from winback import audiences, db
+    from winback.campaigns import audiences
+    from winback.warehouse import db
 
     with db.connect() as conn:
         rows = audiences.campaign_counts(conn, args.date)

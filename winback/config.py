@@ -4,7 +4,7 @@ One place decides where the warehouse is:
 
 1. `WINBACK_DATABASE_URL`, when set, points at a PostgreSQL the user runs; winback never
    starts a server then.
-2. Otherwise the embedded cluster under `.winback/pg` (see `winback.embedded_pg`) is used,
+2. Otherwise the embedded cluster under `.winback/pg` (see `winback.local.embedded_pg`) is used,
    started on demand.
 
 Secrets only ever come from the environment (or Airflow connections in a deployment);

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
-from winback import config, db
+from winback import config
+from winback.warehouse import db
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def _day(ds: str) -> date:
 
 def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
     """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts)."""
-    from winback import loader
+    from winback.ingest import loader
 
     with db.connect() as conn:
         report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
@@ -51,7 +52,7 @@ def check_audiences(ds: str, max_growth: float | None = None) -> dict:
 
 def score_customers(ds: str) -> dict:
     """Fit BG/NBD and Gamma-Gamma and write `winback.customer_scores`."""
-    from winback import scoring
+    from winback.scoring import scores as scoring
 
     with db.connect() as conn:
         result = scoring.score_customers(conn, _day(ds), scoring.ScoringSettings())
@@ -60,12 +61,12 @@ def score_customers(ds: str) -> dict:
 
 
 def send_decision(ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None):
-    """The run's real send mode (`winback.send_policy`), the same for every task of a run.
+    """The run's real send mode (`winback.delivery.send_policy`), the same for every task of a run.
 
     `run_type` is the Airflow run's type (scheduled, manual, backfill...): with the
     logical date it decides whether a `live` request is honoured.
     """
-    from winback import send_policy
+    from winback.delivery import send_policy
 
     return send_policy.decide(
         mode, _day(ds), getattr(run_type, "value", run_type), allow_past_sends=allow_past_sends
@@ -87,7 +88,8 @@ def build_audiences(
     the run's real one (`send_decision`) decides whether coupon and link codes are live
     (which needs `WINBACK_COUPON_SECRET`).
     """
-    from winback import audiences, campaigns
+    from winback.campaigns import audiences
+    from winback.campaigns import campaign_files as campaigns
 
     folder = Path(campaigns_dir) if campaigns_dir else config.CAMPAIGNS_DIR
     valid, refused = campaigns.load_valid_campaigns(folder)
@@ -103,7 +105,7 @@ def sync_outbox(
     ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None
 ) -> dict:
     """Send the day's outbox, or record what would be sent; a past day never sends."""
-    from winback import sync
+    from winback.delivery import sync
 
     day = _day(ds)
     decision = send_decision(ds, mode, allow_past_sends, run_type)
@@ -119,7 +121,7 @@ def collect_feedback(ds: str) -> dict:
     They feed the measurement funnel and the suppression list that the next sync honours.
     Without a configured events feed (connection `winback_events`) there is nothing to read.
     """
-    from winback import feedback
+    from winback.delivery import feedback
 
     with db.connect() as conn:
         return feedback.collect(conn, _day(ds))
@@ -127,7 +129,8 @@ def collect_feedback(ds: str) -> dict:
 
 def measure_closed_windows(ds: str) -> dict:
     """Measure every campaign window whose attribution period ended on this day."""
-    from winback import campaigns, measurement
+    from winback.campaigns import campaign_files as campaigns
+    from winback.measurement import windows as measurement
 
     # An invalid campaign file stops its own sends, not the measurement of the others.
     valid, _refused = campaigns.load_valid_campaigns()
@@ -151,7 +154,8 @@ def report_window(
     campaign_id: str, window_start: str, window_end: str, attribution_days: int
 ) -> dict:
     """Measure one window and write its HTML report and PNG chart."""
-    from winback import measurement, report
+    from winback.measurement import report
+    from winback.measurement import windows as measurement
 
     start, end = _day(window_start), _day(window_end)
     with db.connect() as conn:

@@ -32,7 +32,7 @@ from datetime import date, timedelta
 
 import psycopg
 
-from winback import db
+from winback.warehouse import db
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def score_checks(summary_table: str | None = None) -> list[Check]:
     check finds a customer of the order summary (the scoring's input) left out."""
     import great_expectations.expectations as gxe
 
-    from winback.scoring import SUMMARY_TABLE
+    from winback.scoring.scores import SUMMARY_TABLE
 
     summary_table = summary_table or SUMMARY_TABLE
     return [

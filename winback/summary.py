@@ -8,7 +8,7 @@ from datetime import date
 import psycopg
 from psycopg.rows import dict_row
 
-from winback import db
+from winback.warehouse import db
 
 
 @dataclass
@@ -59,7 +59,8 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
     if db.relation_exists(conn, "winback.campaign_audiences") and db.relation_exists(
         conn, "winback.journey_state"
     ):
-        from winback import audiences, campaigns
+        from winback.campaigns import audiences
+        from winback.campaigns import campaign_files as campaigns
 
         counted = {c["campaign_id"]: c for c in audiences.campaign_counts(conn, run_date)}
         valid, _refused = campaigns.load_valid_campaigns()

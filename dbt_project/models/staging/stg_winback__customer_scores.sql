@@ -1,4 +1,4 @@
--- Churn and value scores written by the Python scoring stage (winback/scoring.py).
+-- Churn and value scores written by the Python scoring stage (winback/scoring/scores.py).
 with source as (
     select * from {{ source('winback', 'customer_scores') }}
 ),

@@ -1,0 +1,1 @@
+"""Campaigns: campaign files, audience rules, journeys and the messages they build."""

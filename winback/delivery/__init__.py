@@ -1,0 +1,1 @@
+"""Delivery: the providers, the send ledger and sync, and the feedback they return."""

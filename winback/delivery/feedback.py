@@ -1,0 +1,267 @@
+"""Engagement feedback from the providers: events in, suppressions out.
+
+Providers report what happened to a message (delivered, opened, clicked, bounced,
+complained, unsubscribed) and forward replies (an SMS "STOP"). `ingest` stores each event
+once in `winback.message_events`, keyed by the provider's event id so a duplicate webhook
+or a re-polled page changes nothing, linked to the outbox row through the provider's
+message id recorded in the send ledger. An unsubscribe, a complaint, a hard bounce or an
+SMS stop word puts the address on `winback.suppressions` (by SHA-256 of the normalized
+address, never the address itself), which the sync checks before every send; a live
+sync collects feedback first, so it holds in the same run.
+
+`collect` polls the provider's events endpoint (connection `winback_events`, the
+sandbox's `/_sandbox/events`) from the last cursor it stored; `ingest` is also what a
+webhook receiver calls with the posted events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+
+import httpx
+import psycopg
+
+from winback.delivery.providers import connection, is_configured
+
+log = logging.getLogger(__name__)
+
+EVENTS_CONN_ID = "winback_events"
+EVENT_TYPES = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+# Twilio's default opt-out keywords (Advanced Opt-Out), compared trimmed and upper-cased.
+STOP_WORDS = frozenset(
+    ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT")
+)
+SUPPRESSING = {
+    "bounced": "hard bounce",
+    "complained": "spam complaint",
+    "unsubscribed": "unsubscribed",
+}
+PAGE_SIZE = 1000
+# The SQL twin of `address_hash`; `{}` is the address expression.
+ADDRESS_HASH_SQL = "encode(sha256(convert_to(lower(btrim({})), 'UTF8')), 'hex')"
+
+FEEDBACK_DDL = """
+create schema if not exists winback;
+create table if not exists winback.message_events (
+    event_id text primary key,
+    provider text not null,
+    event_type text not null check (event_type in
+        ('delivered', 'opened', 'clicked', 'bounced', 'complained', 'unsubscribed')),
+    channel text,
+    idempotency_key text,
+    customer_id text,
+    campaign_id text,
+    provider_message_id text,
+    occurred_at timestamptz not null,
+    received_at timestamptz not null default now()
+);
+create index if not exists message_events_by_key on winback.message_events (idempotency_key);
+create index if not exists message_events_by_campaign
+    on winback.message_events (campaign_id, event_type);
+comment on table winback.message_events is
+    'Provider feedback per message, once per provider event id: the funnel after sent.';
+
+create table if not exists winback.suppressions (
+    channel text not null check (channel in ('email', 'sms')),
+    address_hash text not null,
+    reason text not null,
+    customer_id text,
+    source_event_id text,
+    suppressed_at timestamptz not null default now(),
+    primary key (channel, address_hash)
+);
+comment on table winback.suppressions is
+    'Addresses never to message again (SHA-256 of the normalized address), from feedback.';
+
+create table if not exists winback.feedback_cursors (
+    source text primary key,
+    position bigint not null,
+    updated_at timestamptz not null default now()
+);
+"""
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    conn.execute(FEEDBACK_DDL)
+
+
+def address_hash(address: str) -> str:
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    suppressions_added: int = 0
+    ignored: int = 0
+
+
+def _normalize(event: dict) -> dict | None:
+    """One provider event as a message_events row (plus a stop flag); None to ignore."""
+    kind = event.get("type")
+    provider = event.get("provider", "")
+    channel = "sms" if provider == "twilio" else "email"
+    row = {
+        "event_id": str(event["event_id"]),
+        "provider": provider,
+        "channel": channel,
+        "provider_message_id": event.get("message_id"),
+        "client_reference": event.get("client_reference"),
+        "occurred_at": event.get("occurred_at") or datetime.now(UTC).isoformat(),
+        "from_hash": None,
+    }
+    if kind == "inbound":
+        if (event.get("body") or "").strip().upper() not in STOP_WORDS:
+            return None  # a reply that is not an opt-out: nothing to record
+        # The sender's number is hashed at once and the plaintext dropped.
+        return {
+            **row,
+            "event_type": "unsubscribed",
+            "channel": "sms",
+            "from_hash": address_hash(event.get("from") or ""),
+        }
+    if kind == "undelivered":
+        kind = "bounced"
+    if kind not in EVENT_TYPES:
+        return None
+    return {**row, "event_type": kind}
+
+
+def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
+    """Store provider events once each and suppress addresses that opted out."""
+    ensure_schema(conn)
+    result = IngestResult(received=len(events))
+    rows = []
+    for event in events:
+        row = _normalize(event)
+        if row is None:
+            result.ignored += 1
+        else:
+            rows.append(row)
+    if not rows:
+        return result
+    with conn.transaction():
+        conn.execute("create temporary table incoming_events (data jsonb) on commit drop")
+        with conn.cursor().copy("copy incoming_events (data) from stdin") as copy:
+            for row in rows:
+                copy.write_row((json.dumps(row),))
+        stored = conn.execute(
+            f"""
+            with incoming as (
+                select distinct on (data ->> 'event_id') data from incoming_events
+            ), linked as (
+                select i.data,
+                       coalesce(by_id.idempotency_key, by_sender.idempotency_key)
+                           as idempotency_key,
+                       coalesce(by_id.customer_id, by_sender.customer_id) as customer_id,
+                       coalesce(by_id.campaign_id, by_sender.campaign_id) as campaign_id,
+                       {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")} as to_hash
+                from incoming i
+                left join lateral (
+                    select o.idempotency_key, o.customer_id, o.campaign_id, o.payload
+                    from winback.send_ledger l
+                    join winback.outbox o on o.idempotency_key = l.idempotency_key
+                    where l.provider_message_id = i.data ->> 'provider_message_id'
+                      and l.mode = 'live'
+                    limit 1
+                ) by_id on true
+                left join lateral (
+                    select o.idempotency_key, o.customer_id, o.campaign_id
+                    from winback.outbox o
+                    join winback.send_ledger l
+                      on l.idempotency_key = o.idempotency_key and l.mode = 'live'
+                    where i.data ->> 'from_hash' is not null and o.channel = 'sms'
+                      and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")} = i.data ->> 'from_hash'
+                    order by l.acknowledged_at desc nulls last
+                    limit 1
+                ) by_sender on true
+            ), inserted as (
+                insert into winback.message_events
+                    (event_id, provider, event_type, channel, idempotency_key, customer_id,
+                     campaign_id, provider_message_id, occurred_at)
+                select data ->> 'event_id', data ->> 'provider', data ->> 'event_type',
+                       data ->> 'channel', idempotency_key, customer_id, campaign_id,
+                       data ->> 'provider_message_id', (data ->> 'occurred_at')::timestamptz
+                from linked
+                on conflict (event_id) do nothing
+                returning event_id
+            ), suppress as (
+                insert into winback.suppressions
+                    (channel, address_hash, reason, customer_id, source_event_id)
+                select distinct on (data ->> 'channel',
+                                    coalesce(data ->> 'from_hash', to_hash))
+                       data ->> 'channel', coalesce(data ->> 'from_hash', to_hash),
+                       case when data ->> 'from_hash' is not null then 'SMS stop word'
+                            when data ->> 'event_type' = 'bounced' then 'hard bounce'
+                            when data ->> 'event_type' = 'complained' then 'spam complaint'
+                            else 'unsubscribed' end,
+                       customer_id, data ->> 'event_id'
+                from linked
+                where data ->> 'event_id' in (select event_id from inserted)
+                  and coalesce(data ->> 'from_hash', to_hash) is not null
+                  and (data ->> 'from_hash' is not null
+                       or data ->> 'event_type' in ('complained', 'unsubscribed')
+                       or (data ->> 'event_type' = 'bounced' and data ->> 'channel' = 'email'))
+                on conflict (channel, address_hash) do nothing
+                returning 1
+            )
+            select (select count(*) from inserted), (select count(*) from suppress)
+            """
+        ).fetchone()
+        conn.execute("drop table incoming_events")
+    result.stored, result.suppressions_added = stored
+    result.duplicates = len(rows) - result.stored
+    return result
+
+
+def events_url() -> str | None:
+    if not is_configured(EVENTS_CONN_ID):
+        return None
+    conn = connection(EVENTS_CONN_ID)
+    return conn.extra.get("url") or conn.base_url
+
+
+def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | None = None) -> dict:
+    """Poll the events endpoint from the stored cursor and ingest every page.
+
+    Each page and the cursor after it commit together: a crash re-reads at most one page,
+    and re-reading changes nothing.
+    """
+    url = url or events_url()
+    if not url:
+        log.info("no events source configured (%s): no feedback collected", EVENTS_CONN_ID)
+        return {"source": None}
+    ensure_schema(conn)
+    conn.commit()
+    source = url.split("?")[0]
+    total = IngestResult()
+    with httpx.Client(timeout=30) as client:
+        while True:
+            row = conn.execute(
+                "select position from winback.feedback_cursors where source = %s", (source,)
+            ).fetchone()
+            after = row[0] if row else 0
+            response = client.get(url, params={"after": after, "limit": PAGE_SIZE})
+            response.raise_for_status()
+            page = response.json()
+            events = page.get("events", [])
+            if not events:
+                break
+            part = ingest(conn, events)
+            conn.execute(
+                "insert into winback.feedback_cursors (source, position) values (%s, %s) "
+                "on conflict (source) do update set position = excluded.position, "
+                "updated_at = now()",
+                (source, page["next"]),
+            )
+            conn.commit()
+            for name in ("received", "stored", "duplicates", "suppressions_added", "ignored"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+    log.info("feedback for %s: %s", run_date, asdict(total))
+    return {"source": source, **asdict(total)}

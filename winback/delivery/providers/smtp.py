@@ -1,0 +1,142 @@
+"""Email over SMTP.
+
+Each message carries `Message-ID: <idempotency key@winback>`, so the receiving system
+can tell our messages apart and an ESP's message search can find it. SMTP replies are
+mapped as the protocol defines them: 2xx after DATA is acceptance, 4xx a temporary
+failure (certainly not accepted: send again later), 5xx a permanent one (rejected, with
+the server's reply as the reason). A connection lost after the message data went out is
+unclear: plain SMTP cannot say whether the message was queued, so the row stays
+`unclear` unless the connection names a `lookup_url` (an ESP's message-search endpoint,
+queried by Message-ID) that settles it.
+
+Connection `winback_smtp` (smtp): host, port, login, password; extra: `from`,
+`starttls` (bool), `lookup_url`, `requests_per_second`, `max_concurrency`,
+`timeout_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from datetime import datetime
+from email.message import EmailMessage
+
+import httpx
+
+from winback.delivery.providers import (
+    Connection,
+    MessageProvider,
+    Outcome,
+    OutgoingMessage,
+    SendResult,
+    connection,
+)
+from winback.delivery.providers.ratelimit import RateLimits
+
+CONN_ID = "winback_smtp"
+DEFAULT_LIMITS = RateLimits(requests_per_second=20.0, max_concurrency=4, timeout_seconds=30.0)
+
+
+def message_id(idempotency_key: str) -> str:
+    return f"<{idempotency_key}@winback>"
+
+
+class SmtpEmail(MessageProvider):
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        login: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        lookup_url: str | None = None,
+        limits: RateLimits = DEFAULT_LIMITS,
+    ):
+        self.host, self.port, self.sender = host, port, sender
+        self._login, self._password, self._starttls = login, password, starttls
+        self.lookup_url = lookup_url
+        self.can_lookup = bool(lookup_url)
+        self.limits = limits
+
+    @classmethod
+    def from_connection(cls, conn: Connection | None = None) -> SmtpEmail:
+        conn = conn or connection(CONN_ID)
+        return cls(
+            conn.host or "localhost",
+            conn.port or 25,
+            str(conn.extra.get("from", "winback@localhost")),
+            conn.login,
+            conn.password,
+            str(conn.extra.get("starttls", "")).lower() in ("1", "true", "yes"),
+            conn.extra.get("lookup_url"),
+            conn.limits(DEFAULT_LIMITS),
+        )
+
+    def _build(self, message: OutgoingMessage) -> EmailMessage:
+        email = EmailMessage()
+        email["From"] = self.sender
+        email["To"] = message.to
+        email["Subject"] = message.subject or ""
+        email["Message-ID"] = message_id(message.idempotency_key)
+        email["X-Winback-Campaign"] = message.campaign_id
+        email.set_content(message.body)
+        return email
+
+    def _send_blocking(self, message: OutgoingMessage) -> SendResult:
+        email = self._build(message)
+        data_sent = False
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.limits.timeout_seconds) as smtp:
+                smtp.ehlo()
+                if self._starttls:
+                    smtp.starttls()
+                    smtp.ehlo()
+                if self._login:
+                    smtp.login(self._login, self._password or "")
+                code, reply = smtp.mail(self.sender)
+                if code >= 400:
+                    return _reply_result(code, reply)
+                code, reply = smtp.rcpt(message.to)
+                if code >= 400:
+                    return _reply_result(code, reply)
+                data_sent = True
+                code, reply = smtp.data(email.as_bytes())
+                if code >= 400:
+                    return _reply_result(code, reply)
+                return SendResult(Outcome.ACCEPTED, provider_message_id=email["Message-ID"])
+        except smtplib.SMTPResponseException as error:  # a reply outside the dialogue above
+            return _reply_result(error.smtp_code, error.smtp_error)
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as error:
+            if data_sent:
+                return SendResult(Outcome.UNCLEAR, reason=f"{type(error).__name__} after DATA")
+            return SendResult(Outcome.RETRY, reason=type(error).__name__)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        if not message.to:
+            return SendResult(Outcome.REJECTED, reason="no email address")
+        return await asyncio.to_thread(self._send_blocking, message)
+
+    async def lookup(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
+        if not self.lookup_url:
+            raise RuntimeError("plain SMTP cannot look a message up")
+        msg_id = message_id(message.idempotency_key)
+        async with httpx.AsyncClient(timeout=self.limits.timeout_seconds) as client:
+            response = await client.get(self.lookup_url, params={"message_id": msg_id})
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return SendResult(Outcome.ACCEPTED, provider_message_id=msg_id)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _reply_result(code: int, reply: bytes | str) -> SendResult:
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    reason = f"SMTP {code} {text}"[:300]
+    if 400 <= code < 500:
+        return SendResult(Outcome.RETRY, reason=reason)
+    return SendResult(Outcome.REJECTED, reason=reason)

@@ -1,0 +1,1 @@
+"""Measurement: each campaign window's uplift against its holdout, and its report."""

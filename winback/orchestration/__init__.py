@@ -1,0 +1,1 @@
+"""Orchestration: shared Airflow and cosmos configuration, alerts, task history."""

@@ -1,0 +1,132 @@
+"""Shared Airflow and cosmos configuration: defined once, imported by every DAG file.
+
+Cosmos renders the dbt project from the manifest that `winback dbt-manifest` writes at
+set-up (`make demo`, `make test`, the image build), so parsing a DAG never runs `dbt ls`.
+dbt runs in-process through dbtRunner with the connection settings that
+`dbt_project/profiles.yml` reads from the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import (
+    ExecutionMode,
+    InvocationMode,
+    LoadMode,
+    TestBehavior,
+    TestIndirectSelection,
+)
+
+from winback import config
+from winback.orchestration import alerts
+from winback.warehouse import db
+
+DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
+WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
+WAREHOUSE_WRITES_POOL = config.WAREHOUSE_WRITES_POOL
+DEFAULT_TASK_RETRIES = 2
+
+DEFAULT_ARGS = {
+    "owner": "winback",
+    "retries": DEFAULT_TASK_RETRIES,
+    "retry_delay": timedelta(minutes=2),
+    "execution_timeout": timedelta(hours=1),
+    "on_failure_callback": alerts.on_task_failure,
+}
+
+# dbt variables every model run receives: the run date is the DAG's logical date, so a
+# backfill of day D rebuilds day D's state.
+DBT_VARS = {"as_of_date": "{{ ds }}"}
+
+
+def _export_connection_settings() -> None:
+    """Make the warehouse settings visible to dbt, in this process and its children.
+
+    Done at import (DAG parse) rather than passed as operator `env`, so no password ever
+    appears among a task's rendered template fields. Always derived from the warehouse URL
+    the Python stages use, so dbt and Python can never write to different databases.
+    """
+    db.export_dbt_env()
+
+
+_export_connection_settings()
+
+PROJECT_CONFIG = ProjectConfig(
+    dbt_project_path=config.DBT_PROJECT_DIR,
+    manifest_path=DBT_MANIFEST,
+    project_name="winback",
+    install_dbt_deps=False,
+    partial_parse=True,
+)
+
+PROFILE_CONFIG = ProfileConfig(
+    profile_name="winback",
+    target_name="dev",
+    profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles.yml",
+)
+
+EXECUTION_CONFIG = ExecutionConfig(
+    execution_mode=ExecutionMode.LOCAL,
+    invocation_mode=InvocationMode.DBT_RUNNER,
+    # A model's test task runs the tests whose other parents are upstream of it, so a
+    # relationship test waits for the later model instead of failing on a missing table.
+    test_indirect_selection=TestIndirectSelection.BUILDABLE,
+)
+
+
+def render_config(select: list[str] | None = None, exclude: list[str] | None = None):
+    return RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        select=select or [],
+        exclude=exclude or [],
+        test_behavior=TestBehavior.AFTER_EACH,
+        # The dbt graph and the Python stages between them are wired by hand in the DAG.
+        emit_datasets=True,
+    )
+
+
+def warehouse_asset(schema: str, table: str):
+    """An Airflow asset for a warehouse table, named the way cosmos names dbt's outputs."""
+    from airflow.sdk import Asset
+
+    settings = db.dbt_env()
+    uri = (
+        f"postgres://{settings['WINBACK_PG_HOST']}:{settings['WINBACK_PG_PORT']}"
+        f"/{settings['WINBACK_PG_DBNAME']}/{schema}/{table}"
+    )
+    # The URI names the warehouse, so two warehouses (demo, tests) never share an asset.
+    return Asset(uri=uri)
+
+
+DBT_OPERATOR_ARGS = {
+    "vars": DBT_VARS,
+    "pool": WAREHOUSE_WRITES_POOL,
+}
+
+
+def dbt_task_group(
+    group_id: str, select: list[str] | None = None, exclude: list[str] | None = None
+):
+    """A cosmos task group for part of the dbt project, with the shared configuration and
+    no retries on its test tasks. Call it inside a DAG."""
+    group = DbtTaskGroup(
+        group_id=group_id,
+        project_config=PROJECT_CONFIG,
+        profile_config=PROFILE_CONFIG,
+        execution_config=EXECUTION_CONFIG,
+        render_config=render_config(select=select, exclude=exclude),
+        operator_args=DBT_OPERATOR_ARGS,
+    )
+    without_retries_on_tests(group)
+    return group
+
+
+def without_retries_on_tests(group) -> None:
+    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert."""
+    for child in group.children.values():
+        if hasattr(child, "children"):
+            without_retries_on_tests(child)
+        elif child.task_id.endswith(".test") or child.task_id.endswith("_test"):
+            child.retries = 0

@@ -1,0 +1,1 @@
+"""The simulated world: shop simulator, CDNOW, provider sandbox, the demo."""

@@ -1,0 +1,1 @@
+"""The warehouse: connections and the schemas winback owns."""
