@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -90,3 +92,64 @@ def test_new_databases_sort_text_in_byte_order(cluster):
             conn.execute(f"drop database {name}")
     assert collation == (embedded_pg.COLLATION,)
     assert ordered == ["B", "a", "b", "é"]
+
+
+def _server_binaries_or_skip() -> None:
+    try:
+        embedded_pg.pg_bin_dir()
+    except embedded_pg.EmbeddedPostgresError:
+        pytest.skip("no PostgreSQL server binaries on this machine")
+
+
+def test_a_clone_in_a_private_directory_starts_its_cluster(tmp_path_factory):
+    """A checkout under a 0700 folder (/root, `mktemp -d`): as root the server account
+    cannot enter it, so the data goes to a private folder the account owns; as an ordinary
+    user the cluster lives in the checkout as usual. Either way `db-up` works."""
+    _server_binaries_or_skip()
+    private = tmp_path_factory.mktemp("private-home")
+    private.chmod(0o700)
+    clone = private / "winback"
+    subprocess.run(
+        ["git", "clone", "--quiet", "--no-hardlinks", str(config.PROJECT_ROOT), str(clone)],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("WINBACK_") and key != "PGPASSWORD"
+    }
+    env["WINBACK_PROJECT_ROOT"] = str(clone)
+
+    def winback(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            # -P: the code under test, not the clone's committed copy in the working folder
+            [sys.executable, "-P", "-m", "winback.cli", *args],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    pg_root = clone / ".winback" / "pg"
+    try:
+        started = winback("db-up")
+        assert started.returncode == 0, started.stderr[-3000:]
+        url = winback("db-url").stdout.strip()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select current_database()").fetchone() == ("winback",)
+        if os.geteuid() == 0:
+            assert pg_root.is_symlink(), "the account cannot reach the clone: data moved out"
+            data_home = pg_root.resolve()
+            owner = pwd.getpwuid(data_home.stat().st_uid).pw_name
+            assert owner in ("postgres", "nobody")
+            assert data_home.stat().st_mode & 0o777 == 0o700, "the fallback folder is private"
+            assert str(clone) not in data_home.name, "its name is random, not derived"
+            assert data_home.parent == Path(embedded_pg.FALLBACK_PARENT)
+        else:
+            assert pg_root.is_dir() and not pg_root.is_symlink()
+    finally:
+        winback("db-stop")
+        if pg_root.is_symlink():
+            shutil.rmtree(pg_root.resolve(), ignore_errors=True)

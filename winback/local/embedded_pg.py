@@ -8,7 +8,13 @@ kept while it stays free.
 `initdb` refuses to run as root, and CI and many users run as root, so when we are root
 the server runs as an unprivileged account (`postgres` if the machine has one, else
 `nobody`). Should that account be unable to reach the project folder (a checkout under a
-private home directory), the data lives under /var/tmp and `.winback/pg` is a link to it.
+private home directory such as /root, or any folder made by `mktemp -d`), the data lives in
+a private folder with an unpredictable name under /var/tmp, owned by that account and
+mode 0700, and `.winback/pg` is a link to it. The account is only ever handed resolved
+paths and `/` as its working directory: it cannot walk through the checkout.
+
+Root never follows a link inside a folder the account owns: the files it writes or reads
+there (the log, the port, postgresql.conf) are opened with O_NOFOLLOW.
 
 Authentication is `trust` on the loopback interface: the embedded cluster is a local
 development database with no secret to keep. Point `WINBACK_DATABASE_URL` at a real server
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import pwd
@@ -27,6 +32,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,19 +100,25 @@ class EmbeddedPostgresError(RuntimeError):
 
 @dataclass(frozen=True)
 class Cluster:
-    root: Path  # .winback/pg (or the link to the fallback location)
+    root: Path  # .winback/pg (or the link to the private fallback location)
+
+    @property
+    def server_root(self) -> Path:
+        """`root` with every link resolved: the path the server account is given, which
+        never passes through the (possibly private) checkout."""
+        return self.root.resolve()
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.server_root / "data"
 
     @property
     def log_file(self) -> Path:
-        return self.root / "server.log"
+        return self.server_root / "server.log"
 
     @property
     def port_file(self) -> Path:
-        return self.root / "port"
+        return self.server_root / "port"
 
     def url(self, database: str = config.WAREHOUSE_DB_NAME) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port()}/{database}"
@@ -114,12 +126,14 @@ class Cluster:
     def port(self) -> int:
         pid_file = self.data_dir / "postmaster.pid"
         # Line 4 of postmaster.pid is the port the running server listens on.
-        if pid_file.exists():
-            lines = pid_file.read_text().splitlines()
+        pid_text = _read_no_follow(pid_file)
+        if pid_text is not None:
+            lines = pid_text.splitlines()
             if len(lines) >= 4 and lines[3].strip().isdigit():
                 return int(lines[3])
-        if self.port_file.exists():
-            return int(self.port_file.read_text().strip())
+        stored = _read_no_follow(self.port_file)
+        if stored is not None and stored.strip().isdigit():
+            return int(stored.strip())
         raise EmbeddedPostgresError("the embedded cluster has no port yet; run `winback db-up`")
 
 
@@ -174,20 +188,53 @@ def _can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
 
 
 def cluster_root() -> Path:
+    """`.winback/pg`: the cluster's folder, or a link to its private fallback folder."""
     root = config.STATE_DIR / "pg"
     account = _server_account()
     if account is None or root.is_symlink() or _can_traverse(config.STATE_DIR, account):
         return root
-    # The account cannot reach the checkout: keep the data in a world-traversable place
+    if root.exists():
+        raise EmbeddedPostgresError(
+            f"{root} exists but the PostgreSQL account {account.pw_name!r} cannot reach it "
+            "(a parent folder is private); remove it (`make db-stop`, then delete it) so the "
+            "cluster can be created in a private folder under /var/tmp"
+        )
+    # The account cannot reach the checkout: keep the data in a folder only it can enter,
+    # under a name nobody can predict (mkdtemp: random, created exclusively, mode 0700),
     # and link it from the git-ignored folder, so `.winback/pg` still finds it.
-    digest = hashlib.sha256(str(config.PROJECT_ROOT).encode()).hexdigest()[:12]
-    fallback = Path("/var/tmp") / f"winback-{digest}" / "pg"
-    fallback.mkdir(parents=True, exist_ok=True)
-    os.chmod(fallback.parent, 0o755)
     config.STATE_DIR.mkdir(parents=True, exist_ok=True)
-    if not root.exists():
-        root.symlink_to(fallback, target_is_directory=True)
+    fallback = Path(tempfile.mkdtemp(prefix="winback-pg-", dir=FALLBACK_PARENT))
+    os.chown(fallback, account.pw_uid, account.pw_gid)
+    root.symlink_to(fallback, target_is_directory=True)
+    log.info("the checkout is private to the PostgreSQL account; data in %s", fallback)
     return root
+
+
+# Where a private fallback folder is made: a sticky, world-writable folder that survives
+# reboots, in which mkdtemp's exclusive creation is safe.
+FALLBACK_PARENT = "/var/tmp"
+
+
+def _read_no_follow(path: Path) -> str | None:
+    """The text of `path`, or None when it does not exist; never follows a final link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, errors="replace") as handle:
+        return handle.read()
+
+
+def _write_no_follow(path: Path, text: str, *, append: bool = False) -> None:
+    """Write `path` (created 0600, owned by the server account when we are root) without
+    following a final link: the folder may belong to the server account."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        account = _server_account()
+        if account is not None:
+            os.fchown(handle.fileno(), account.pw_uid, account.pw_gid)
+        handle.write(text)
 
 
 def _run_as_server_account(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -203,6 +250,9 @@ def _run_as_server_account(args: list[str], **kwargs) -> subprocess.CompletedPro
         env = dict(kwargs.pop("env", os.environ))
         env["HOME"] = "/tmp"
         kwargs["env"] = env
+    # initdb and pg_ctl look up their working directory; the caller's may be a private
+    # checkout the account cannot enter.
+    kwargs.setdefault("cwd", "/")
     return subprocess.run(args, preexec_fn=preexec, check=False, text=True, **kwargs)
 
 
@@ -240,7 +290,7 @@ def _initdb(cluster: Cluster) -> None:
     account = _server_account()
     cluster.root.mkdir(parents=True, exist_ok=True)
     if account is not None:
-        os.chown(cluster.root, account.pw_uid, account.pw_gid)
+        os.chown(cluster.server_root, account.pw_uid, account.pw_gid)
     result = _run_as_server_account(
         [
             str(pg_bin_dir() / "initdb"),
@@ -259,8 +309,7 @@ def _initdb(cluster: Cluster) -> None:
         raise EmbeddedPostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
     settings = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
     conf = cluster.data_dir / "postgresql.conf"
-    with open(conf, "a") as handle:
-        handle.write(f"\n# winback embedded cluster\n{settings}\n")
+    _write_no_follow(conf, f"\n# winback embedded cluster\n{settings}\n", append=True)
     log.info("initialised embedded PostgreSQL in %s", cluster.data_dir)
 
 
@@ -276,15 +325,11 @@ def is_running(cluster: Cluster) -> bool:
 
 def _start(cluster: Cluster) -> None:
     port = None
-    if cluster.port_file.exists():
-        previous = int(cluster.port_file.read_text().strip())
-        if _port_is_free(previous):
-            port = previous
+    stored = _read_no_follow(cluster.port_file)
+    if stored is not None and stored.strip().isdigit() and _port_is_free(int(stored)):
+        port = int(stored)
     port = port or _free_port()
-    account = _server_account()
-    if account is not None and not cluster.log_file.exists():
-        cluster.log_file.touch()
-        os.chown(cluster.log_file, account.pw_uid, account.pw_gid)
+    _write_no_follow(cluster.log_file, "", append=True)
     result = _run_as_server_account(
         [
             str(pg_bin_dir() / "pg_ctl"),
@@ -302,9 +347,9 @@ def _start(cluster: Cluster) -> None:
         capture_output=True,
     )
     if result.returncode != 0:
-        tail = cluster.log_file.read_text()[-2000:] if cluster.log_file.exists() else ""
+        tail = (_read_no_follow(cluster.log_file) or "")[-2000:]
         raise EmbeddedPostgresError(f"pg_ctl start failed:\n{result.stderr}\n{tail}")
-    cluster.port_file.write_text(str(port))
+    _write_no_follow(cluster.port_file, str(port))
     log.info("embedded PostgreSQL listening on 127.0.0.1:%s", port)
 
 
