@@ -23,7 +23,6 @@ from pathlib import Path
 from winback import config
 from winback.warehouse import db
 
-
 COMMITTED_PROFILES_DIR = config.DBT_PROJECT_DIR / "profiles"
 LOCAL_PROFILE = config.DBT_PROJECT_DIR / "profiles.yml"
 
@@ -90,8 +89,12 @@ def write_local_profile(url: str | None = None) -> Path:
 
 def write_manifest() -> Path:
     """`dbt parse`: the manifest cosmos renders the DAG from, so parsing never runs dbt ls.
-    Also (re)writes the plain-dbt profile, so `dbt` in dbt_project/ finds this warehouse."""
+    Also (re)writes the plain-dbt profile, so `dbt` in dbt_project/ finds this warehouse,
+    and the campaigns' exposures, so the manifest's lineage reaches every campaign."""
+    from winback.campaigns import exposures
+
     write_local_profile()
+    exposures.write_campaign_exposures()
     code = run_dbt(["parse", "--quiet"])
     manifest = config.DBT_PROJECT_DIR / "target" / "manifest.json"
     if code != 0 or not manifest.exists():
