@@ -56,7 +56,7 @@ def local_profile_text(url: str | None = None) -> str:
     password = (
         "\"{{ env_var('WINBACK_PG_PASSWORD') }}\"  # the URL has a password: export it"
         if settings["WINBACK_PG_PASSWORD"]
-        else "\"\""
+        else '""'
     )
     return f"""\
 # Written by winback at set-up for plain `dbt` in this folder; not committed (it names this
