@@ -78,6 +78,12 @@ db-up: venv ## Start the embedded PostgreSQL (a no-op when WINBACK_DATABASE_URL 
 db-stop: venv ## Stop the embedded PostgreSQL
 	$(BIN)/winback db-stop
 
+.PHONY: dbt-docs
+dbt-docs: venv ## Generate and serve dbt's docs (lineage to every campaign) on 127.0.0.1:8081
+	$(BIN)/winback db-up
+	$(BIN)/winback dbt-manifest
+	cd dbt_project && ../$(BIN)/dbt docs generate && ../$(BIN)/dbt docs serve --host 127.0.0.1 --port $${WINBACK_DBT_DOCS_PORT:-8081} --no-browser
+
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat requirements.lock bench/requirements-pymc.txt pyproject.toml | sha256sum | cut -c1-16)
 

@@ -42,11 +42,14 @@ def cmd_db_url(args: argparse.Namespace) -> int:
 
 
 def cmd_db_up(args: argparse.Namespace) -> int:
+    from winback.local import dbt_runner
     from winback.warehouse import db
 
     url = db.database_url()
     db.ensure_airflow_database()
+    profile = dbt_runner.write_local_profile(url)
     print(f"warehouse ready: {db.redacted(url)}")
+    print(f"plain dbt in {profile.parent} uses it ({profile.name} written)")
     return 0
 
 

@@ -82,9 +82,10 @@ def build_audiences(
 ) -> dict:
     """Every valid campaign's audience, eligibility filters, journeys and outbox rows.
 
-    An invalid campaign file is refused: nothing is enrolled or sent for it (its journeys
-    already under way wait), the reason is logged as an error and returned under
-    `refused`, and the other campaigns run as usual. `mode` is the requested send mode;
+    An invalid campaign file, or a campaign reading a column the warehouse's features
+    table lacks, is refused: nothing is enrolled or sent for it (its journeys already
+    under way wait), the reason is logged as an error and returned under `refused`, and
+    the other campaigns run as usual. `mode` is the requested send mode;
     the run's real one (`send_decision`) decides whether coupon and link codes are live
     (which needs `WINBACK_COUPON_SECRET`).
     """
@@ -96,6 +97,10 @@ def build_audiences(
     for name, reason in refused.items():
         log.error("campaign file %s refused, nothing is sent for it:\n%s", name, reason)
     with db.connect() as conn:
+        valid, unreadable = audiences.refuse_unreadable(conn, valid)
+        for reason in unreadable.values():
+            log.error("%s", reason)
+        refused.update(unreadable)
         decision = send_decision(ds, mode, allow_past_sends, run_type)
         results = audiences.build_audiences(conn, valid, _day(ds), send_mode=decision.mode)
     return {"campaigns": [asdict(r) for r in results], "refused": refused}

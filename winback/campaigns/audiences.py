@@ -350,6 +350,30 @@ def _log_steps(cur, campaign: Campaign, run_date: date, position: int, advanced)
             position += 1
 
 
+def refuse_unreadable(
+    conn: psycopg.Connection, campaigns: list[Campaign]
+) -> tuple[list[Campaign], dict[str, str]]:
+    """The campaigns whose columns the warehouse's features table has, and for each other
+    campaign one line naming it and the columns it lacks (a model renamed or dropped a
+    column, or has not been rebuilt since its contract changed). The others run as usual."""
+    from winback.campaigns import campaign_files
+    from winback.warehouse import contracts
+
+    present = contracts.relation_columns(conn, FEATURES)
+    readable, refused = [], {}
+    for campaign in campaigns:
+        missing = sorted(campaign_files.columns_read(campaign) - present)
+        if missing:
+            refused[f"{campaign.id}.yaml"] = (
+                f"campaign {campaign.id}: {FEATURES} has no column {', '.join(missing)}; "
+                "nothing is enrolled or sent for it until the model provides "
+                f"{'it' if len(missing) == 1 else 'them'} (dbt build, or fix the campaign)"
+            )
+        else:
+            readable.append(campaign)
+    return readable, refused
+
+
 def build_audiences(
     conn: psycopg.Connection,
     campaigns: list[Campaign],

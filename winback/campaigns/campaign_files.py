@@ -13,6 +13,8 @@ The file format is documented in docs/campaigns.md.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Literal
@@ -468,6 +470,50 @@ def holdout_warning(campaign: Campaign) -> str | None:
     return None
 
 
+def columns_read(campaign: Campaign) -> frozenset[str]:
+    """Every column of `marts.customer_features` the campaign reads: its audience rule, the
+    names its templates use, its holdout strata, and its channels' eligibility filters.
+
+    What `winback campaigns validate` checks against the model's contract, what the run
+    checks against the warehouse, and what the campaign's dbt exposure lists.
+    """
+    from winback.campaigns import audiences, personalization, rules
+
+    allowed = frozenset(rules.feature_columns()) | MESSAGE_NAMES
+    used = set(rules.compile_rule(campaign.audience.expression()).columns)
+    for step in campaign.steps:
+        for _, _, template in step.texts():
+            # A template that does not parse is reported by template_problems.
+            with contextlib.suppress(personalization.TemplateError):
+                used |= personalization.validate_template(template, allowed) - MESSAGE_NAMES
+    if campaign.holdout.stratify_by != "none":
+        used.add(campaign.holdout.stratify_by)
+    for channel in campaign.channels:
+        for eligibility in audiences.ELIGIBILITY[channel]:
+            used |= set(_FEATURE_REFERENCE.findall(eligibility.predicate))
+    return frozenset(used)
+
+
+# `f.<column>` in the eligibility filters' SQL: the features table is aliased `f`.
+_FEATURE_REFERENCE = re.compile(r"\bf\.([a-z_][a-z0-9_]*)")
+
+
+def column_problems(campaign: Campaign) -> list[str]:
+    """Columns the campaign reads that `customer_features`' contract does not declare."""
+    from winback.campaigns import rules
+    from winback.warehouse import contracts
+
+    try:
+        used = columns_read(campaign)
+    except rules.RuleError:  # already reported by the audience rule's own validation
+        return []
+    return [
+        f"reads column {column!r}, which the customer_features contract does not declare "
+        "(renamed or removed in dbt_project/models/marts?)"
+        for column in contracts.undeclared(rules.FEATURES_MODEL, used)
+    ]
+
+
 def _pydantic_problems(error: ValidationError) -> list[str]:
     problems = []
     for e in error.errors():
@@ -491,7 +537,7 @@ def load_campaign(path: Path) -> Campaign:
         raise CampaignError(
             "\n".join(f"{path.name}: {p}" for p in _pydantic_problems(error))
         ) from None
-    problems = template_problems(campaign)
+    problems = template_problems(campaign) + column_problems(campaign)
     if campaign.id != path.stem:
         problems.insert(0, f"id: {campaign.id!r} must match the file name")
     if problems:

@@ -41,15 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 
-import yaml
 from psycopg import sql
 
-from winback import config
-
 FEATURES_MODEL = "customer_features"
-FEATURES_MODELS_YAML = config.DBT_PROJECT_DIR / "models" / "marts" / "_marts__models.yml"
 RUN_DATE_PARAM = "run_date"
 
 # Long enough for any rule a person writes; bounded so a hostile file cannot make the
@@ -180,27 +175,19 @@ def column_kind(data_type: str) -> str | None:
 
 
 def feature_columns() -> dict[str, str]:
-    """The documented columns of `marts.customer_features` and their SQL types.
+    """The contracted columns of `marts.customer_features` and their SQL types.
 
-    Read from the dbt YAML (`data_type:` of each column), the one place they are declared.
+    Read from the model's enforced dbt contract (`data_type:` of each column), the one
+    place they are declared; dbt holds the SQL to it.
     """
-    return dict(_columns_from_yaml(FEATURES_MODELS_YAML, FEATURES_MODEL))
+    return dict(_feature_columns())
 
 
 @functools.cache
-def _columns_from_yaml(path: Path, model: str) -> tuple[tuple[str, str], ...]:
-    document = yaml.safe_load(path.read_text())
-    for entry in document.get("models", []):
-        if entry.get("name") != model:
-            continue
-        columns = []
-        for column in entry.get("columns", []):
-            data_type = column.get("data_type")
-            if not data_type:
-                raise ValueError(f"{path}: column {model}.{column['name']} has no data_type")
-            columns.append((column["name"], str(data_type)))
-        return tuple(columns)
-    raise ValueError(f"{path}: no model named {model}")
+def _feature_columns() -> tuple[tuple[str, str], ...]:
+    from winback.warehouse import contracts
+
+    return tuple(contracts.contracted_columns(FEATURES_MODEL).items())
 
 
 # --- tokens -------------------------------------------------------------------------------

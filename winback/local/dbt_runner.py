@@ -1,7 +1,20 @@
-"""Run dbt on the warehouse outside Airflow (CLI, set-up, tests)."""
+"""Run dbt on the warehouse outside Airflow (CLI, set-up, tests), and let plain `dbt` do so.
+
+Two profiles, one warehouse:
+
+- `dbt_project/profiles/profiles.yml` (committed) reads the connection from WINBACK_PG_*
+  variables, which winback sets from `WINBACK_DATABASE_URL` or the embedded cluster. Cosmos,
+  `winback dbt` and the image use it, so no address is ever committed.
+- `dbt_project/profiles.yml` (git-ignored) is written at set-up (`winback db-up`,
+  `winback dbt-manifest`, `make demo`, `make test`) with the address winback itself uses.
+  dbt looks for `profiles.yml` in the working folder first, so plain `dbt build`,
+  `dbt debug` or an editor's dbt extension run in `dbt_project/` reach the same warehouse
+  with nothing exported. A `DBT_PROFILES_DIR` of the user's own still wins.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +22,9 @@ from pathlib import Path
 
 from winback import config
 from winback.warehouse import db
+
+COMMITTED_PROFILES_DIR = config.DBT_PROJECT_DIR / "profiles"
+LOCAL_PROFILE = config.DBT_PROJECT_DIR / "profiles.yml"
 
 
 def dbt_environment() -> dict[str, str]:
@@ -27,14 +43,58 @@ def run_dbt(args: list[str], check: bool = False, **kwargs) -> int:
         "--project-dir",
         str(config.DBT_PROJECT_DIR),
         "--profiles-dir",
-        str(config.DBT_PROJECT_DIR),
+        str(COMMITTED_PROFILES_DIR),
     ]
     result = subprocess.run(command, env=dbt_environment(), check=check, **kwargs)
     return result.returncode
 
 
+def local_profile_text(url: str | None = None) -> str:
+    """The plain-dbt profile for the warehouse at `url` (default: winback's own). A
+    password is never written: it is read from WINBACK_PG_PASSWORD when the URL has one."""
+    settings = db.dbt_env(url)
+    password = (
+        "\"{{ env_var('WINBACK_PG_PASSWORD') }}\"  # the URL has a password: export it"
+        if settings["WINBACK_PG_PASSWORD"]
+        else '""'
+    )
+    return f"""\
+# Written by winback at set-up for plain `dbt` in this folder; not committed (it names this
+# machine's warehouse). Rewrite it with `winback db-up`. The committed profile, which
+# reads WINBACK_PG_* variables, is profiles/profiles.yml.
+winback:
+  target: dev
+  outputs:
+    dev:
+      type: postgres
+      host: {json.dumps(settings["WINBACK_PG_HOST"])}
+      port: {int(settings["WINBACK_PG_PORT"])}
+      user: {json.dumps(settings["WINBACK_PG_USER"])}
+      password: {password}
+      dbname: {json.dumps(settings["WINBACK_PG_DBNAME"])}
+      schema: analytics
+      threads: 2
+      connect_timeout: 10
+"""
+
+
+def write_local_profile(url: str | None = None) -> Path:
+    """Write `dbt_project/profiles.yml` for plain dbt (0600: it names the warehouse)."""
+    text = local_profile_text(url)
+    fd = os.open(LOCAL_PROFILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return LOCAL_PROFILE
+
+
 def write_manifest() -> Path:
-    """`dbt parse`: the manifest cosmos renders the DAG from, so parsing never runs dbt ls."""
+    """`dbt parse`: the manifest cosmos renders the DAG from, so parsing never runs dbt ls.
+    Also (re)writes the plain-dbt profile, so `dbt` in dbt_project/ finds this warehouse,
+    and the campaigns' exposures, so the manifest's lineage reaches every campaign."""
+    from winback.campaigns import exposures
+
+    write_local_profile()
+    exposures.write_campaign_exposures()
     code = run_dbt(["parse", "--quiet"])
     manifest = config.DBT_PROJECT_DIR / "target" / "manifest.json"
     if code != 0 or not manifest.exists():

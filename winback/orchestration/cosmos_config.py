@@ -3,7 +3,7 @@
 Cosmos renders the dbt project from the manifest that `winback dbt-manifest` writes at
 set-up (`make demo`, `make test`, the image build), so parsing a DAG never runs `dbt ls`.
 dbt runs in-process through dbtRunner with the connection settings that
-`dbt_project/profiles.yml` reads from the environment.
+`dbt_project/profiles/profiles.yml` reads from the environment.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ PROJECT_CONFIG = ProjectConfig(
 PROFILE_CONFIG = ProfileConfig(
     profile_name="winback",
     target_name="dev",
-    profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles.yml",
+    profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles" / "profiles.yml",
 )
 
 EXECUTION_CONFIG = ExecutionConfig(

@@ -65,7 +65,7 @@ def redacted(url: str) -> str:
 
 
 def dbt_env(url: str | None = None) -> dict[str, str]:
-    """Environment variables read by `dbt_project/profiles.yml`."""
+    """Environment variables read by `dbt_project/profiles/profiles.yml`."""
     parts = urlsplit(url or database_url())
     return {
         "WINBACK_PG_HOST": parts.hostname or "127.0.0.1",

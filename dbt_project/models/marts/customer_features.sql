@@ -57,7 +57,7 @@ final as (
         customers.country_code,
         customers.created_at,
         -- orders
-        coalesce(summary.orders_count, 0) as orders_count,
+        coalesce(summary.orders_count, 0)::bigint as orders_count,
         coalesce(summary.order_days, 0) as order_days,
         summary.first_order_date,
         summary.last_order_date,
