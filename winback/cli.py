@@ -97,6 +97,15 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensure_schema(args: argparse.Namespace) -> int:
+    from winback.warehouse import db, tables
+
+    with db.connect() as conn:
+        tables.ensure_schema(conn)
+    print(f"schema {tables.SCHEMA}: {len(tables.TABLES)} tables in place")
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace) -> int:
     from winback.local import dbt_runner
 
@@ -423,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--landing", default=landing_default)
     load.set_defaults(func=cmd_load)
 
+    sub.add_parser(
+        "ensure-schema", help="create the tables winback owns (schema winback) if missing"
+    ).set_defaults(func=cmd_ensure_schema)
     dbt = sub.add_parser("dbt", help="run dbt on the warehouse (arguments passed through)")
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)

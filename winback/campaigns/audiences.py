@@ -33,55 +33,11 @@ from psycopg.rows import dict_row
 from winback.campaigns import journeys
 from winback.campaigns.campaign_files import Campaign
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
+from winback.warehouse import relations, tables
 
 log = logging.getLogger(__name__)
 
-FEATURES = "marts.customer_features"
-
-APP_SCHEMA_DDL = """
-create schema if not exists winback;
-
-create table if not exists winback.campaign_audiences (
-    run_date date not null,
-    campaign_id text not null,
-    customer_id text not null,
-    channel text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
-    rfm_segment text,
-    lifecycle_stage text,
-    built_at timestamptz not null default now(),
-    primary key (run_date, campaign_id, customer_id)
-);
-comment on table winback.campaign_audiences is
-    'Each run''s audience per campaign, treatment and holdout alike, for audit and measurement.';
-alter table winback.campaign_audiences add column if not exists stratum text;
-alter table winback.campaign_audiences add column if not exists entered_on date;
-
-create table if not exists winback.audience_filter_log (
-    run_date date not null,
-    campaign_id text not null,
-    position integer not null,
-    filter_name text not null,
-    customers_before integer not null,
-    customers_after integer not null,
-    primary key (run_date, campaign_id, position)
-);
-alter table winback.audience_filter_log add column if not exists stage text;
-
-create table if not exists winback.outbox (
-    idempotency_key text primary key,
-    run_date date not null,
-    campaign_id text not null,
-    step_id text not null,
-    customer_id text not null,
-    channel text not null,
-    payload jsonb not null,
-    created_at timestamptz not null default now(),
-    unique (campaign_id, step_id, customer_id, channel)
-);
-comment on table winback.outbox is
-    'Messages to send; one row per (campaign, step, customer, channel), ever.';
-"""
+FEATURES = relations.CUSTOMER_FEATURES
 
 
 @dataclass(frozen=True)
@@ -144,12 +100,6 @@ def holdout_threshold(share: float) -> int:
     """Hash values below this (of 2**32) form a `share` holdout when assigned by hash alone,
     without strata; measurement validation simulates campaigns that way."""
     return int(share * 2**32)
-
-
-def ensure_app_schema(conn: psycopg.Connection) -> None:
-    conn.execute(APP_SCHEMA_DDL)
-    conn.execute(journeys.JOURNEY_DDL)
-    conn.execute(journeys.OUTBOX_COLUMNS_DDL)
 
 
 def audience_sql(campaign: Campaign) -> tuple[sql.Composable, dict]:
@@ -362,7 +312,7 @@ def build_audiences(
     `send_mode="live"` refuses to mint coupon and link codes without
     `WINBACK_COUPON_SECRET` (a dry run falls back to the documented demo secret).
     """
-    ensure_app_schema(conn)
+    tables.ensure_schema(conn)
     results = []
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])

@@ -9,7 +9,7 @@ due (waits count from it). Every daily run advances each active journey once:
    for it, a click on one of its messages;
 2. then every step that is due (`wait_days` after the previous one) is decided on what
    happened to an earlier step (delivered, opened, clicked, purchased, nothing, read from
-   `staging.stg_shop__engagement_events` and `staging.stg_shop__orders`; sent = present in
+   `marts.engagement_events` and `marts.orders`; sent = present in
    `winback.outbox`): a step whose condition holds is sent (treatment) or recorded as
    held out (holdout: tracked exactly like treatment, sent nothing); a step whose condition
    fails is skipped; a step held back by a frequency cap waits a day (at most
@@ -41,73 +41,16 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from winback.campaigns.campaign_files import MESSAGE_CHANNELS, Campaign, QuietHours, Step
-from winback.warehouse import db
+from winback.warehouse import db, relations, tables
 
 log = logging.getLogger(__name__)
 
-FEATURES = "marts.customer_features"
-ORDERS = "staging.stg_shop__orders"
-ENGAGEMENT = "staging.stg_shop__engagement_events"
+FEATURES = relations.CUSTOMER_FEATURES
+ORDERS = relations.ORDERS
+ENGAGEMENT = relations.ENGAGEMENT_EVENTS
 DEFAULT_SEND_HOUR = 10
 SHORT_LINK_BASE_ENV = "WINBACK_SHORT_LINK_BASE"
 DEFAULT_SHORT_LINK_BASE = "https://wb.example/s"
-
-JOURNEY_DDL = """
-create table if not exists winback.journey_state (
-    campaign_id text not null,
-    customer_id text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
-    stratum text not null,
-    entered_on date not null,
-    next_step integer not null default 0,
-    clock_date date not null,
-    deferred_days integer not null default 0,
-    status text not null default 'active' check (status in ('active', 'exited', 'completed')),
-    exit_reason text,
-    ended_on date,
-    advanced_through date,
-    primary key (campaign_id, customer_id)
-);
-comment on table winback.journey_state is
-    'Each customer''s place in each campaign they entered; the group is fixed at entry.';
-create index if not exists journey_state_active on winback.journey_state (customer_id)
-    where status = 'active';
-
-create table if not exists winback.journey_events (
-    campaign_id text not null,
-    customer_id text not null,
-    run_date date not null,
-    step_id text not null default '',
-    action text not null check (action in (
-        'entered', 'sent', 'held_out', 'skipped', 'deferred', 'capped_out', 'exited',
-        'completed')),
-    variant text,
-    detail text,
-    primary key (campaign_id, customer_id, step_id, action, run_date)
-);
-comment on table winback.journey_events is
-    'What each daily run did to each journey: entries, sends, hold-outs, skips, exits.';
-
-create table if not exists winback.consent_withdrawals (
-    customer_id text not null,
-    channel text not null,
-    campaign_id text not null,
-    withdrawn_on date not null,
-    primary key (customer_id, channel)
-);
-comment on table winback.consent_withdrawals is
-    'Consent a campaign withdrew at its end (e.g. SMS after a flow with no reaction).';
-"""
-
-# Outbox columns added for journeys (the outbox itself is created in winback.campaigns.audiences).
-OUTBOX_COLUMNS_DDL = """
-alter table winback.outbox add column if not exists send_at timestamptz;
-alter table winback.outbox add column if not exists variant text;
-alter table winback.outbox add column if not exists coupon_code text;
-alter table winback.outbox add column if not exists coupon_expires_on date;
-alter table winback.outbox add column if not exists tracked_link text;
-alter table winback.outbox add column if not exists assigned_group text;
-"""
 
 
 @dataclass
@@ -383,7 +326,7 @@ class MessageBuilder:
         self.recommended: dict[str, list[str]] = {}
         self._links: list = []
         self._ranked_products_ready = False
-        personalization.ensure_tracked_links(conn)
+        tables.ensure_schema(conn)  # the tracked links' table
 
     def prepare(self, cur, campaign: Campaign) -> None:
         """Read zones, send hours and recommendations of the customers due a step today."""

@@ -24,53 +24,14 @@ import pandas as pd
 import psycopg
 
 from winback.scoring import bgnbd
+from winback.warehouse import relations, tables
 
 log = logging.getLogger(__name__)
 
-SUMMARY_TABLE = "marts.customer_order_summary"
-ORDER_DAYS_TABLE = "intermediate.int_order_days"
+SUMMARY_TABLE = relations.CUSTOMER_ORDER_SUMMARY
+ORDER_DAYS_TABLE = relations.CUSTOMER_ORDER_DAYS
 DAYS_PER_UNIT = {"day": 1.0, "week": 7.0}
 DAYS_PER_MONTH = 30.0
-
-SCHEMA_DDL = """
-create schema if not exists winback;
-create table if not exists winback.model_fits (
-    model_fit_id bigserial primary key,
-    fitted_at timestamptz not null default now(),
-    as_of_date date not null,
-    model text not null check (model in ('bgnbd', 'gamma_gamma')),
-    params jsonb,
-    log_likelihood double precision,
-    customers bigint not null,
-    distinct_rows bigint not null,
-    first_order_date date,
-    last_order_date date,
-    time_unit text not null,
-    penalizer double precision not null,
-    seconds double precision not null,
-    converged boolean not null,
-    message text,
-    backtest jsonb
-);
-comment on table winback.model_fits is
-    'One row per model fit: parameters, log-likelihood, data window, time, back-test.';
-create table if not exists winback.customer_scores (
-    customer_id text primary key,
-    p_alive double precision,
-    expected_purchases_30d double precision,
-    expected_purchases_90d double precision,
-    expected_purchases_365d double precision,
-    expected_next_purchase_date date,
-    expected_order_value numeric,
-    clv numeric,
-    churn_risk_band text,
-    model_fit_id bigint,
-    is_stale boolean not null default false,
-    stale_reason text,
-    as_of_date date,
-    scored_at timestamptz
-);
-"""
 
 SCORE_COLUMNS = [
     "customer_id",
@@ -464,7 +425,7 @@ def score_customers(
     """Fit, record the fit, and replace `winback.customer_scores` for `as_of`."""
     settings = settings or ScoringSettings()
     started = time.perf_counter()
-    conn.execute(SCHEMA_DDL)
+    tables.ensure_schema(conn)
     window = conn.execute(
         f"select min(first_order_date), max(last_order_date) from {summary_table}"
     ).fetchone()
@@ -588,7 +549,7 @@ end
 """
 
 
-# The name PostgreSQL gives the primary key of both definitions (SCHEMA_DDL, dbt's macro).
+# The name PostgreSQL gives the primary key of winback.customer_scores (warehouse.tables).
 SCORES_KEY = "customer_scores_pkey"
 
 
