@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from winback.campaigns import audiences, journeys, rules
+from winback.campaigns import audiences, messages, rules
 from winback.campaigns import campaign_files as campaigns
 from winback.delivery import sync
 
@@ -368,19 +368,19 @@ def test_weekly_cap_counts_messages_of_every_campaign(shop):
 
 def test_sms_in_quiet_hours_is_scheduled_not_dropped():
     quiet = campaigns.QuietHours()
-    tokyo = journeys.customer_time_zones("+81312345678", "JP")
+    tokyo = messages.customer_time_zones("+81312345678", "JP")
     assert [z.key for z in tokyo] == ["Asia/Tokyo"]
     # Preferred hour 22:00 in Tokyo is quiet: moved to 09:00 the next morning, Tokyo time.
-    send_at, moved = journeys.scheduled_send_at(RUN, tokyo, 22, "sms", quiet)
+    send_at, moved = messages.scheduled_send_at(RUN, tokyo, 22, "sms", quiet)
     assert moved and send_at.astimezone(ZoneInfo("Asia/Tokyo")) == datetime(
         2026, 11, 21, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")
     )
     # Email has no quiet hours; an SMS at 10:00 is fine.
-    assert journeys.scheduled_send_at(RUN, tokyo, 22, "email", quiet)[1] is False
-    assert journeys.scheduled_send_at(RUN, tokyo, 10, "sms", quiet)[1] is False
+    assert messages.scheduled_send_at(RUN, tokyo, 22, "email", quiet)[1] is False
+    assert messages.scheduled_send_at(RUN, tokyo, 10, "sms", quiet)[1] is False
     # Without a phone, the country decides; a number with several zones must be quiet in all.
-    assert journeys.customer_time_zones(None, "DE")[0].key == "Europe/Berlin"
-    assert journeys.customer_time_zones(None, None)[0].key == "UTC"
+    assert messages.customer_time_zones(None, "DE")[0].key == "Europe/Berlin"
+    assert messages.customer_time_zones(None, None)[0].key == "UTC"
 
 
 flags = st.fixed_dictionaries(

@@ -201,7 +201,7 @@ def test_sms_flow_survey_contest_coupon_and_consent_withdrawn_at_the_end(shop):
     assert dict(result.filters)["not suppressed for SMS"] == 2  # clicker and buyer only
     # Every SMS goes out in the customer's daytime (Tokyo), never in quiet hours.
     for message in shop.outbox("sms_reactivation"):
-        local = message["send_at"].astimezone(journeys.ZoneInfo("Asia/Tokyo")).time()
+        local = message["send_at"].astimezone(ZoneInfo("Asia/Tokyo")).time()
         assert not campaign.quiet_hours.contains(local)
         assert message["payload"]["to"] == "+81312345678"
 

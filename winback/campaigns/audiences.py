@@ -32,7 +32,9 @@ from psycopg.rows import dict_row
 
 from winback.campaigns import journeys
 from winback.campaigns.campaign_files import Campaign
+from winback.campaigns.caps import CapLedger
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
+from winback.campaigns.messages import MessageBuilder
 from winback.warehouse import relations, tables
 
 log = logging.getLogger(__name__)
@@ -317,8 +319,8 @@ def build_audiences(
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        caps = journeys.CapLedger.load(cur, run_date, lookback)
-        messages = journeys.MessageBuilder(conn, run_date, send_mode)
+        caps = CapLedger.load(cur, run_date, lookback)
+        messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
             channel = ",".join(campaign.channels)
             result = AudienceResult(campaign.id, channel)
