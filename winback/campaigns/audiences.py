@@ -10,6 +10,7 @@ For every campaign and run date, highest priority first:
    campaign's journey, or taken today by a higher-priority campaign, is not available),
    and whether the customer already went through this campaign;
 3. new entrants are assigned to treatment or holdout, by a hash of (campaign, customer)
+   (`winback.campaigns.assignment`)
    balanced within each stratum (segment), and the assignment is stored with their journey
    (`winback.journey_state`): reruns and backfills never move anyone;
 4. the day's audience, treatment and holdout alike, is stored for audit and measurement
@@ -21,7 +22,6 @@ For every campaign and run date, highest priority first:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from winback.campaigns import journeys
+from winback.campaigns import assignment, journeys
 from winback.campaigns.campaign_files import Campaign
 from winback.campaigns.caps import CapLedger
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
@@ -91,17 +91,6 @@ class AudienceResult:
     completed: int = 0
     scheduled_for_quiet_hours: int = 0
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def assignment_hash(campaign_id: str, customer_id: str) -> int:
-    """The 32-bit hash that orders a stratum's entrants for the holdout (SQL: md5 prefix)."""
-    return int(hashlib.md5(f"{campaign_id}:{customer_id}".encode()).hexdigest()[:8], 16)
-
-
-def holdout_threshold(share: float) -> int:
-    """Hash values below this (of 2**32) form a `share` holdout when assigned by hash alone,
-    without strata; measurement validation simulates campaigns that way."""
-    return int(share * 2**32)
 
 
 def audience_sql(campaign: Campaign) -> tuple[sql.Composable, dict]:
@@ -204,7 +193,7 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             """
             with entrants as (
                 select c.customer_id, {stratum} as stratum,
-                       md5(%(campaign)s || ':' || c.customer_id) as assignment_hash
+                       {assignment_hash} as assignment_hash
                 from candidates c
                 where not exists (
                     select 1 from winback.journey_state j
@@ -234,7 +223,12 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             from ranked
             returning customer_id
             """
-        ).format(stratum=stratum),
+        ).format(
+            stratum=stratum,
+            assignment_hash=assignment.hash_sql(
+                sql.Placeholder("campaign"), sql.SQL("c.customer_id")
+            ),
+        ),
         {"campaign": campaign.id, "share": campaign.holdout.share, "run_date": run_date},
     )
     entrants = [r["customer_id"] for r in cur.fetchall()]

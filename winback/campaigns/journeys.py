@@ -35,6 +35,7 @@ from datetime import date, timedelta
 import psycopg
 from psycopg.rows import dict_row
 
+from winback.campaigns import assignment
 from winback.campaigns.campaign_files import MESSAGE_CHANNELS, Campaign, Step
 from winback.campaigns.caps import CapLedger
 from winback.campaigns.messages import MessageBuilder
@@ -75,22 +76,12 @@ def idempotency_key(campaign_id: str, step_id: str, customer_id: str, channel: s
     return hashlib.sha256(f"{campaign_id}|{step_id}|{customer_id}|{channel}".encode()).hexdigest()
 
 
-def unit_hash(*parts: str) -> float:
-    """A number in [0, 1) from a hash of `parts`: the same on every machine and every run."""
-    digest = hashlib.md5(":".join(parts).encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32
-
-
 def choose_variant(campaign_id: str, step: Step, customer_id: str) -> str | None:
     """The A/B variant of `step` for this customer, by weight, from a stable hash."""
     if not step.variants:
         return None
-    point = unit_hash(campaign_id, step.id, customer_id) * sum(v.weight for v in step.variants)
-    for variant in step.variants:
-        point -= variant.weight
-        if point < 0:
-            return variant.id
-    return step.variants[-1].id
+    options = [(variant.id, variant.weight) for variant in step.variants]
+    return assignment.pick_by_weight(options, campaign_id, step.id, customer_id)
 
 
 # --- outcomes of earlier steps ------------------------------------------------------------

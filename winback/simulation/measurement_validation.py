@@ -16,7 +16,7 @@ from datetime import date, timedelta
 import pandas as pd
 import psycopg
 
-from winback.campaigns import audiences
+from winback.campaigns import assignment
 from winback.measurement import windows as measurement
 from winback.simulation import simulator
 from winback.warehouse import raw_schema, tables
@@ -67,9 +67,9 @@ def run_seed(
 ) -> SeedResult:
     reset_measurement_tables(conn)
     ids = [f"s{seed}-c{i}" for i in range(customers)]
-    threshold = audiences.holdout_threshold(holdout_share)
+    threshold = assignment.holdout_threshold(holdout_share)
     groups = [
-        "holdout" if audiences.assignment_hash(CAMPAIGN, cid) < threshold else "treatment"
+        "holdout" if assignment.assignment_hash(CAMPAIGN, cid) < threshold else "treatment"
         for cid in ids
     ]
     targets = pd.DataFrame({"customer_id": ids, "group": groups})
