@@ -137,21 +137,21 @@ def daily_dag_run(tmp_path_factory) -> DailyDagRun:
     # big enough to measure at this size.
     window = next((w for w in windows if w.campaign_id == "we_miss_you"), None)
     assert window, f"we_miss_you should have a window closing on {day}"
-    first, later = demo.split_at(simulator.simulate_shop(settings), window.window_start)
-    simulator.write_landing_files(first, landing / window.window_start.isoformat())
     logs = tmp_path_factory.mktemp("logs")
+
+    def run_daily(run_day: date) -> bool:
+        log_path = logs / f"winback_daily_{run_day}.log"
+        result = run_daily_dag(landing, run_day, log_path)
+        text = log_path.read_text(errors="replace")
+        assert result.returncode == 0, text[-6000:]
+        assert "Marking task as FAILED" not in text, text[-6000:]
+        return True
+
     with using_database(create_database("daily_dag")) as url:
         dbt_runner.write_manifest()
         airflow_env.migrate_metadata_db()
-        for run_day in (window.window_start, day):
-            if run_day == day:
-                with psycopg.connect(url) as conn:
-                    targets = demo.audience_targets(conn, window.window_start)
-                later = demo.add_campaign_responses(later, targets, window, settings)
-                simulator.write_landing_files(later, landing / day.isoformat())
-            log_path = logs / f"winback_daily_{run_day}.log"
-            result = run_daily_dag(landing, run_day, log_path)
-            text = log_path.read_text(errors="replace")
-            assert result.returncode == 0, text[-6000:]
-            assert "Marking task as FAILED" not in text, text[-6000:]
+        assert demo.play_campaign_window(
+            settings, window, landing, run_daily, lambda: psycopg.connect(url)
+        )
+    log_path = logs / f"winback_daily_{day}.log"
     return DailyDagRun(day, landing, log_path, url, window)

@@ -229,31 +229,17 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         folder = landing / args.date.isoformat()
         if not folder.exists():
             simulator.write_landing_files(simulator.simulate_shop(settings), folder)
-    else:
-        window_start = window.window_start
-        first_folder = landing / window_start.isoformat()
-        print(
-            f"[2/5] shop data up to {window_start} (start of the window"
-            f" {window_start}..{window.window_end}): {first_folder}"
-        )
-        frames = simulator.simulate_shop(settings)
-        first, later = demo.split_at(frames, window_start)
-        if not first_folder.exists():
-            simulator.write_landing_files(first, first_folder)
-        if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
+        print(f"[3/5] shop data after it, up to {args.date}: {folder}")
+        if not _run_daily_dag(args.date, "demo-airflow.log"):
             return 1
-        with db.connect() as conn:
-            targets = demo.audience_targets(conn, window_start)
-        later = demo.add_campaign_responses(later, targets, window, settings)
-        simulator.write_landing_files(later, landing / args.date.isoformat())
-        print(
-            f"      the window's {len(targets):,} targeted customers respond with a true uplift"
-            f" of {settings.campaign_uplift:.1%} over a baseline of"
-            f" {settings.baseline_reactivation:.1%}"
-        )
-    print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
-    if not _run_daily_dag(args.date, "demo-airflow.log"):
-        return 1
+    else:
+        log_names = {window.window_start: "demo-airflow-window-start.log"}
+
+        def run_daily(day: date) -> bool:
+            return _run_daily_dag(day, log_names.get(day, "demo-airflow.log"))
+
+        if not demo.play_campaign_window(settings, window, landing, run_daily, db.connect, print):
+            return 1
     print("[4/5] summary")
     stats = providers.stats()
     print(
