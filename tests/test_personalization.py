@@ -47,7 +47,7 @@ create table marts.products (
 
 
 @pytest.fixture(scope="module")
-def shop_url():
+def shop_url(session_database):
     url = create_database("personalization")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(MARTS_DDL)

@@ -19,7 +19,7 @@ from winback.warehouse import db
 
 
 @pytest.fixture(scope="module")
-def cdnow_warehouse(tmp_path_factory):
+def cdnow_warehouse(session_database, tmp_path_factory):
     """The CDNOW sample through the project's path: files → loader → dbt → summary."""
     landing = tmp_path_factory.mktemp("cdnow")
     load_day = cdnow.CDNOW_END
