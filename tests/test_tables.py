@@ -117,3 +117,33 @@ def test_ensure_schema_creates_every_table_and_upgrades_an_older_one(conn):
         "assigned_group",
     ]
     conn.rollback()
+
+
+def test_dbt_says_why_when_the_winback_tables_are_missing(session_database):
+    """dbt does not create winback tables (one definition, here); its hook names the fix."""
+    import subprocess
+    import sys
+
+    from conftest import create_database, using_database
+
+    from winback.local import dbt_runner
+
+    with using_database(create_database("no_winback_schema")):
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("dbt")),
+                "run",
+                "--select",
+                "stg_shop__products",
+                "--project-dir",
+                str(config.DBT_PROJECT_DIR),
+                "--profiles-dir",
+                str(config.DBT_PROJECT_DIR),
+            ],
+            env=dbt_runner.dbt_environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode != 0
+    assert "winback.warehouse.tables.ensure_schema" in result.stdout + result.stderr
