@@ -42,6 +42,10 @@ test: venv browser ## Run every test: lint, unit, integration (real PostgreSQL),
 	$(BIN)/winback airflow-setup
 	$(BIN)/python -m pytest
 
+.PHONY: test-quick
+test-quick: venv ## The inner loop: every test that needs no PostgreSQL (about a minute)
+	$(BIN)/python -m pytest -m "not integration" -q
+
 .PHONY: lint
 lint: venv ## ruff and sqlfluff
 	$(BIN)/ruff check .

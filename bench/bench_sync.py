@@ -41,7 +41,7 @@ from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_h
 from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.twilio import TwilioSms
 from winback.simulation import sandbox
-from winback.warehouse import db
+from winback.warehouse import db, tables
 
 RUN = date(2026, 11, 20)
 BENCH_DB = "winback_bench_sync"
@@ -73,7 +73,7 @@ def phone(i: int) -> str:
 
 def prepare(conn, n: int, channel: str) -> list[str]:
     conn.execute(FEATURES_DDL)
-    sync.ensure_schema(conn)
+    tables.ensure_schema(conn)
     with conn.cursor().copy("copy marts.customer_features from stdin") as copy:
         for i in range(n):
             copy.write_row((f"c{i}", f"user{i}@shop.test", phone(i), True, True, False, False))

@@ -1,8 +1,13 @@
-"""Test session set-up: a throwaway warehouse database on the real PostgreSQL server.
+"""Test session set-up: a throwaway warehouse database on the real PostgreSQL server,
+created only for the tests that need it.
 
 The server is the user's (`WINBACK_DATABASE_URL`) or the embedded cluster, started on
-demand. Each test session gets its own database, so tests never touch the demo warehouse
-and concurrent sessions never see each other's tables; it is dropped at the end.
+demand. A test that needs the warehouse asks for the `session_database` fixture (directly,
+or through `conn` or another fixture that does): the first one creates this session's own
+database, so tests never touch the demo warehouse and concurrent sessions never see each
+other's tables; it is dropped at the end. Every such test is marked `integration` at
+collection, so `pytest -m "not integration"` runs the rest without starting PostgreSQL.
+A test that reaches the warehouse without asking gets a clear error, not the demo's data.
 """
 
 from __future__ import annotations
@@ -22,21 +27,67 @@ from winback.warehouse import db
 
 _SESSION_DB = f"winback_test_{os.getpid()}"
 _server_url: str | None = None
+_users_database_url: str | None = None
 EMBEDDED_SERVER_FLAG = "WINBACK_TESTS_ON_EMBEDDED_SERVER"
+# Where winback's processes look until a test asks for the database: nothing listens on
+# port 9 of the loopback, so a stray connection fails at once instead of reaching the
+# demo warehouse.
+_NOT_REQUESTED_URL = "postgresql://no-database-requested@127.0.0.1:9/ask_for_session_database"
+_find_database_url = db.database_url
+
+
+def _unrequested_database_url() -> str:
+    if _server_url is None:
+        raise RuntimeError(
+            "this test reaches the warehouse without asking for it: request the "
+            "`session_database` fixture (or `conn`), which also marks it integration"
+        )
+    return _find_database_url()
+
+
+_unrequested_database_url.cache_clear = _find_database_url.cache_clear  # type: ignore[attr-defined]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _users_database_url
+    _users_database_url = winback_config.configured_database_url()
+    os.environ[winback_config.DATABASE_URL_ENV] = _NOT_REQUESTED_URL
+    db.database_url = _unrequested_database_url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the warehouse, however indirectly, is an integration test."""
+    for item in items:
+        if "session_database" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def _start_session_database() -> str:
+    """This session's database (created on first use) on the user's or the embedded server."""
     global _server_url
-    if winback_config.configured_database_url() is None:
-        # Remembered before the variable below is set, for the embedded-cluster tests.
-        os.environ[EMBEDDED_SERVER_FLAG] = "1"
-    _server_url = db.database_url()
-    admin = db.with_database(_server_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{_SESSION_DB}" with (force)')
-        conn.execute(f'create database "{_SESSION_DB}"')
-    os.environ[winback_config.DATABASE_URL_ENV] = db.with_database(_server_url, _SESSION_DB)
-    db.database_url.cache_clear()
+    if _server_url is None:
+        if _users_database_url is None:
+            # The embedded-cluster tests run only when no server of the user's is in use.
+            os.environ[EMBEDDED_SERVER_FLAG] = "1"
+            os.environ.pop(winback_config.DATABASE_URL_ENV)
+        else:
+            os.environ[winback_config.DATABASE_URL_ENV] = _users_database_url
+        _find_database_url.cache_clear()
+        server_url = _find_database_url()
+        admin = db.with_database(server_url, "postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{_SESSION_DB}" with (force)')
+            conn.execute(f'create database "{_SESSION_DB}"')
+        os.environ[winback_config.DATABASE_URL_ENV] = db.with_database(server_url, _SESSION_DB)
+        _find_database_url.cache_clear()
+        _server_url = server_url
+    return os.environ[winback_config.DATABASE_URL_ENV]
+
+
+@pytest.fixture(scope="session")
+def session_database() -> str:
+    """The URL of this session's own warehouse database, created on first use."""
+    return _start_session_database()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -52,7 +103,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def create_database(suffix: str) -> str:
-    """A fresh database of this session (dropped at the end); returns its URL."""
+    """A fresh database of this session (dropped at the end); returns its URL.
+
+    Call it from a fixture that asks for `session_database`, so its tests are marked.
+    """
+    _start_session_database()
     name = f"{_SESSION_DB}_{suffix}"
     admin = db.with_database(_server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -75,7 +130,7 @@ def using_database(url: str):
 
 
 @pytest.fixture
-def conn():
+def conn(session_database):
     """A connection to the session's warehouse database."""
     with db.connect() as connection:
         yield connection
@@ -117,7 +172,7 @@ def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.Comple
 
 
 @pytest.fixture(scope="session")
-def daily_dag_run(tmp_path_factory) -> DailyDagRun:
+def daily_dag_run(session_database, tmp_path_factory) -> DailyDagRun:
     """`airflow dags test winback_daily` over a campaign window of a small, dirty shop.
 
     As in the demo: the shop up to the start of the window that closes on `day`, a run for
@@ -137,21 +192,21 @@ def daily_dag_run(tmp_path_factory) -> DailyDagRun:
     # big enough to measure at this size.
     window = next((w for w in windows if w.campaign_id == "we_miss_you"), None)
     assert window, f"we_miss_you should have a window closing on {day}"
-    first, later = demo.split_at(simulator.simulate_shop(settings), window.window_start)
-    simulator.write_landing_files(first, landing / window.window_start.isoformat())
     logs = tmp_path_factory.mktemp("logs")
+
+    def run_daily(run_day: date) -> bool:
+        log_path = logs / f"winback_daily_{run_day}.log"
+        result = run_daily_dag(landing, run_day, log_path)
+        text = log_path.read_text(errors="replace")
+        assert result.returncode == 0, text[-6000:]
+        assert "Marking task as FAILED" not in text, text[-6000:]
+        return True
+
     with using_database(create_database("daily_dag")) as url:
         dbt_runner.write_manifest()
         airflow_env.migrate_metadata_db()
-        for run_day in (window.window_start, day):
-            if run_day == day:
-                with psycopg.connect(url) as conn:
-                    targets = demo.audience_targets(conn, window.window_start)
-                later = demo.add_campaign_responses(later, targets, window, settings)
-                simulator.write_landing_files(later, landing / day.isoformat())
-            log_path = logs / f"winback_daily_{run_day}.log"
-            result = run_daily_dag(landing, run_day, log_path)
-            text = log_path.read_text(errors="replace")
-            assert result.returncode == 0, text[-6000:]
-            assert "Marking task as FAILED" not in text, text[-6000:]
+        assert demo.play_campaign_window(
+            settings, window, landing, run_daily, lambda: psycopg.connect(url)
+        )
+    log_path = logs / f"winback_daily_{day}.log"
     return DailyDagRun(day, landing, log_path, url, window)

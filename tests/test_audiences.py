@@ -1,7 +1,7 @@
 """Audiences on the real PostgreSQL: eligibility, priority, holdout, caps, quiet hours.
 
 `marts.customer_features` is replaced here by a table with every documented column (types
-from `winback.campaigns.rules.feature_columns()`), and the two staging views the journeys read
+from `winback.campaigns.rules.feature_columns()`), and the marts the journeys read
 (orders, engagement events) by tables, so each rule is exercised on customers made for it.
 `Shop` is shared with tests/test_journeys.py, which advances it day by day.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from winback.campaigns import audiences, journeys, rules
+from winback.campaigns import audiences, messages, rules
 from winback.campaigns import campaign_files as campaigns
 from winback.delivery import sync
 
@@ -56,17 +56,16 @@ class Shop:
             drop schema if exists staging cascade;
             drop schema if exists winback cascade;
             create schema marts;
-            create schema staging;
             create table marts.customer_features ({definitions}, primary key (customer_id));
-            create table staging.stg_shop__orders (
+            create table marts.orders (
                 order_id text primary key, customer_id text, ordered_at timestamptz,
                 order_date date, is_completed boolean);
-            create table staging.stg_shop__order_lines (
+            create table marts.order_lines (
                 order_id text, line_number integer, product_id text, quantity integer);
-            create table staging.stg_shop__products (
+            create table marts.products (
                 product_id text primary key, product_name text, category text,
                 list_price numeric);
-            create table staging.stg_shop__engagement_events (
+            create table marts.engagement_events (
                 event_id text primary key, customer_id text, channel text, event_type text,
                 occurred_at timestamptz, campaign_id text, message_id text);
             """
@@ -106,18 +105,18 @@ class Shop:
         self._orders += 1
         order_id = f"o{self._orders}"
         self.conn.execute(
-            "insert into staging.stg_shop__orders values (%s, %s, %s, %s, true)",
+            "insert into marts.orders values (%s, %s, %s, %s, true)",
             (order_id, customer_id, datetime.combine(day, datetime.min.time()), day),
         )
         for line, product_id in enumerate(products, start=1):
             self.conn.execute(
-                "insert into staging.stg_shop__order_lines values (%s, %s, %s, 1)",
+                "insert into marts.order_lines values (%s, %s, %s, 1)",
                 (order_id, line, product_id),
             )
 
     def product(self, product_id: str, name: str, category: str, price: float = 10) -> None:
         self.conn.execute(
-            "insert into staging.stg_shop__products values (%s, %s, %s, %s)",
+            "insert into marts.products values (%s, %s, %s, %s)",
             (product_id, name, category, price),
         )
 
@@ -126,7 +125,7 @@ class Shop:
     ):
         self._events += 1
         self.conn.execute(
-            "insert into staging.stg_shop__engagement_events values (%s, %s, %s, %s, %s, %s, null)",
+            "insert into marts.engagement_events values (%s, %s, %s, %s, %s, %s, null)",
             (
                 f"e{self._events}",
                 customer_id,
@@ -369,19 +368,19 @@ def test_weekly_cap_counts_messages_of_every_campaign(shop):
 
 def test_sms_in_quiet_hours_is_scheduled_not_dropped():
     quiet = campaigns.QuietHours()
-    tokyo = journeys.customer_time_zones("+81312345678", "JP")
+    tokyo = messages.customer_time_zones("+81312345678", "JP")
     assert [z.key for z in tokyo] == ["Asia/Tokyo"]
     # Preferred hour 22:00 in Tokyo is quiet: moved to 09:00 the next morning, Tokyo time.
-    send_at, moved = journeys.scheduled_send_at(RUN, tokyo, 22, "sms", quiet)
+    send_at, moved = messages.scheduled_send_at(RUN, tokyo, 22, "sms", quiet)
     assert moved and send_at.astimezone(ZoneInfo("Asia/Tokyo")) == datetime(
         2026, 11, 21, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")
     )
     # Email has no quiet hours; an SMS at 10:00 is fine.
-    assert journeys.scheduled_send_at(RUN, tokyo, 22, "email", quiet)[1] is False
-    assert journeys.scheduled_send_at(RUN, tokyo, 10, "sms", quiet)[1] is False
+    assert messages.scheduled_send_at(RUN, tokyo, 22, "email", quiet)[1] is False
+    assert messages.scheduled_send_at(RUN, tokyo, 10, "sms", quiet)[1] is False
     # Without a phone, the country decides; a number with several zones must be quiet in all.
-    assert journeys.customer_time_zones(None, "DE")[0].key == "Europe/Berlin"
-    assert journeys.customer_time_zones(None, None)[0].key == "UTC"
+    assert messages.customer_time_zones(None, "DE")[0].key == "Europe/Berlin"
+    assert messages.customer_time_zones(None, None)[0].key == "UTC"
 
 
 flags = st.fixed_dictionaries(

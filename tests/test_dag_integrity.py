@@ -11,7 +11,7 @@ from winback import config
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def dagbag(session_database):
     os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow.dag_processing.dagbag import DagBag
@@ -58,7 +58,7 @@ def test_one_dag_per_run_at_a_time(dagbag):
     assert dagbag.dags["winback_daily"].max_active_runs == 1
 
 
-def test_parsing_the_daily_dag_is_fast():
+def test_parsing_the_daily_dag_is_fast(session_database):
     from airflow.dag_processing.dagbag import DagBag
 
     started = time.perf_counter()

@@ -64,7 +64,7 @@ def next_day_events(events: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
+def warehouse(session_database, tmp_path_factory):
     landing = tmp_path_factory.mktemp("landing")
     config = simulator.SimulationConfig(customers=800, seed=3, as_of=DAY)
     shop = simulator.simulate_shop(config)
@@ -176,6 +176,9 @@ def test_docs_generate_and_every_model_is_documented_column_by_column_and_tested
     warehouse, tmp_path
 ):
     with using_database(warehouse["url"]):
+        # The partial runs above replaced staging views, and PostgreSQL dropped the views
+        # over them (dbt replaces a view with drop ... cascade): rebuild every view first.
+        dbt("run", "--select", "config.materialized:view", day=NEXT)
         code = dbt_runner.run_dbt(
             ["docs", "generate", "--quiet", "--target-path", str(tmp_path)],
             check=False,

@@ -17,7 +17,7 @@ from winback.local import embedded_pg
 
 
 @pytest.fixture
-def cluster():
+def cluster(session_database):
     if os.environ.get("WINBACK_TESTS_ON_EMBEDDED_SERVER") != "1":
         pytest.skip("WINBACK_DATABASE_URL points at the user's server; no embedded cluster")
     return embedded_pg.ensure_running()
@@ -56,7 +56,7 @@ def test_the_server_does_not_run_as_root(cluster):
     assert pwd.getpwuid(owner).pw_name in ("postgres", "nobody")
 
 
-def test_cli_prints_the_url():
+def test_cli_prints_the_url(session_database):
     result = subprocess.run(
         [sys.executable, "-m", "winback.cli", "db-url"], capture_output=True, text=True, check=True
     )

@@ -201,7 +201,7 @@ def test_sms_flow_survey_contest_coupon_and_consent_withdrawn_at_the_end(shop):
     assert dict(result.filters)["not suppressed for SMS"] == 2  # clicker and buyer only
     # Every SMS goes out in the customer's daytime (Tokyo), never in quiet hours.
     for message in shop.outbox("sms_reactivation"):
-        local = message["send_at"].astimezone(journeys.ZoneInfo("Asia/Tokyo")).time()
+        local = message["send_at"].astimezone(ZoneInfo("Asia/Tokyo")).time()
         assert not campaign.quiet_hours.contains(local)
         assert message["payload"]["to"] == "+81312345678"
 
@@ -274,10 +274,10 @@ def test_personal_timing_branches_on_opened_or_not(shop):
 
 def test_an_open_reported_by_the_provider_takes_the_opened_branch(shop):
     """The journey reads the providers' feedback (winback.message_events) too."""
-    from winback.delivery import sync
+    from winback.warehouse import tables
 
     campaign = shipped("personal_timing")
-    sync.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has
+    tables.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has
     shop.add("opener", expected_next_order_date=DAY0 - timedelta(days=1), orders_count=3)
 
     def provider_reports_an_open():

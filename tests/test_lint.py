@@ -28,7 +28,8 @@ def test_ruff_format():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_sqlfluff_lints_the_dbt_models():
+def test_sqlfluff_lints_the_dbt_models(session_database):
+    """dbt compiles the models for sqlfluff, and `is_incremental()` asks the warehouse."""
     import os
 
     env = {**os.environ, **db.dbt_env()}

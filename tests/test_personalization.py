@@ -16,42 +16,43 @@ from conftest import create_database
 from psycopg import sql
 
 from winback.campaigns import personalization as p
+from winback.warehouse import tables
 
 RUN_DATE = date(2026, 11, 20)
 SECRET = b"test-secret"
 
-STAGING_DDL = """
-create schema staging;
-create table staging.stg_shop__customers (
+MARTS_DDL = """
+create schema marts;
+create table marts.customer_features (
     customer_id text, email text, phone text, first_name text, country_code char(2),
     created_at timestamptz, loaded_for_date date
 );
-create table staging.stg_shop__engagement_events (
+create table marts.engagement_events (
     event_id text, customer_id text, channel text, event_type text, occurred_at timestamptz,
     campaign_id text, message_id text
 );
-create table staging.stg_shop__orders (
+create table marts.orders (
     order_id text, customer_id text, ordered_at timestamptz, order_date date,
     order_status text, is_completed boolean, order_total numeric, currency_code char(3),
     coupon_code text, discount_total numeric, loaded_for_date date, loaded_at timestamptz
 );
-create table staging.stg_shop__order_lines (
+create table marts.order_lines (
     order_line_id text, order_id text, line_number bigint, product_id text, category text,
     quantity bigint, unit_price numeric, line_total numeric
 );
-create table staging.stg_shop__products (
+create table marts.products (
     product_id text, product_name text, category text, list_price numeric
 );
 """
 
 
 @pytest.fixture(scope="module")
-def shop_url():
+def shop_url(session_database):
     url = create_database("personalization")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(STAGING_DDL)
-        p.ensure_tracked_links(conn)
-        p.ensure_tracked_links(conn)  # idempotent
+        conn.execute(MARTS_DDL)
+        tables.ensure_schema(conn)
+        tables.ensure_schema(conn)  # idempotent
     return url
 
 
@@ -254,7 +255,7 @@ def test_a_code_collision_is_refused(shop):
 def _add_customers(conn, *customer_ids):
     for customer_id in customer_ids:
         conn.execute(
-            "insert into staging.stg_shop__customers (customer_id, country_code) values (%s, 'DE')",
+            "insert into marts.customer_features (customer_id, country_code) values (%s, 'DE')",
             (customer_id,),
         )
 
@@ -262,7 +263,7 @@ def _add_customers(conn, *customer_ids):
 def _add_events(conn, customer_id, *moments, event_type="open", channel="email"):
     for moment in moments:
         conn.execute(
-            "insert into staging.stg_shop__engagement_events "
+            "insert into marts.engagement_events "
             "(event_id, customer_id, channel, event_type, occurred_at) "
             "values (gen_random_uuid()::text, %s, %s, %s, %s)",
             (customer_id, channel, event_type, datetime.fromisoformat(moment).replace(tzinfo=UTC)),
@@ -328,7 +329,7 @@ PRODUCTS = [
 
 def _add_order(conn, order_id, customer_id, order_date, lines, completed=True):
     conn.execute(
-        "insert into staging.stg_shop__orders "
+        "insert into marts.orders "
         "(order_id, customer_id, ordered_at, order_date, order_status, is_completed, order_total)"
         " values (%s, %s, %s, %s, %s, %s, 0)",
         (
@@ -342,7 +343,7 @@ def _add_order(conn, order_id, customer_id, order_date, lines, completed=True):
     )
     for number, (product_id, quantity) in enumerate(lines, start=1):
         conn.execute(
-            "insert into staging.stg_shop__order_lines "
+            "insert into marts.order_lines "
             "(order_line_id, order_id, line_number, product_id, quantity, unit_price, line_total)"
             " values (%s, %s, %s, %s, %s, 1, %s)",
             (f"{order_id}-{number}", order_id, number, product_id, quantity, quantity),
@@ -352,7 +353,7 @@ def _add_order(conn, order_id, customer_id, order_date, lines, completed=True):
 @pytest.fixture
 def catalogue(shop):
     for product in PRODUCTS:
-        shop.execute("insert into staging.stg_shop__products values (%s, %s, %s, %s)", product)
+        shop.execute("insert into marts.products values (%s, %s, %s, %s)", product)
     # popularity in the year up to RUN_DATE: tea-1 3 buyers, tea-2 2 buyers (5 units),
     # tea-3 2 buyers (2 units), tea-4 1 buyer; tea-5 none
     _add_order(shop, "o1", "x1", date(2026, 10, 1), [("tea-1", 1), ("tea-2", 4)])

@@ -22,6 +22,7 @@ from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.smtp import SmtpEmail
 from winback.delivery.providers.twilio import TwilioSms
 from winback.simulation import sandbox
+from winback.warehouse import tables
 
 RUN = date(2026, 11, 20)
 
@@ -49,7 +50,7 @@ def reset_warehouse(conn):
     conn.execute("drop schema if exists winback cascade")
     conn.execute("drop schema if exists marts cascade")
     conn.execute(FEATURES_DDL)
-    sync.ensure_schema(conn)
+    tables.ensure_schema(conn)
     conn.commit()
     return conn
 

@@ -11,11 +11,12 @@ The package is laid out as the daily run goes, one subpackage per stage:
 5. ``winback.delivery``      providers, the send ledger (exactly once), feedback and suppressions.
 6. ``winback.measurement``   each campaign window's uplift against its holdout, and its report.
 
-Around the stages:
+Around the stages (docs/architecture.md has the tree, the data flow and recipes):
 
 - ``winback.pipeline``       the one seam between Airflow and the stages: one function a task.
 - ``winback.orchestration``  shared Airflow and cosmos configuration, alerts, task history.
-- ``winback.warehouse``      connections and the schemas winback owns.
+- ``winback.warehouse``      connections, every table winback owns and every dbt relation
+                              Python reads, binary COPY helpers.
 - ``winback.summary``        the short summary of one daily run.
 - ``winback.config``         settings from the environment and the project's paths.
 - ``winback.cli``            the ``winback`` command line.

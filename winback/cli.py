@@ -100,6 +100,15 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensure_schema(args: argparse.Namespace) -> int:
+    from winback.warehouse import db, tables
+
+    with db.connect() as conn:
+        tables.ensure_schema(conn)
+    print(f"schema {tables.SCHEMA}: {len(tables.TABLES)} tables in place")
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace) -> int:
     from winback.local import dbt_runner
 
@@ -223,31 +232,17 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         folder = landing / args.date.isoformat()
         if not folder.exists():
             simulator.write_landing_files(simulator.simulate_shop(settings), folder)
-    else:
-        window_start = window.window_start
-        first_folder = landing / window_start.isoformat()
-        print(
-            f"[2/5] shop data up to {window_start} (start of the window"
-            f" {window_start}..{window.window_end}): {first_folder}"
-        )
-        frames = simulator.simulate_shop(settings)
-        first, later = demo.split_at(frames, window_start)
-        if not first_folder.exists():
-            simulator.write_landing_files(first, first_folder)
-        if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
+        print(f"[3/5] shop data after it, up to {args.date}: {folder}")
+        if not _run_daily_dag(args.date, "demo-airflow.log"):
             return 1
-        with db.connect() as conn:
-            targets = demo.audience_targets(conn, window_start)
-        later = demo.add_campaign_responses(later, targets, window, settings)
-        simulator.write_landing_files(later, landing / args.date.isoformat())
-        print(
-            f"      the window's {len(targets):,} targeted customers respond with a true uplift"
-            f" of {settings.campaign_uplift:.1%} over a baseline of"
-            f" {settings.baseline_reactivation:.1%}"
-        )
-    print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
-    if not _run_daily_dag(args.date, "demo-airflow.log"):
-        return 1
+    else:
+        log_names = {window.window_start: "demo-airflow-window-start.log"}
+
+        def run_daily(day: date) -> bool:
+            return _run_daily_dag(day, log_names.get(day, "demo-airflow.log"))
+
+        if not demo.play_campaign_window(settings, window, landing, run_daily, db.connect, print):
+            return 1
     print("[4/5] summary")
     stats = providers.stats()
     print(
@@ -426,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--landing", default=landing_default)
     load.set_defaults(func=cmd_load)
 
+    sub.add_parser(
+        "ensure-schema", help="create the tables winback owns (schema winback) if missing"
+    ).set_defaults(func=cmd_ensure_schema)
     dbt = sub.add_parser("dbt", help="run dbt on the warehouse (arguments passed through)")
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)

@@ -23,9 +23,16 @@ def _day(ds: str) -> date:
 
 
 def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
-    """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts)."""
-    from winback.ingest import loader
+    """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts).
 
+    The first task of a run, so it also creates the tables winback owns
+    (`winback.warehouse.tables`): the dbt models after it join winback.customer_scores.
+    """
+    from winback.ingest import loader
+    from winback.warehouse import tables
+
+    with db.connect() as conn:
+        tables.ensure_schema(conn)
     with db.connect() as conn:
         report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
     return report.as_dict()

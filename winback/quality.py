@@ -32,26 +32,11 @@ from datetime import date, timedelta
 
 import psycopg
 
-from winback.warehouse import db
+from winback.warehouse import db, relations, tables
 
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-RESULTS_DDL = """
-create schema if not exists winback;
-create table if not exists winback.quality_results (
-    run_date date not null,
-    gate text not null,
-    check_name text not null,
-    success boolean not null,
-    observed jsonb,
-    checked_at timestamptz not null default now(),
-    primary key (run_date, gate, check_name)
-);
-comment on table winback.quality_results is
-    'One row per expectation of each quality gate and run date; the latest outcome wins.';
-"""
 
 DEFAULT_MAX_AUDIENCE_GROWTH = 3.0
 
@@ -122,7 +107,7 @@ def run_checks(gate: str, checks: list[Check], run_date: date) -> list[CheckOutc
 
 def _record(gate: str, outcomes: list[CheckOutcome], run_date: date) -> None:
     with db.connect() as conn:
-        conn.execute(RESULTS_DDL)
+        tables.ensure_schema(conn)
         conn.execute(
             "delete from winback.quality_results where run_date = %s and gate = %s",
             (run_date, gate),
@@ -255,7 +240,7 @@ def audience_checks(conn: psycopg.Connection, run_date: date, max_growth: float)
         Check(
             "no outbox message without consent, contact and no suppression",
             "select count(*) as messages_without_consent from winback.outbox o "
-            "join marts.customer_features f using (customer_id) "
+            f"join {relations.CUSTOMER_FEATURES} f using (customer_id) "
             f"where o.run_date = '{day}' and ("
             f"(o.channel = 'email' and not ({CONSENT_PREDICATE['email']})) or "
             f"(o.channel = 'sms' and not ({CONSENT_PREDICATE['sms']})))",

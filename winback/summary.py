@@ -8,7 +8,7 @@ from datetime import date
 import psycopg
 from psycopg.rows import dict_row
 
-from winback.warehouse import db
+from winback.warehouse import db, relations
 
 
 @dataclass
@@ -43,13 +43,13 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
             "group by 1, 2 order by 3 desc, 1, 2",
             (run_date,),
         ).fetchall()
-    if db.relation_exists(conn, "marts.customer_rfm"):
+    if db.relation_exists(conn, relations.CUSTOMER_RFM):
         summary.segments = conn.execute(
-            "select rfm_segment, count(*) from marts.customer_rfm group by 1 order by 2 desc"
+            f"select rfm_segment, count(*) from {relations.CUSTOMER_RFM} group by 1 order by 2 desc"
         ).fetchall()
-    if db.relation_exists(conn, "marts.customer_lifecycle"):
+    if db.relation_exists(conn, relations.CUSTOMER_LIFECYCLE):
         summary.stages = conn.execute(
-            "select lifecycle_stage, count(*) from marts.customer_lifecycle "
+            f"select lifecycle_stage, count(*) from {relations.CUSTOMER_LIFECYCLE} "
             "group by 1 order by 2 desc"
         ).fetchall()
     if db.relation_exists(conn, "winback.customer_scores"):

@@ -1,1 +1,2 @@
-"""Campaigns: campaign files, audience rules, journeys and the messages they build."""
+"""Campaigns: campaign files, audience rules, audiences, journeys, caps, the messages they
+build, and deterministic assignment."""

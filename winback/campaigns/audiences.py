@@ -10,6 +10,7 @@ For every campaign and run date, highest priority first:
    campaign's journey, or taken today by a higher-priority campaign, is not available),
    and whether the customer already went through this campaign;
 3. new entrants are assigned to treatment or holdout, by a hash of (campaign, customer)
+   (`winback.campaigns.assignment`)
    balanced within each stratum (segment), and the assignment is stored with their journey
    (`winback.journey_state`): reruns and backfills never move anyone;
 4. the day's audience, treatment and holdout alike, is stored for audit and measurement
@@ -21,7 +22,6 @@ For every campaign and run date, highest priority first:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,58 +30,16 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from winback.campaigns import journeys
+from winback.campaigns import assignment, journeys
 from winback.campaigns.campaign_files import Campaign
+from winback.campaigns.caps import CapLedger
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
+from winback.campaigns.messages import MessageBuilder
+from winback.warehouse import relations, tables
 
 log = logging.getLogger(__name__)
 
-FEATURES = "marts.customer_features"
-
-APP_SCHEMA_DDL = """
-create schema if not exists winback;
-
-create table if not exists winback.campaign_audiences (
-    run_date date not null,
-    campaign_id text not null,
-    customer_id text not null,
-    channel text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
-    rfm_segment text,
-    lifecycle_stage text,
-    built_at timestamptz not null default now(),
-    primary key (run_date, campaign_id, customer_id)
-);
-comment on table winback.campaign_audiences is
-    'Each run''s audience per campaign, treatment and holdout alike, for audit and measurement.';
-alter table winback.campaign_audiences add column if not exists stratum text;
-alter table winback.campaign_audiences add column if not exists entered_on date;
-
-create table if not exists winback.audience_filter_log (
-    run_date date not null,
-    campaign_id text not null,
-    position integer not null,
-    filter_name text not null,
-    customers_before integer not null,
-    customers_after integer not null,
-    primary key (run_date, campaign_id, position)
-);
-alter table winback.audience_filter_log add column if not exists stage text;
-
-create table if not exists winback.outbox (
-    idempotency_key text primary key,
-    run_date date not null,
-    campaign_id text not null,
-    step_id text not null,
-    customer_id text not null,
-    channel text not null,
-    payload jsonb not null,
-    created_at timestamptz not null default now(),
-    unique (campaign_id, step_id, customer_id, channel)
-);
-comment on table winback.outbox is
-    'Messages to send; one row per (campaign, step, customer, channel), ever.';
-"""
+FEATURES = relations.CUSTOMER_FEATURES
 
 
 @dataclass(frozen=True)
@@ -133,23 +91,6 @@ class AudienceResult:
     completed: int = 0
     scheduled_for_quiet_hours: int = 0
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def assignment_hash(campaign_id: str, customer_id: str) -> int:
-    """The 32-bit hash that orders a stratum's entrants for the holdout (SQL: md5 prefix)."""
-    return int(hashlib.md5(f"{campaign_id}:{customer_id}".encode()).hexdigest()[:8], 16)
-
-
-def holdout_threshold(share: float) -> int:
-    """Hash values below this (of 2**32) form a `share` holdout when assigned by hash alone,
-    without strata; measurement validation simulates campaigns that way."""
-    return int(share * 2**32)
-
-
-def ensure_app_schema(conn: psycopg.Connection) -> None:
-    conn.execute(APP_SCHEMA_DDL)
-    conn.execute(journeys.JOURNEY_DDL)
-    conn.execute(journeys.OUTBOX_COLUMNS_DDL)
 
 
 def audience_sql(campaign: Campaign) -> tuple[sql.Composable, dict]:
@@ -252,7 +193,7 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             """
             with entrants as (
                 select c.customer_id, {stratum} as stratum,
-                       md5(%(campaign)s || ':' || c.customer_id) as assignment_hash
+                       {assignment_hash} as assignment_hash
                 from candidates c
                 where not exists (
                     select 1 from winback.journey_state j
@@ -282,7 +223,12 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             from ranked
             returning customer_id
             """
-        ).format(stratum=stratum),
+        ).format(
+            stratum=stratum,
+            assignment_hash=assignment.hash_sql(
+                sql.Placeholder("campaign"), sql.SQL("c.customer_id")
+            ),
+        ),
         {"campaign": campaign.id, "share": campaign.holdout.share, "run_date": run_date},
     )
     entrants = [r["customer_id"] for r in cur.fetchall()]
@@ -386,13 +332,13 @@ def build_audiences(
     `send_mode="live"` refuses to mint coupon and link codes without
     `WINBACK_COUPON_SECRET` (a dry run falls back to the documented demo secret).
     """
-    ensure_app_schema(conn)
+    tables.ensure_schema(conn)
     results = []
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        caps = journeys.CapLedger.load(cur, run_date, lookback)
-        messages = journeys.MessageBuilder(conn, run_date, send_mode)
+        caps = CapLedger.load(cur, run_date, lookback)
+        messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
             channel = ",".join(campaign.channels)
             result = AudienceResult(campaign.id, channel)

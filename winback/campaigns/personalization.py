@@ -36,7 +36,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from psycopg import sql
 
-from winback import config
+from winback.warehouse import relations, tables
 
 COUPON_SECRET_ENV = "WINBACK_COUPON_SECRET"
 # Only for dry runs and the demo: codes made with it are guessable by anyone who reads
@@ -44,13 +44,12 @@ COUPON_SECRET_ENV = "WINBACK_COUPON_SECRET"
 DEMO_COUPON_SECRET = "winback-demo-secret-not-for-production"
 LIVE_MODE = "live"
 
-TRACKED_LINKS = sql.Identifier(config.APP_SCHEMA, "tracked_links")
-ENGAGEMENT_EVENTS = sql.Identifier("staging", "stg_shop__engagement_events")
-CUSTOMERS = sql.Identifier("staging", "stg_shop__customers")
-CUSTOMER_FEATURES = sql.Identifier(config.MARTS_SCHEMA, "customer_features")
-ORDERS = sql.Identifier("staging", "stg_shop__orders")
-ORDER_LINES = sql.Identifier("staging", "stg_shop__order_lines")
-PRODUCTS = sql.Identifier("staging", "stg_shop__products")
+TRACKED_LINKS = sql.Identifier(tables.SCHEMA, "tracked_links")
+ENGAGEMENT_EVENTS = relations.identifier(relations.ENGAGEMENT_EVENTS)
+CUSTOMER_FEATURES = relations.identifier(relations.CUSTOMER_FEATURES)
+ORDERS = relations.identifier(relations.ORDERS)
+ORDER_LINES = relations.identifier(relations.ORDER_LINES)
+PRODUCTS = relations.identifier(relations.PRODUCTS)
 
 DEFAULT_SEND_HOUR = 10
 
@@ -272,31 +271,6 @@ def tracked_link(
     return TrackedLink(code.lower(), campaign_id, step_id, customer_id, channel, target_url)
 
 
-TRACKED_LINKS_DDL = sql.SQL("""
-create schema if not exists {schema};
-create table if not exists {table} (
-    code text primary key,
-    campaign_id text not null,
-    step_id text not null,
-    customer_id text not null,
-    channel text not null,
-    target_url text not null,
-    created_at timestamptz not null default now()
-);
--- No unique key on (campaign, step, customer, channel): after a secret rotation the same
--- link gets a new code, and the old one, already in sent messages, must keep resolving.
-create index if not exists tracked_links_customer_idx on {table} (customer_id, campaign_id);
-comment on table {table} is
-    'Short links of each customer and campaign step: a click resolves to who, what and where.';
-""")
-
-
-def ensure_tracked_links(conn: psycopg.Connection) -> None:
-    conn.execute(
-        TRACKED_LINKS_DDL.format(schema=sql.Identifier(config.APP_SCHEMA), table=TRACKED_LINKS)
-    )
-
-
 def upsert_tracked_links(conn: psycopg.Connection, links: Iterable[TrackedLink]) -> int:
     """Store `links` (one COPY); an existing link keeps its code and gets the new target.
 
@@ -361,7 +335,7 @@ def resolve_link(conn: psycopg.Connection, code: str) -> TrackedLink | None:
 
 def send_hour_query(
     run_date: date,
-    customers: sql.Composable = CUSTOMERS,
+    customers: sql.Composable = CUSTOMER_FEATURES,
     *,
     default_hour: int = DEFAULT_SEND_HOUR,
     time_zone: str = "UTC",

@@ -26,6 +26,7 @@ import httpx
 import psycopg
 
 from winback.delivery.providers import connection, is_configured
+from winback.warehouse import tables
 
 log = logging.getLogger(__name__)
 
@@ -43,50 +44,6 @@ SUPPRESSING = {
 PAGE_SIZE = 1000
 # The SQL twin of `address_hash`; `{}` is the address expression.
 ADDRESS_HASH_SQL = "encode(sha256(convert_to(lower(btrim({})), 'UTF8')), 'hex')"
-
-FEEDBACK_DDL = """
-create schema if not exists winback;
-create table if not exists winback.message_events (
-    event_id text primary key,
-    provider text not null,
-    event_type text not null check (event_type in
-        ('delivered', 'opened', 'clicked', 'bounced', 'complained', 'unsubscribed')),
-    channel text,
-    idempotency_key text,
-    customer_id text,
-    campaign_id text,
-    provider_message_id text,
-    occurred_at timestamptz not null,
-    received_at timestamptz not null default now()
-);
-create index if not exists message_events_by_key on winback.message_events (idempotency_key);
-create index if not exists message_events_by_campaign
-    on winback.message_events (campaign_id, event_type);
-comment on table winback.message_events is
-    'Provider feedback per message, once per provider event id: the funnel after sent.';
-
-create table if not exists winback.suppressions (
-    channel text not null check (channel in ('email', 'sms')),
-    address_hash text not null,
-    reason text not null,
-    customer_id text,
-    source_event_id text,
-    suppressed_at timestamptz not null default now(),
-    primary key (channel, address_hash)
-);
-comment on table winback.suppressions is
-    'Addresses never to message again (SHA-256 of the normalized address), from feedback.';
-
-create table if not exists winback.feedback_cursors (
-    source text primary key,
-    position bigint not null,
-    updated_at timestamptz not null default now()
-);
-"""
-
-
-def ensure_schema(conn: psycopg.Connection) -> None:
-    conn.execute(FEEDBACK_DDL)
 
 
 def address_hash(address: str) -> str:
@@ -135,7 +92,7 @@ def _normalize(event: dict) -> dict | None:
 
 def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
     """Store provider events once each and suppress addresses that opted out."""
-    ensure_schema(conn)
+    tables.ensure_schema(conn)
     result = IngestResult(received=len(events))
     rows = []
     for event in events:
@@ -237,7 +194,7 @@ def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | N
     if not url:
         log.info("no events source configured (%s): no feedback collected", EVENTS_CONN_ID)
         return {"source": None}
-    ensure_schema(conn)
+    tables.ensure_schema(conn)
     conn.commit()
     source = url.split("?")[0]
     total = IngestResult()

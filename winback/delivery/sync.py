@@ -38,7 +38,6 @@ from datetime import UTC, date, datetime
 import psycopg
 from psycopg.rows import dict_row
 
-from winback.campaigns.audiences import ensure_app_schema
 from winback.delivery import feedback
 from winback.delivery.providers import (
     AudienceProvider,
@@ -51,6 +50,7 @@ from winback.delivery.providers import (
     is_configured,
 )
 from winback.delivery.providers.ratelimit import Limiter
+from winback.warehouse import relations, tables
 
 log = logging.getLogger(__name__)
 
@@ -68,52 +68,6 @@ AUDIENCE_SLICE = 100_000
 # first live run after its time, within this window; later than that, its time slot is
 # gone (it might now fall in quiet hours), so it is skipped with the reason.
 SEND_WINDOW_HOURS = 3
-
-LEDGER_DDL = """
-create table if not exists winback.send_ledger (
-    idempotency_key text not null references winback.outbox (idempotency_key),
-    mode text not null check (mode in ('dry_run', 'live')),
-    status text not null,
-    provider text not null,
-    provider_message_id text,
-    run_date date not null,
-    intent_recorded_at timestamptz not null default now(),
-    acknowledged_at timestamptz,
-    error text,
-    primary key (idempotency_key, mode)
-);
-alter table winback.send_ledger add column if not exists attempts integer not null default 0;
-alter table winback.send_ledger add column if not exists updated_at timestamptz;
-create index if not exists send_ledger_open_rows on winback.send_ledger (mode, status)
-    where status in ('sending', 'retry', 'unclear');
-create index if not exists send_ledger_provider_message_id
-    on winback.send_ledger (provider_message_id);
-comment on table winback.send_ledger is
-    'Intent and acknowledgement of every send: sending (intent recorded, outcome not yet '
-    'known), acknowledged (provider id), rejected (reason), retry, unclear, skipped '
-    '(consent or suppression at send time); dry runs are recorded as would_send.';
-
-create table if not exists winback.audience_members (
-    provider text not null,
-    audience text not null,
-    customer_id text not null,
-    is_member boolean not null default false,
-    pending_action text check (pending_action in ('add', 'remove')),
-    status text not null,
-    error text,
-    attempts integer not null default 0,
-    updated_at timestamptz not null default now(),
-    primary key (provider, audience, customer_id)
-);
-comment on table winback.audience_members is
-    'What each audience provider holds (is_member, as acknowledged) and changes in flight.';
-"""
-
-
-def ensure_schema(conn: psycopg.Connection) -> None:
-    ensure_app_schema(conn)
-    conn.execute(LEDGER_DDL)
-    feedback.ensure_schema(conn)
 
 
 @dataclass
@@ -140,7 +94,7 @@ def dry_run(conn: psycopg.Connection, run_date: date) -> SyncResult:
 
     Keyed by the outbox's idempotency key, so a rerun records nothing new.
     """
-    ensure_schema(conn)
+    tables.ensure_schema(conn)
     with conn.transaction():
         rows = conn.execute(
             """
@@ -225,7 +179,7 @@ def run(
             for action, n in changes.items():
                 result.count(name, f"would_{action}", n)
         return result
-    ensure_schema(conn)
+    tables.ensure_schema(conn)
     conn.commit()
     result = SyncResult("live", run_date, 0, {})
     if collect_feedback:
@@ -256,7 +210,7 @@ def _candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
     """Rows to act on: the day's new outbox rows that are due, and earlier rows still open
     (`sending` to reconcile, `retry` to send again), each with why it may not be sent."""
     # `send_at` (the campaigns stage's schedule, e.g. out of SMS quiet hours) is a column
-    # of every outbox: audiences.ensure_app_schema adds it.
+    # of every outbox: winback.warehouse.tables adds it.
     _schedule_later_rows(conn, run_date)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
@@ -294,7 +248,7 @@ def _candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
                            then 'on the suppression list: ' || s.reason
                    end as not_sendable_because
             from open_rows r
-            left join marts.customer_features f on f.customer_id = r.customer_id
+            left join {relations.CUSTOMER_FEATURES} f on f.customer_id = r.customer_id
             left join winback.suppressions s
               on s.channel = r.channel
              and s.address_hash = {feedback.ADDRESS_HASH_SQL.format("r.payload ->> 'to'")}
@@ -568,7 +522,7 @@ def _desired_members(conn, run_date: date) -> dict[tuple[str, str], Member]:
                    f.is_email_subscribed
             from winback.campaign_audiences a
             join latest using (campaign_id, run_date)
-            join marts.customer_features f on f.customer_id = a.customer_id
+            join {relations.CUSTOMER_FEATURES} f on f.customer_id = a.customer_id
             left join winback.suppressions s
               on s.channel = 'email'
              and s.address_hash = {feedback.ADDRESS_HASH_SQL.format("f.email")}
@@ -596,7 +550,8 @@ def _audience_changes(
             (r["audience"], r["customer_id"]): r
             for r in cur.execute(
                 "select m.*, f.email, f.phone from winback.audience_members m "
-                "left join marts.customer_features f using (customer_id) where m.provider = %s",
+                f"left join {relations.CUSTOMER_FEATURES} f using (customer_id) "
+                "where m.provider = %s",
                 (name,),
             )
         }
@@ -619,7 +574,7 @@ def _audience_changes(
 
 def audience_diff_counts(conn, run_date: date, audiences=None) -> dict[str, dict[str, int]]:
     """What a live run would change per audience provider (dry run: nothing recorded)."""
-    ensure_schema(conn)
+    tables.ensure_schema(conn)
     names = list(audience_providers()) if audiences is None else list(audiences)
     counts = {}
     for name in names:

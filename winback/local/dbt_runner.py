@@ -34,8 +34,23 @@ def dbt_environment() -> dict[str, str]:
     return env
 
 
+# dbt commands that run the project's on-run-start hook, which wants schema `winback`.
+COMMANDS_WITH_HOOKS = frozenset(
+    ("build", "compile", "docs", "retry", "run", "seed", "snapshot", "test")
+)
+
+
 def run_dbt(args: list[str], check: bool = False, **kwargs) -> int:
-    """Run `dbt ARGS` against the project and the warehouse; returns dbt's exit code."""
+    """Run `dbt ARGS` against the project and the warehouse; returns dbt's exit code.
+
+    Before a command that runs the project's hooks, the tables winback's Python stages own
+    are created (`winback.warehouse.tables`): models join winback.customer_scores.
+    """
+    if args and args[0] in COMMANDS_WITH_HOOKS:
+        from winback.warehouse import tables
+
+        with db.connect() as conn:
+            tables.ensure_schema(conn)
     executable = Path(sys.executable).with_name("dbt")
     command = [
         str(executable),

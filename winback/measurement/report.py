@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from winback import config
 from winback.measurement import windows as measurement
-from winback.warehouse import db
+from winback.warehouse import db, tables
 
 FUNNEL_STEPS = ("sent", "delivered", "opened", "clicked", "purchased")
 
@@ -40,10 +40,7 @@ class ReportData:
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
-    from winback.delivery import sync
-
-    conn.execute(measurement.RESULTS_DDL)
-    sync.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
+    tables.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
     with conn.cursor(row_factory=dict_row) as cur:
         results = cur.execute(
             "select * from winback.campaign_results where campaign_id = %s and window_start = %s"

@@ -30,6 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from winback.measurement import uplift
+from winback.warehouse import relations, tables
 
 if TYPE_CHECKING:
     from winback.campaigns.campaign_files import Campaign
@@ -39,45 +40,7 @@ log = logging.getLogger(__name__)
 INACTIVE_STAGES = ("inactive", "lost")
 DEFAULT_ATTRIBUTION_DAYS = 14
 
-RESULTS_DDL = """
-create schema if not exists winback;
-create table if not exists winback.campaign_results (
-    campaign_id text not null,
-    window_start date not null,
-    window_end date not null,
-    attribution_days integer not null,
-    breakdown text not null,
-    breakdown_value text not null,
-    treatment_customers integer not null,
-    holdout_customers integer not null,
-    treatment_reactivated integer not null,
-    holdout_reactivated integer not null,
-    treatment_rate double precision,
-    holdout_rate double precision,
-    absolute_uplift double precision,
-    absolute_uplift_low double precision,
-    absolute_uplift_high double precision,
-    relative_uplift double precision,
-    relative_uplift_low double precision,
-    relative_uplift_high double precision,
-    p_value double precision,
-    incremental_reactivations double precision,
-    treatment_revenue numeric,
-    holdout_revenue numeric,
-    incremental_revenue numeric,
-    incentive_cost numeric,
-    net_value numeric,
-    treatment_left_inactive_stage integer,
-    holdout_left_inactive_stage integer,
-    computed_at timestamptz not null default now(),
-    primary key (campaign_id, window_start, window_end, breakdown, breakdown_value)
-);
-comment on table winback.campaign_results is
-    'Inactive-to-active delta per campaign window against the holdout, overall and by step, '
-    'channel and variant.';
-"""
-
-COHORT_SQL = """
+COHORT_SQL = f"""
 create temporary table cohort on commit drop as
 with entries as (
     select customer_id,
@@ -90,14 +53,14 @@ with entries as (
 ),
 stage_at_start as (
     select customer_id, lifecycle_stage
-    from marts.customer_lifecycle_history
+    from {relations.CUSTOMER_LIFECYCLE_HISTORY}
     where as_of_date = %(start)s
 ),
 stage_at_measurement as (
     select customer_id, lifecycle_stage
-    from marts.customer_lifecycle_history
+    from {relations.CUSTOMER_LIFECYCLE_HISTORY}
     where as_of_date = (
-        select max(as_of_date) from marts.customer_lifecycle_history
+        select max(as_of_date) from {relations.CUSTOMER_LIFECYCLE_HISTORY}
         where as_of_date <= %(measured_on)s
     )
 ),
@@ -250,7 +213,7 @@ def measure_window(
     if window_end < window_start:
         raise ValueError(f"window end {window_end} is before its start {window_start}")
     measured_on = window_end + timedelta(days=attribution_days)
-    conn.execute(RESULTS_DDL)
+    tables.ensure_schema(conn)
     results: list[WindowResult] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("drop table if exists cohort")

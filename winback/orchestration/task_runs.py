@@ -12,26 +12,9 @@ import logging
 import resource
 import time
 
-from winback.warehouse import db
+from winback.warehouse import db, tables
 
 log = logging.getLogger(__name__)
-
-DDL = """
-create schema if not exists winback;
-create table if not exists winback.task_runs (
-    dag_id text not null,
-    run_id text not null,
-    task_id text not null,
-    try_number integer not null,
-    logical_date date,
-    state text not null,
-    started_at timestamptz not null,
-    finished_at timestamptz not null,
-    duration_seconds double precision not null,
-    peak_rss_mb double precision not null,
-    primary key (dag_id, run_id, task_id, try_number)
-);
-"""
 
 _started: dict[tuple[str, str, str], float] = {}
 
@@ -54,7 +37,7 @@ def task_finished(task_instance, state: str) -> None:
     logical_date = getattr(task_instance, "logical_date", None)
     try:
         with db.connect() as conn:
-            conn.execute(DDL)
+            tables.ensure_schema(conn)
             conn.execute(
                 """
                 insert into winback.task_runs

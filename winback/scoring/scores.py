@@ -24,53 +24,15 @@ import pandas as pd
 import psycopg
 
 from winback.scoring import bgnbd
+from winback.warehouse import relations, tables
+from winback.warehouse.copy import binary_copy_block, copy_out_columns
 
 log = logging.getLogger(__name__)
 
-SUMMARY_TABLE = "marts.customer_order_summary"
-ORDER_DAYS_TABLE = "intermediate.int_order_days"
+SUMMARY_TABLE = relations.CUSTOMER_ORDER_SUMMARY
+ORDER_DAYS_TABLE = relations.CUSTOMER_ORDER_DAYS
 DAYS_PER_UNIT = {"day": 1.0, "week": 7.0}
 DAYS_PER_MONTH = 30.0
-
-SCHEMA_DDL = """
-create schema if not exists winback;
-create table if not exists winback.model_fits (
-    model_fit_id bigserial primary key,
-    fitted_at timestamptz not null default now(),
-    as_of_date date not null,
-    model text not null check (model in ('bgnbd', 'gamma_gamma')),
-    params jsonb,
-    log_likelihood double precision,
-    customers bigint not null,
-    distinct_rows bigint not null,
-    first_order_date date,
-    last_order_date date,
-    time_unit text not null,
-    penalizer double precision not null,
-    seconds double precision not null,
-    converged boolean not null,
-    message text,
-    backtest jsonb
-);
-comment on table winback.model_fits is
-    'One row per model fit: parameters, log-likelihood, data window, time, back-test.';
-create table if not exists winback.customer_scores (
-    customer_id text primary key,
-    p_alive double precision,
-    expected_purchases_30d double precision,
-    expected_purchases_90d double precision,
-    expected_purchases_365d double precision,
-    expected_next_purchase_date date,
-    expected_order_value numeric,
-    clv numeric,
-    churn_risk_band text,
-    model_fit_id bigint,
-    is_stale boolean not null default false,
-    stale_reason text,
-    as_of_date date,
-    scored_at timestamptz
-);
-"""
 
 SCORE_COLUMNS = [
     "customer_id",
@@ -149,31 +111,6 @@ class ScoringResult:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def copy_out_columns(conn: psycopg.Connection, query: str, column_types: dict) -> dict:
-    """`query`'s fixed-width, never-NULL columns as numpy arrays, by binary COPY.
-
-    The counterpart of `binary_copy_block`: every row of PostgreSQL's binary format is then
-    the same record (a field count, and a length and value per field), so the whole
-    stream is one numpy structured array, with no Python object per row.
-    """
-    with conn.cursor() as cursor, cursor.copy(f"copy ({query}) to stdout (format binary)") as copy:
-        stream = b"".join(bytes(block) for block in copy)
-    extension_length = int.from_bytes(stream[15:19], "big")
-    body = stream[19 + extension_length : -2]
-    fields = [("field_count", ">i2")]
-    for name, dtype in column_types.items():
-        fields += [(f"{name}__length", ">i4"), (name, dtype)]
-    record = np.dtype(fields)
-    if stream[-2:] != _BINARY_COPY_TRAILER or len(body) % record.itemsize:
-        raise ScoringError(f"unexpected binary COPY layout (a NULL?) from: {query.strip()}")
-    rows = np.frombuffer(body, dtype=record)
-    for name, dtype in column_types.items():
-        if np.any(rows[f"{name}__length"] != np.dtype(dtype).itemsize):
-            raise ScoringError(f"column {name} has a NULL or another width in: {query.strip()}")
-    return {name: rows[name].astype(np.dtype(dtype).newbyteorder("=")) for name, dtype in
-            column_types.items()}  # fmt: skip
 
 
 def read_compressed_summary(
@@ -464,7 +401,7 @@ def score_customers(
     """Fit, record the fit, and replace `winback.customer_scores` for `as_of`."""
     settings = settings or ScoringSettings()
     started = time.perf_counter()
-    conn.execute(SCHEMA_DDL)
+    tables.ensure_schema(conn)
     window = conn.execute(
         f"select min(first_order_date), max(last_order_date) from {summary_table}"
     ).fetchone()
@@ -555,21 +492,6 @@ GRID_COLUMN_TYPES = {
     "days_to_next_purchase": ">i4",
     "discounted_purchases": ">f8",
 }
-_BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_BINARY_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-
-
-def binary_copy_block(frame: pd.DataFrame, column_types: dict[str, str]) -> bytes:
-    """`frame`'s columns as one complete PostgreSQL binary COPY stream (no NULLs)."""
-    fields = [("field_count", ">i2")]
-    for name, dtype in column_types.items():
-        fields += [(f"{name}__length", ">i4"), (name, dtype)]
-    rows = np.empty(len(frame), dtype=fields)
-    rows["field_count"] = len(column_types)
-    for name, dtype in column_types.items():
-        rows[f"{name}__length"] = np.dtype(dtype).itemsize
-        rows[name] = frame[name].to_numpy()
-    return _BINARY_COPY_HEADER + rows.tobytes() + _BINARY_COPY_TRAILER
 
 
 # Gamma-Gamma's expected spend per order (bgnbd.gamma_gamma_expected_value), per customer in
@@ -588,7 +510,7 @@ end
 """
 
 
-# The name PostgreSQL gives the primary key of both definitions (SCHEMA_DDL, dbt's macro).
+# The name PostgreSQL gives the primary key of winback.customer_scores (warehouse.tables).
 SCORES_KEY = "customer_scores_pkey"
 
 

@@ -16,11 +16,18 @@ window that closes on the demo date:
 
 A row whose timestamps cannot be read goes with the first part, where the loader
 quarantines it; every row lands in exactly one part.
+
+`play_campaign_window` is that scenario, written once: `winback demo` plays it live
+against the provider sandbox, the end-to-end test fixture (tests/conftest.py) on a small,
+dirtier shop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import psycopg
@@ -100,3 +107,41 @@ def add_campaign_responses(
         base = later.get(name)
         combined[name] = frame if base is None else pd.concat([base, frame], ignore_index=True)
     return combined
+
+
+def play_campaign_window(
+    settings: simulator.SimulationConfig,
+    window: CampaignWindow,
+    landing: Path,
+    run_daily: Callable[[date], bool],
+    connect: Callable[[], AbstractContextManager[psycopg.Connection]],
+    say: Callable[[str], None] = lambda text: None,
+) -> bool:
+    """The scenario above, for the shop of `settings` and the window closing on its date.
+
+    `run_daily(day)` runs the daily DAG for a day on `landing` and says whether it
+    succeeded; `connect()` opens the warehouse it runs on; `say` hears the progress.
+    True when both days ran.
+    """
+    window_start, day = window.window_start, settings.as_of
+    first_folder = landing / window_start.isoformat()
+    say(
+        f"[2/5] shop data up to {window_start} (start of the window"
+        f" {window_start}..{window.window_end}): {first_folder}"
+    )
+    first, later = split_at(simulator.simulate_shop(settings), window_start)
+    if not first_folder.exists():
+        simulator.write_landing_files(first, first_folder)
+    if not run_daily(window_start):
+        return False
+    with connect() as conn:
+        targets = audience_targets(conn, window_start)
+    later = add_campaign_responses(later, targets, window, settings)
+    simulator.write_landing_files(later, landing / day.isoformat())
+    say(
+        f"      the window's {len(targets):,} targeted customers respond with a true uplift"
+        f" of {settings.campaign_uplift:.1%} over a baseline of"
+        f" {settings.baseline_reactivation:.1%}"
+    )
+    say(f"[3/5] shop data after it, up to {day}: {landing / day.isoformat()}")
+    return run_daily(day)

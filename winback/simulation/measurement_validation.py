@@ -16,11 +16,10 @@ from datetime import date, timedelta
 import pandas as pd
 import psycopg
 
-from winback.campaigns import audiences
-from winback.delivery import sync
+from winback.campaigns import assignment
 from winback.measurement import windows as measurement
 from winback.simulation import simulator
-from winback.warehouse import raw_schema
+from winback.warehouse import raw_schema, tables
 
 WINDOW_START = date(2026, 9, 1)
 WINDOW_END = date(2026, 9, 30)
@@ -50,7 +49,7 @@ def reset_measurement_tables(conn: psycopg.Connection) -> None:
     conn.execute("drop schema if exists marts cascade")
     conn.execute("drop schema if exists winback cascade")
     raw_schema.ensure_raw_schema(conn)
-    sync.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
+    tables.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
     conn.execute(
         "create schema marts; create table marts.customer_lifecycle_history ("
         " customer_id text, as_of_date date, lifecycle_stage text,"
@@ -68,9 +67,9 @@ def run_seed(
 ) -> SeedResult:
     reset_measurement_tables(conn)
     ids = [f"s{seed}-c{i}" for i in range(customers)]
-    threshold = audiences.holdout_threshold(holdout_share)
+    threshold = assignment.holdout_threshold(holdout_share)
     groups = [
-        "holdout" if audiences.assignment_hash(CAMPAIGN, cid) < threshold else "treatment"
+        "holdout" if assignment.assignment_hash(CAMPAIGN, cid) < threshold else "treatment"
         for cid in ids
     ]
     targets = pd.DataFrame({"customer_id": ids, "group": groups})

@@ -1,1 +1,2 @@
-"""The warehouse: connections and the schemas winback owns."""
+"""The warehouse: connections, every table winback owns (`tables`), every dbt relation
+Python reads (`relations`), the raw schema, binary COPY helpers."""

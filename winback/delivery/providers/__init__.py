@@ -9,7 +9,9 @@ Every adapter is configured from an Airflow connection (`connection(conn_id)`), 
 the `AIRFLOW_CONN_<ID>` environment variable (JSON or URI, as Airflow itself accepts
 them), so the same code runs inside a task and from the command line, and no secret is
 ever written to a file. Adding a provider is one new module with a `from_connection`
-constructor, registered in `MESSAGE_PROVIDERS` or `AUDIENCE_PROVIDERS`.
+constructor, registered where the sync builds its providers: `message_providers()`
+(channel -> provider, with the ledger's provider name in `PROVIDER_BY_CHANNEL`) or
+`audience_providers()` in `winback.delivery.sync` (docs/architecture.md, "Add a provider").
 """
 
 from __future__ import annotations
