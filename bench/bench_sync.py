@@ -36,7 +36,7 @@ from datetime import date
 import psycopg
 
 from winback.campaigns import audiences
-from winback.delivery import sync
+from winback.delivery import ledger, sync
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.twilio import TwilioSms
@@ -73,7 +73,7 @@ def phone(i: int) -> str:
 
 def prepare(conn, n: int, channel: str) -> list[str]:
     conn.execute(FEATURES_DDL)
-    sync.ensure_schema(conn)
+    ledger.ensure_schema(conn)
     with conn.cursor().copy("copy marts.customer_features from stdin") as copy:
         for i in range(n):
             copy.write_row((f"c{i}", f"user{i}@shop.test", phone(i), True, True, False, False))

@@ -274,10 +274,10 @@ def test_personal_timing_branches_on_opened_or_not(shop):
 
 def test_an_open_reported_by_the_provider_takes_the_opened_branch(shop):
     """The journey reads the providers' feedback (winback.message_events) too."""
-    from winback.delivery import sync
+    from winback.delivery import ledger
 
     campaign = shipped("personal_timing")
-    sync.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has
+    ledger.ensure_schema(shop.conn)  # the send ledger and message_events, as a live sync has
     shop.add("opener", expected_next_order_date=DAY0 - timedelta(days=1), orders_count=3)
 
     def provider_reports_an_open():

@@ -14,7 +14,7 @@ import pytest
 
 from winback import config
 from winback.campaigns import audiences
-from winback.delivery import sync
+from winback.delivery import ledger, sync
 from winback.delivery.providers import parse_connection
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.popup import PopupCsvExport, PopupWebhook
@@ -49,7 +49,7 @@ def reset_warehouse(conn):
     conn.execute("drop schema if exists winback cascade")
     conn.execute("drop schema if exists marts cascade")
     conn.execute(FEATURES_DDL)
-    sync.ensure_schema(conn)
+    ledger.ensure_schema(conn)
     conn.commit()
     return conn
 
@@ -107,7 +107,7 @@ def twilio(handle, **limits) -> TwilioSms:
     )
 
 
-def ledger(conn) -> dict[str, tuple]:
+def ledger_rows(conn) -> dict[str, tuple]:
     rows = conn.execute(
         "select idempotency_key, status, provider_message_id, error from winback.send_ledger "
         "where mode = 'live'"
@@ -122,7 +122,7 @@ def assert_exactly_once(handle, keys: list[str], conn) -> None:
     doubles = {k: n for k, n in accepted.items() if n > 1}
     assert not missing, f"{len(missing)} messages lost"
     assert not doubles, f"{len(doubles)} messages sent more than once"
-    states = ledger(conn)
+    states = ledger_rows(conn)
     assert all(states[k][0] == "acknowledged" and states[k][1] for k in keys)
 
 
@@ -134,7 +134,7 @@ def test_a_live_sync_sends_each_row_once_and_a_rerun_sends_nothing(warehouse, bo
     again = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
     assert again.by_provider == {}
     assert box.stats()["messages"] == 40
-    sids = {state[1] for state in ledger(warehouse).values()}
+    sids = {state[1] for state in ledger_rows(warehouse).values()}
     assert len(sids) == 40 and all(s.startswith("SM") for s in sids)
 
 
@@ -168,11 +168,11 @@ def test_a_permanent_rejection_carries_the_providers_reason(warehouse, box):
     warehouse.commit()
     result = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
     assert result.by_provider["twilio"] == {"acknowledged": 2, "rejected": 1}
-    status, _, error = ledger(warehouse)[keys[1]]
+    status, _, error = ledger_rows(warehouse)[keys[1]]
     assert status == "rejected" and "21211" in error
     # A rejected row is never sent again.
     sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
-    assert ledger(warehouse)[keys[1]][0] == "rejected"
+    assert ledger_rows(warehouse)[keys[1]][0] == "rejected"
 
 
 def test_consent_withdrawn_between_build_and_send_is_not_sent(warehouse, box):
@@ -186,7 +186,7 @@ def test_consent_withdrawn_between_build_and_send_is_not_sent(warehouse, box):
     warehouse.commit()
     result = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
     assert result.by_provider["twilio"] == {"acknowledged": 3, "skipped": 2}
-    states = ledger(warehouse)
+    states = ledger_rows(warehouse)
     assert states[keys[2]][0] == "skipped" and "consent withdrawn" in states[keys[2]][2]
     assert states[keys[3]][0] == "skipped" and "suppressed" in states[keys[3]][2]
     accepted = box.accepted()["messages_by_reference"]
@@ -200,7 +200,7 @@ def test_retryable_failures_are_sent_by_a_later_run(warehouse, box):
     down = twilio(closed)
     result = sync.run(warehouse, RUN, "live", {"sms": down}, {}, collect_feedback=False)
     assert result.by_provider["twilio"] == {"retry": 10}
-    assert {s[0] for s in ledger(warehouse).values()} == {"retry"}
+    assert {s[0] for s in ledger_rows(warehouse).values()} == {"retry"}
     later = sync.run(
         warehouse, date(2026, 11, 21), "live", {"sms": twilio(box)}, {}, collect_feedback=False
     )
@@ -280,7 +280,7 @@ def test_smtp_sends_to_a_real_smtp_server_and_never_resends_an_unclear_message(w
         )
         warehouse.commit()
         sync.run(warehouse, RUN, "live", {"email": esp}, {}, collect_feedback=False)
-        assert set(ledger(warehouse)[k][0] for k in keys) == {"acknowledged"}
+        assert set(ledger_rows(warehouse)[k][0] for k in keys) == {"acknowledged"}
         accepted = handle.accepted()["messages_by_reference"]
         assert len(accepted) == 12 and all(n == 1 for n in accepted.values())
     finally:
@@ -425,7 +425,7 @@ def test_a_row_scheduled_for_later_waits_for_its_time_and_not_past_its_window(wa
     warehouse.commit()
     first = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
     assert first.by_provider["twilio"] == {"acknowledged": 1} and first.deferred == 2
-    assert ledger(warehouse)[keys[0]][0] == "scheduled"
+    assert ledger_rows(warehouse)[keys[0]][0] == "scheduled"
     # Time passes: c0's slot has just come, c1's passed five hours ago (quiet hours since).
     warehouse.execute(
         "update winback.outbox set send_at = now() - interval '5 minutes' where customer_id = 'c0'"
@@ -438,7 +438,7 @@ def test_a_row_scheduled_for_later_waits_for_its_time_and_not_past_its_window(wa
         warehouse, date(2026, 11, 21), "live", {"sms": twilio(box)}, {}, collect_feedback=False
     )
     assert later.by_provider["twilio"] == {"acknowledged": 1, "skipped": 1}
-    states = ledger(warehouse)
+    states = ledger_rows(warehouse)
     assert states[keys[0]][0] == "acknowledged"
     assert states[keys[1]][0] == "skipped" and "send window missed" in states[keys[1]][2]
     assert set(box.accepted()["messages_by_reference"]) == {keys[0], keys[2]}

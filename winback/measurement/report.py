@@ -40,10 +40,10 @@ class ReportData:
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
-    from winback.delivery import sync
+    from winback.delivery import ledger
 
     conn.execute(measurement.RESULTS_DDL)
-    sync.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
+    ledger.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
     with conn.cursor(row_factory=dict_row) as cur:
         results = cur.execute(
             "select * from winback.campaign_results where campaign_id = %s and window_start = %s"

@@ -17,7 +17,7 @@ import pandas as pd
 import psycopg
 
 from winback.campaigns import audiences
-from winback.delivery import sync
+from winback.delivery import ledger
 from winback.measurement import windows as measurement
 from winback.simulation import simulator
 from winback.warehouse import raw_schema
@@ -50,7 +50,7 @@ def reset_measurement_tables(conn: psycopg.Connection) -> None:
     conn.execute("drop schema if exists marts cascade")
     conn.execute("drop schema if exists winback cascade")
     raw_schema.ensure_raw_schema(conn)
-    sync.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
+    ledger.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
     conn.execute(
         "create schema marts; create table marts.customer_lifecycle_history ("
         " customer_id text, as_of_date date, lifecycle_stage text,"

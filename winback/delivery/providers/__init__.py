@@ -2,14 +2,15 @@
 
 A *message provider* delivers one outbox row (an email, an SMS, a popup entry) and can,
 when it supports it, look up whether a message it may or may not have accepted is there:
-`send` and `lookup` are all the exactly-once machinery in `winback.delivery.sync` needs. An
+`send` and `lookup` are all the exactly-once machinery in `winback.delivery.send` needs. An
 *audience provider* mirrors a set of members (Mailchimp tags, a Meta Custom Audience).
 
 Every adapter is configured from an Airflow connection (`connection(conn_id)`), read from
 the `AIRFLOW_CONN_<ID>` environment variable (JSON or URI, as Airflow itself accepts
 them), so the same code runs inside a task and from the command line, and no secret is
 ever written to a file. Adding a provider is one new module with a `from_connection`
-constructor, registered in `MESSAGE_PROVIDERS` or `AUDIENCE_PROVIDERS`.
+constructor, registered in `winback.delivery.providers.registry`: returned by
+`message_providers()` (keyed by the channel it delivers) or `audience_providers()`.
 """
 
 from __future__ import annotations
