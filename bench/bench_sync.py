@@ -192,7 +192,10 @@ def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) ->
             runs = 0
             for runs in range(1, MAX_RUNS + 1):  # noqa: B007
                 provider = MailchimpAudience(
-                    handle.url, "key", "L", RateLimits(rate, 10, timeout_seconds=2.5)
+                    handle.url,
+                    sandbox.SandboxSettings().api_key,
+                    "L",
+                    RateLimits(rate, 10, timeout_seconds=2.5),
                 )
                 sync.run(conn, RUN, "live", {}, {"mailchimp": provider}, collect_feedback=False)
                 still_open = conn.execute(

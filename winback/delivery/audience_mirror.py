@@ -8,15 +8,25 @@ left. Changes a killed run left `sending` are reconciled with the provider first
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from datetime import date
 
 from psycopg.rows import dict_row
 
 from winback.delivery import feedback
-from winback.delivery.ledger import SEND_WINDOW_HOURS, SyncResult, ensure_schema
-from winback.delivery.providers import AudienceProvider, Member, MemberChange
+from winback.delivery.ledger import SEND_WINDOW_HOURS, SyncResult, committed, ensure_schema
+from winback.delivery.providers import (
+    AccountRefused,
+    AudienceProvider,
+    AudienceResult,
+    Member,
+    MemberChange,
+)
 from winback.delivery.providers.registry import audience_providers
 from winback.delivery.send import ATTEMPTS_PER_RUN, with_backoff
+
+log = logging.getLogger(__name__)
 
 AUDIENCE_SLICE = 100_000
 
@@ -57,8 +67,9 @@ def _desired_members(conn, run_date: date) -> dict[tuple[str, str], Member]:
 
 def _audience_changes(
     conn, name: str, run_date: date
-) -> tuple[list[MemberChange], list[MemberChange]]:
-    """(changes to make, changes left `sending` by an earlier run, to reconcile first)."""
+) -> tuple[list[MemberChange], list[tuple[MemberChange, str | None]]]:
+    """(changes to make, changes left `sending` by an earlier run with the provider's batch
+    id if it took them, to settle first)."""
     desired = _desired_members(conn, run_date)
     with conn.cursor(row_factory=dict_row) as cur:
         current = {
@@ -77,12 +88,18 @@ def _audience_changes(
         if state and state["status"] == "rejected" and state["pending_action"] == "add":
             continue  # the provider refused this contact for good
         change = MemberChange(key[0], member, "add")
-        (unsettled if state and state["status"] == "sending" else changes).append(change)
+        if state and state["status"] == "sending":
+            unsettled.append((change, state["provider_batch_id"]))
+        else:
+            changes.append(change)
     for key, state in current.items():
         if state["is_member"] and key not in desired:
             member = Member(key[1], state["email"], state["phone"])
             change = MemberChange(key[0], member, "remove")
-            (unsettled if state["status"] == "sending" else changes).append(change)
+            if state["status"] == "sending":
+                unsettled.append((change, state["provider_batch_id"]))
+            else:
+                changes.append(change)
     return changes, unsettled
 
 
@@ -94,25 +111,38 @@ def audience_diff_counts(conn, run_date: date, audiences=None) -> dict[str, dict
     for name in names:
         changes, unsettled = _audience_changes(conn, name, run_date)
         counts[name] = {
-            "add": sum(1 for c in changes + unsettled if c.action == "add"),
-            "remove": sum(1 for c in changes + unsettled if c.action == "remove"),
+            "add": sum(1 for c in changes + [c for c, _ in unsettled] if c.action == "add"),
+            "remove": sum(1 for c in changes + [c for c, _ in unsettled] if c.action == "remove"),
         }
     return counts
 
 
-def _record_audience(conn, name: str, changes: list[MemberChange], **columns) -> None:
+def _record_audience(
+    conn,
+    name: str,
+    changes: list[MemberChange],
+    status: str,
+    errors: list[str] | None = None,
+    batch_id: str | None = None,
+    is_attempt: bool = False,
+) -> None:
+    """Record changes durably, each write committed at once (a kill keeps what was written).
+
+    `sending` marks changes in flight; with `batch_id`, the provider took them in that
+    batch, which later attempts and runs poll instead of posting again.
+    """
     if not changes:
         return
-    with conn.transaction():
+    with committed(conn):
         conn.execute(
             """
             insert into winback.audience_members
                 (provider, audience, customer_id, is_member, pending_action, status, error,
-                 attempts, updated_at)
+                 attempts, provider_batch_id, updated_at)
             select %(provider)s, v.audience, v.customer_id,
                    case when %(status)s = 'synced' then v.action = 'add'
                         else v.action = 'remove' end,
-                   v.action, %(status)s, v.error, 0, now()
+                   v.action, %(status)s, v.error, %(attempt)s, %(batch)s, now()
             from unnest(%(audiences)s::text[], %(customers)s::text[], %(actions)s::text[],
                         %(errors)s::text[]) as v(audience, customer_id, action, error)
             on conflict (provider, audience, customer_id) do update set
@@ -123,57 +153,105 @@ def _record_audience(conn, name: str, changes: list[MemberChange], **columns) ->
                                       else excluded.pending_action end,
                 status = %(status)s,
                 error = excluded.error,
-                attempts = audience_members.attempts
-                           + case when %(status)s = 'sending' then 1 else 0 end,
+                attempts = audience_members.attempts + %(attempt)s,
+                provider_batch_id = %(batch)s,
                 updated_at = now()
             """,
             {
                 "provider": name,
-                "status": columns["status"],
+                "status": status,
+                "attempt": 1 if is_attempt else 0,
+                "batch": batch_id if status == "sending" else None,
                 "audiences": [c.audience for c in changes],
                 "customers": [c.member.customer_id for c in changes],
                 "actions": [c.action for c in changes],
-                "errors": columns.get("errors") or [None] * len(changes),
+                "errors": errors or [None] * len(changes),
             },
         )
+
+
+def _record_outcome(conn, name: str, outcome: AudienceResult, result: SyncResult) -> None:
+    """Accepted and rejected changes recorded; pending ones stay `sending` with their batch."""
+    _record_audience(conn, name, outcome.accepted, "synced")
+    _record_audience(
+        conn,
+        name,
+        [c for c, _ in outcome.rejected],
+        "rejected",
+        errors=[e for _, e in outcome.rejected],
+    )
+    for change in outcome.accepted:
+        result.count(name, "added" if change.action == "add" else "removed")
+    if outcome.rejected:
+        result.count(name, "rejected", len(outcome.rejected))
+    if outcome.pending:
+        result.count(name, "pending", len(outcome.pending))
+
+
+async def _settle_unsettled(
+    conn, name: str, provider: AudienceProvider, unsettled, result: SyncResult
+) -> list[MemberChange]:
+    """Changes an earlier attempt or run left `sending`: a batch the provider took is
+    polled (never posted again); changes with no batch, or whose batch the provider no
+    longer knows, are read back member by member. Returns the changes still to apply."""
+    by_batch: dict[str, list[MemberChange]] = defaultdict(list)
+    unknown: list[MemberChange] = []
+    for change, batch_id in unsettled:
+        (by_batch[batch_id] if batch_id else unknown).append(change)
+    to_apply: list[MemberChange] = []
+    resume = getattr(provider, "resume", None)
+    for batch_id, members in by_batch.items():
+        outcome = await resume(batch_id, members) if resume else None
+        if outcome is None:
+            unknown.extend(members)
+            continue
+        _record_outcome(conn, name, outcome, result)
+        to_apply.extend(c for c, _ in outcome.retry)
+    if unknown:
+        done = await provider.reconcile(unknown)
+        _record_audience(conn, name, [c for c in unknown if c in done], "synced")
+        if done:
+            result.count(name, "reconciled", len(done))
+        to_apply.extend(c for c in unknown if c not in done)
+    return to_apply
 
 
 async def sync_audience(
     conn, name: str, provider: AudienceProvider, run_date: date, result: SyncResult
 ) -> None:
+    submitted: set[MemberChange] = set()
+    pending: list[MemberChange] = []
+
+    def on_submitted(members: list[MemberChange], batch_id: str) -> None:
+        _record_audience(conn, name, members, "sending", batch_id=batch_id)
+        submitted.update(members)
+
     try:
         changes, unsettled = _audience_changes(conn, name, run_date)
-        if unsettled:
-            done = await provider.reconcile(unsettled)
-            _record_audience(conn, name, [c for c in unsettled if c in done], status="synced")
-            if done:
-                result.count(name, "reconciled", len(done))
-            changes.extend(c for c in unsettled if c not in done)
+        changes.extend(await _settle_unsettled(conn, name, provider, unsettled, result))
         for start in range(0, len(changes), AUDIENCE_SLICE):
             pending = changes[start : start + AUDIENCE_SLICE]
-            _record_audience(conn, name, pending, status="sending")
+            _record_audience(conn, name, pending, "sending", is_attempt=True)
+            outcome = AudienceResult()
             for attempt in range(ATTEMPTS_PER_RUN):
-                outcome = await provider.apply(pending)
-                _record_audience(conn, name, outcome.accepted, status="synced")
-                _record_audience(
-                    conn,
-                    name,
-                    [c for c, _ in outcome.rejected],
-                    status="rejected",
-                    errors=[e for _, e in outcome.rejected],
-                )
-                for change in outcome.accepted:
-                    result.count(name, "added" if change.action == "add" else "removed")
-                if outcome.rejected:
-                    result.count(name, "rejected", len(outcome.rejected))
+                outcome = await provider.apply(pending, on_submitted)
+                _record_outcome(conn, name, outcome, result)
                 pending = [c for c, _ in outcome.retry]
                 if not pending:
                     break
                 await with_backoff(attempt)
             if pending:  # left for the next run
-                _record_audience(
-                    conn, name, pending, status="retry", errors=[e for _, e in outcome.retry]
-                )
+                _record_audience(conn, name, pending, "retry", errors=[e for _, e in outcome.retry])
                 result.count(name, "retry", len(pending))
+            pending = []
+    except AccountRefused as error:
+        # Refused for the account: changes the provider never took wait as `retry`; a batch
+        # it took keeps its id and is polled once the account works again.
+        result.paused[name] = str(error)
+        log.error("%s refused the account (%s): paused for this run", name, error)
+        not_taken = [c for c in pending if c not in submitted]
+        _record_audience(conn, name, not_taken, "retry", errors=[str(error)] * len(not_taken))
+        if not_taken:
+            result.count(name, "retry", len(not_taken))
     finally:
         await provider.aclose()

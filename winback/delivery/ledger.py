@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 import psycopg
 from psycopg.rows import dict_row
@@ -60,6 +62,10 @@ create table if not exists winback.send_ledger (
 );
 alter table winback.send_ledger add column if not exists attempts integer not null default 0;
 alter table winback.send_ledger add column if not exists updated_at timestamptz;
+-- When a request that the provider may have accepted last went out (or, for a row a killed
+-- run left `sending`, when a later run first failed to find it): a lookup that does not
+-- find the message is believed only the provider's bound after this.
+alter table winback.send_ledger add column if not exists unclear_since timestamptz;
 create index if not exists send_ledger_open_rows on winback.send_ledger (mode, status)
     where status in ('sending', 'retry', 'unclear');
 create index if not exists send_ledger_provider_message_id
@@ -81,9 +87,28 @@ create table if not exists winback.audience_members (
     updated_at timestamptz not null default now(),
     primary key (provider, audience, customer_id)
 );
+-- The provider's batch that took a change still `sending`: polled by later attempts and
+-- runs until it finishes, never posted again.
+alter table winback.audience_members add column if not exists provider_batch_id text;
 comment on table winback.audience_members is
     'What each audience provider holds (is_member, as acknowledged) and changes in flight.';
 """
+
+
+@contextmanager
+def committed(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction of its own, committed when the block ends.
+
+    psycopg opens a transaction implicitly on a connection's first statement; a
+    `conn.transaction()` block inside it is only a savepoint, undone by the caller's
+    rollback (or lost with the process). What the sync writes must survive a crash the
+    moment it is written, so an open implicit transaction (reads only, in the sync) is
+    committed first.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.commit()
+    with conn.transaction():
+        yield
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
@@ -102,6 +127,8 @@ class SyncResult:
     by_provider: dict[str, dict[str, int]] = field(default_factory=dict)
     deferred: int = 0
     feedback: dict | None = None
+    # provider -> why it was paused for this run (credentials, account, sender queue)
+    paused: dict[str, str] = field(default_factory=dict)
 
     def count(self, provider: str, status: str, n: int = 1) -> None:
         self.by_provider.setdefault(provider, {}).setdefault(status, 0)
@@ -117,7 +144,7 @@ def dry_run(conn: psycopg.Connection, run_date: date) -> SyncResult:
     Keyed by the outbox's idempotency key, so a rerun records nothing new.
     """
     ensure_schema(conn)
-    with conn.transaction():
+    with committed(conn):
         rows = conn.execute(
             """
             insert into winback.send_ledger
@@ -160,7 +187,8 @@ def candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
         return cur.execute(
             f"""
             with open_rows as (
-                select o.*, l.status as ledger_status, l.intent_recorded_at, l.attempts
+                select o.*, l.status as ledger_status, l.intent_recorded_at, l.attempts,
+                       l.unclear_since
                 from winback.outbox o
                 left join winback.send_ledger l
                   on l.idempotency_key = o.idempotency_key and l.mode = 'live'
@@ -171,7 +199,7 @@ def candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
                        and l.run_date <= %(run_date)s)
             )
             select r.idempotency_key, r.customer_id, r.campaign_id, r.channel,
-                   r.payload, r.ledger_status, r.intent_recorded_at,
+                   r.payload, r.ledger_status, r.intent_recorded_at, r.unclear_since,
                    coalesce(r.attempts, 0) as attempts,
                    case
                        when r.ledger_status = 'scheduled'
@@ -204,7 +232,7 @@ def candidates(conn: psycopg.Connection, run_date: date) -> list[dict]:
 
 def _schedule_later_rows(conn, run_date: date) -> None:
     """The day's rows due later: recorded `scheduled` by this live run, for a later one."""
-    with conn.transaction():
+    with committed(conn):
         conn.execute(
             """
             insert into winback.send_ledger
@@ -240,11 +268,11 @@ class LedgerWriter:
 
     def __init__(self, conn: psycopg.Connection, provider: str, run_date: date):
         self.conn, self.provider, self.run_date = conn, provider, run_date
-        self._pending: list[tuple[str, str, str | None, str | None, int]] = []
+        self._pending: list[tuple[str, str, str | None, str | None, int, datetime | None]] = []
         self._last_flush = time.monotonic()
 
     def record_intent(self, keys: list[str]) -> None:
-        with self.conn.transaction():
+        with committed(self.conn):
             self.conn.execute(
                 """
                 insert into winback.send_ledger
@@ -257,8 +285,19 @@ class LedgerWriter:
                 (self.provider, self.run_date, keys),
             )
 
-    def record(self, key: str, status: str, message_id=None, error=None, attempts: int = 0) -> None:
-        self._pending.append((key, status, message_id, error, attempts))
+    def record(
+        self,
+        key: str,
+        status: str,
+        message_id=None,
+        error=None,
+        attempts: int = 0,
+        unclear_since: datetime | None = None,
+    ) -> None:
+        """Buffer an outcome. A row kept `sending` (the provider may have it, and could not
+        yet be trusted to say it has not) keeps `unclear_since`: the given time, else the
+        one already recorded, else now."""
+        self._pending.append((key, status, message_id, error, attempts, unclear_since))
         if (
             len(self._pending) >= FLUSH_EVERY_ROWS
             or time.monotonic() - self._last_flush > FLUSH_EVERY_SECONDS
@@ -270,8 +309,20 @@ class LedgerWriter:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        keys, statuses, ids, errors, attempts = (list(column) for column in zip(*rows, strict=True))
-        with self.conn.transaction():
+        # One update per key: a row recorded twice in a buffer (kept `sending`, then settled
+        # by a recheck in the same run) ends as its last record, with its calls summed;
+        # two source rows for one target would let PostgreSQL pick either.
+        merged: dict[str, tuple] = {}
+        for key, status, message_id, error, calls, since in rows:
+            earlier = merged.get(key)
+            if earlier is not None:
+                calls += earlier[4]
+                since = since or earlier[5]
+            merged[key] = (key, status, message_id, error, calls, since)
+        keys, statuses, ids, errors, attempts, unclear = (
+            list(column) for column in zip(*merged.values(), strict=True)
+        )
+        with committed(self.conn):
             self.conn.execute(
                 """
                 update winback.send_ledger l set
@@ -281,20 +332,24 @@ class LedgerWriter:
                                            else l.acknowledged_at end,
                     error = v.error,
                     attempts = l.attempts + v.attempts,
+                    unclear_since = case when v.status = 'sending'
+                        then coalesce(v.unclear_since, l.unclear_since, now())
+                        else l.unclear_since end,
                     updated_at = now()
-                from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[])
-                    as v(key, status, message_id, error, attempts)
+                from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[],
+                            %s::timestamptz[])
+                    as v(key, status, message_id, error, attempts, unclear_since)
                 where l.idempotency_key = v.key and l.mode = 'live'
                   and l.status not in ('acknowledged', 'rejected', 'skipped')
                 """,
-                (keys, statuses, ids, errors, attempts),
+                (keys, statuses, ids, errors, attempts, unclear),
             )
 
 
 def record_skipped(conn, provider: str, run_date: date, rows: list[dict]) -> None:
     if not rows:
         return
-    with conn.transaction():
+    with committed(conn):
         conn.execute(
             """
             insert into winback.send_ledger

@@ -25,6 +25,18 @@ from winback.delivery.send import sync_channel
 
 log = logging.getLogger(__name__)
 
+
+class ProvidersPaused(RuntimeError):
+    """A live sync finished, but a provider refused the account or the sender (rotated
+    credentials, a suspended account, a full sender queue): its rows wait as `retry` for
+    the next run. Raised after everything else was synced, so the task fails visibly."""
+
+    def __init__(self, result: SyncResult):
+        self.result = result
+        reasons = "; ".join(f"{name}: {why}" for name, why in sorted(result.paused.items()))
+        super().__init__(f"providers paused for this run ({reasons}); counts {result.by_provider}")
+
+
 MODES = ("dry_run", "live")
 
 
@@ -40,7 +52,8 @@ def run(
 
     `providers` maps a channel to its message provider and `audiences` names the audience
     providers; both default to the configured connections. A channel without a provider
-    is left untouched (its rows wait in the outbox, and are logged).
+    is left untouched (its rows wait in the outbox, and are logged). Raises
+    `ProvidersPaused` at the end when a provider refused the account or the sender.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: use one of {MODES}")
@@ -74,4 +87,6 @@ def run(
     for name, provider in audiences.items():
         asyncio.run(sync_audience(conn, name, provider, run_date, result))
     log.info("live sync for %s: %s", run_date, result.by_provider)
+    if result.paused:
+        raise ProvidersPaused(result)
     return result

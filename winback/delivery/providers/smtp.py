@@ -34,6 +34,10 @@ from winback.delivery.providers import (
 from winback.delivery.providers.ratelimit import RateLimits
 
 CONN_ID = "winback_smtp"
+# An ESP's message search is fed from its event pipeline, minutes behind the SMTP answer
+# (SendGrid's Email Activity, Mailgun's events): "not found" is believed after 15 minutes
+# unless `extra.lookup_trust_seconds` says otherwise.
+DEFAULT_LOOKUP_TRUST_SECONDS = 900.0
 DEFAULT_LIMITS = RateLimits(requests_per_second=20.0, max_concurrency=4, timeout_seconds=30.0)
 
 
@@ -54,11 +58,13 @@ class SmtpEmail(MessageProvider):
         starttls: bool = False,
         lookup_url: str | None = None,
         limits: RateLimits = DEFAULT_LIMITS,
+        lookup_trust_seconds: float = DEFAULT_LOOKUP_TRUST_SECONDS,
     ):
         self.host, self.port, self.sender = host, port, sender
         self._login, self._password, self._starttls = login, password, starttls
         self.lookup_url = lookup_url
         self.can_lookup = bool(lookup_url)
+        self.negative_lookup_trusted_after = lookup_trust_seconds
         self.limits = limits
 
     @classmethod
@@ -73,6 +79,7 @@ class SmtpEmail(MessageProvider):
             str(conn.extra.get("starttls", "")).lower() in ("1", "true", "yes"),
             conn.extra.get("lookup_url"),
             conn.limits(DEFAULT_LIMITS),
+            float(conn.extra.get("lookup_trust_seconds", DEFAULT_LOOKUP_TRUST_SECONDS)),
         )
 
     def _build(self, message: OutgoingMessage) -> EmailMessage:

@@ -3,8 +3,10 @@ faults that happen before a provider accepts a request or after it did."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 
 from winback.simulation.sandbox.state import SandboxState
@@ -24,10 +26,19 @@ class BaseHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload=None, headers: dict | None = None, raw=None):
+    def _send(
+        self,
+        status: int,
+        payload=None,
+        headers: dict | None = None,
+        raw=None,
+        content_type: str | None = None,
+    ):
         data = raw if raw is not None else json.dumps(payload or {}).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json" if raw is None else "application/gzip")
+        if content_type is None:
+            content_type = "application/json" if raw is None else "application/gzip"
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -39,13 +50,33 @@ class BaseHandler(BaseHTTPRequestHandler):
         time.sleep(self.state.settings.timeout_delay)
         self.close_connection = True
 
-    def _fault_response(self, kind: str | None) -> bool:
+    def _basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) of an `Authorization: Basic` header (RFC 7617), if any."""
+        header = self.headers.get("Authorization") or ""
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return None
+        return user, password
+
+    def _retry_after(self, family: str, seconds: float) -> str:
+        """A Retry-After value in the configured form, its window recorded as the
+        provider's: RFC 9110 allows delay-seconds or an HTTP-date (IMF-fixdate, GMT)."""
+        until = self.state.ask_for_quiet(family, seconds)
+        if self.state.settings.retry_after_form == "date":
+            # An HTTP-date has whole seconds: round the moment up so the date is not early.
+            return formatdate(int(until) + 1, usegmt=True)
+        return f"{seconds:g}"
+
+    def _fault_response(self, kind: str | None, family: str = "api") -> bool:
         """Answer with the fault if it happens before acceptance; True if answered."""
         if kind == "rate_limit":
             self._send(
                 429,
                 {"code": 20429, "message": "Too Many Requests", "status": 429},
-                {"Retry-After": f"{self.state.settings.retry_after:g}"},
+                {"Retry-After": self._retry_after(family, self.state.settings.retry_after)},
             )
         elif kind == "server_error":
             self._send(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
@@ -62,5 +93,8 @@ class BaseHandler(BaseHTTPRequestHandler):
             self._send(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
         elif kind == "accepted_then_timeout":
             self._stall()
+        elif kind == "truncated_body":
+            data = json.dumps(payload or {}).encode()
+            self._send(status, raw=data[: max(1, len(data) // 2)], content_type="application/json")
         else:
             self._send(status, payload)

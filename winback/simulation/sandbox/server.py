@@ -10,11 +10,15 @@ import multiprocessing
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from winback.simulation.sandbox.mailchimp import MailchimpRoutes
+from winback.simulation.sandbox.mailchimp import (
+    BatchResultsHandler,
+    MailchimpRoutes,
+    settle_batches,
+)
 from winback.simulation.sandbox.popup import PopupRoutes
 from winback.simulation.sandbox.smtp import SmtpHandler, SmtpLookupRoutes
 from winback.simulation.sandbox.state import SandboxSettings, SandboxState
@@ -35,7 +39,25 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
                 state.active += 1
                 state.peak_active = max(state.peak_active, state.active)
                 state.request_times.append(time.monotonic())
+        family = {"2010-04-01": "twilio", "3.0": "mailchimp", "popup": "popup"}.get(
+            parts[0] if parts else "", "api"
+        )
         try:
+            if not own and state.settings.latency:
+                time.sleep(state.settings.latency)  # the network and the provider's work
+            left = None if own else state.inside_quiet(family)
+            if left is not None and state.settings.refuse_inside_retry_after:
+                # Inside a window the provider asked to be left alone (Retry-After).
+                self._body()
+                self._send(
+                    429,
+                    {"code": 20429, "message": "Too Many Requests", "status": 429},
+                    {"Retry-After": str(max(1, int(left + 0.999)))},
+                )
+                return
+            if family == "mailchimp" and not self._mailchimp_authorized():
+                self._body()
+                return
             if not own and state.bucket and not state.bucket.take():
                 with state.lock:
                     state.counters["throttled"] += 1
@@ -87,12 +109,13 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
                     return self.mailchimp_tags
         if parts[:2] == ["popup", "entries"]:
             return self.popup_create if method == "POST" else self.popup_get
+        if parts[:1] == ["_sandbox"] and method == "POST" and parts[1:2] == ["credentials"]:
+            return self.sandbox_credentials
         if parts[:1] == ["_sandbox"] and method == "GET":
             return {
                 "events": self.sandbox_events,
                 "accepted": self.sandbox_accepted,
                 "stats": self.sandbox_stats,
-                "batch-results": self.mailchimp_batch_results,
                 "smtp-messages": self.smtp_lookup,
             }.get(parts[1] if len(parts) > 1 else "")
         return None
@@ -106,7 +129,18 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
         self._send(200, {"events": events, "next": after + len(events)})
 
     def sandbox_accepted(self, parts, query):
+        settle_batches(self.state)
         self._send(200, self.state.accepted())
+
+    def sandbox_credentials(self, parts, query):
+        """Rotate the credentials the providers accept (an auth token or API key renewed
+        at the provider): requests with the old ones get 401 from now on."""
+        change = json.loads(self._body() or b"{}")
+        with self.state.lock:
+            for name in ("auth_token", "api_key"):
+                if change.get(name):
+                    self.state.credentials[name] = change[name]
+        self._send(204, {})
 
     def sandbox_stats(self, parts, query):
         self._send(200, self.state.stats())
@@ -120,9 +154,17 @@ class SandboxHandle:
     url: str
     smtp_port: int | None
     _stop: object
+    settings: SandboxSettings = field(default_factory=SandboxSettings)
 
     def stop(self) -> None:
         self._stop()
+
+    def rotate_credentials(self, auth_token: str | None = None, api_key: str | None = None):
+        """Renew the Twilio auth token and/or the Mailchimp API key at the 'provider'."""
+        import httpx
+
+        change = {"auth_token": auth_token, "api_key": api_key}
+        httpx.post(f"{self.url}/_sandbox/credentials", json=change, timeout=10).raise_for_status()
 
     def _get(self, path: str) -> dict:
         import httpx
@@ -140,8 +182,12 @@ class SandboxHandle:
         return self._get(f"/_sandbox/events?after={after}&limit=100000")["events"]
 
     def connections_env(self, list_id: str = "winback-list") -> dict[str, str]:
-        """`AIRFLOW_CONN_*` values that point winback's providers at this sandbox."""
-        settings = SandboxSettings()
+        """`AIRFLOW_CONN_*` values that point winback's providers at this sandbox.
+
+        The Twilio connection trusts a lookup that does not find a message once the
+        sandbox's list lag has passed (a real account keeps Twilio's documented bound).
+        """
+        settings = self.settings
         env = {
             "AIRFLOW_CONN_WINBACK_TWILIO": json.dumps(
                 {
@@ -152,6 +198,7 @@ class SandboxHandle:
                         "base_url": self.url,
                         "from": "+15005550006",
                         "status_callback": f"{self.url}/_sandbox/twilio-status",
+                        "lookup_trust_seconds": settings.list_lag + 1.0,
                     },
                 }
             ),
@@ -204,6 +251,11 @@ def _serve(settings: SandboxSettings, host: str, port: int, smtp: bool):
     handler = type("BoundHandler", (Handler,), {"state": state})
     server = _Server((host, port), handler)
     server.daemon_threads = True
+    # Mailchimp's batch results live on another host (S3): a server of their own.
+    results = _Server((host, 0), type("BoundResults", (BatchResultsHandler,), {"state": state}))
+    state.batch_results_url = f"http://{host}:{results.server_address[1]}/batch-results"
+    threading.Thread(target=results.serve_forever, daemon=True).start()
+    server.results_server = results
     controller = None
     if smtp:
         from aiosmtpd.controller import Controller
@@ -242,11 +294,14 @@ def start_sandbox(
         def stop_thread():
             server.shutdown()
             server.server_close()
+            server.results_server.shutdown()
+            server.results_server.server_close()
             if controller:
                 controller.stop()
 
         smtp_port = controller.port if controller else None
-        return SandboxHandle(f"http://{host}:{server.server_address[1]}", smtp_port, stop_thread)
+        url = f"http://{host}:{server.server_address[1]}"
+        return SandboxHandle(url, smtp_port, stop_thread, config)
 
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
@@ -260,7 +315,7 @@ def start_sandbox(
         process.terminate()
         process.join(10)
 
-    return SandboxHandle(f"http://{host}:{http_port}", smtp_port, stop_process)
+    return SandboxHandle(f"http://{host}:{http_port}", smtp_port, stop_process, config)
 
 
 def _run_child(config: SandboxSettings, host: str, port: int, smtp: bool, ready) -> None:

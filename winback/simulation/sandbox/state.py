@@ -8,6 +8,7 @@ engagement feedback a provider reports, at configurable deterministic rates.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections import defaultdict
@@ -21,6 +22,8 @@ FAULT_KINDS = (
     "timeout",
     "accepted_then_error",
     "accepted_then_timeout",
+    # Accepted, then a 2xx whose JSON body is cut short (Content-Length matches the cut).
+    "truncated_body",
 )
 BATCH_FAULT_KINDS = (*FAULT_KINDS, "partial_batch")
 STOP_WORDS = ("STOP", "UNSUBSCRIBE", "END", "QUIT", "STOPALL", "REVOKE", "OPTOUT", "CANCEL")
@@ -53,6 +56,21 @@ class SandboxSettings:
     account_sid: str = "ACsandbox"
     auth_token: str = "sandbox-token"
     api_key: str = "sandbox-key"
+    # -- as the real providers behave (docs/providers.md cites each); 0 = off ------------
+    latency: float = 0.0  # seconds every API request takes before it is answered
+    # Twilio: a created message stays `queued` with `date_sent` null this long, then `sent`.
+    queue_seconds: float = 0.0
+    # Twilio: a created message shows in the Messages list only this long after creation.
+    list_lag: float = 0.0
+    # Twilio: 21611 when a `From` already has this many messages queued (None: no limit).
+    sender_queue_limit: int | None = None
+    # Retry-After of an injected 429 as delay-seconds ("seconds") or an HTTP-date ("date").
+    retry_after_form: str = "seconds"
+    # A request inside such a window is always counted (`inside_retry_after`); with this
+    # it is also refused with another 429, as a provider enforcing its window does.
+    refuse_inside_retry_after: bool = False
+    # Mailchimp: each batch runs this long, one batch at a time per account.
+    batch_seconds: float = 0.0
 
 
 class ServerBucket:
@@ -92,6 +110,16 @@ class SandboxState:
         self.peak_active = 0
         self.request_times: list[float] = []
         self.bucket = ServerBucket(settings.rate_limit) if settings.rate_limit else None
+        # Credentials the sandbox accepts now (rotated by POST /_sandbox/credentials).
+        self.credentials = {"auth_token": settings.auth_token, "api_key": settings.api_key}
+        # provider family -> (when a Retry-After was sent, until when it asked for quiet)
+        self.quiet: dict[str, tuple[float, float]] = {}
+        self.batch_results_url = ""  # the results host, set when its server starts
+        self.last_batch_finish = 0.0
+        self.message_seq = 0
+        self.sender_queues: dict = {}  # Twilio: sender -> creation times still queued
+        self.batch_lock = threading.Lock()  # Mailchimp: one batch runs at a time
+        self.results_secret = os.urandom(16)  # signs the results host's presigned URLs
 
     # -- faults ---------------------------------------------------------------------------
 
@@ -113,7 +141,10 @@ class SandboxState:
 
     def accept_message(self, provider: str, reference: str, record: dict) -> dict:
         with self.lock:
+            self.message_seq += 1
             record = {"provider": provider, "reference": reference, **record}
+            record["seq"] = self.message_seq
+            record["created"] = time.time()
             record["accepted_at"] = datetime.now(UTC).isoformat()
             self.messages.append(record)
             self.by_reference[reference].append(record)
@@ -162,16 +193,46 @@ class SandboxState:
         elif unit(seed, message_id, "unsubscribed") < rates["unsubscribed"]:
             event("unsubscribed")
 
+    # -- Retry-After windows -------------------------------------------------------------
+
+    def ask_for_quiet(self, family: str, seconds: float) -> float:
+        """Record that `family`'s clients were asked to wait; returns the end (epoch s)."""
+        now = time.time()
+        with self.lock:
+            _, until = self.quiet.get(family, (0.0, 0.0))
+            self.quiet[family] = (now, max(until, now + seconds))
+            return self.quiet[family][1]
+
+    def inside_quiet(self, family: str) -> float | None:
+        """Seconds left if a request arrives inside a window the provider asked to be left
+        alone, later than the requests already in flight could have known (latency + 0.1 s);
+        counted as `inside_retry_after`."""
+        now = time.time()
+        with self.lock:
+            asked_at, until = self.quiet.get(family, (0.0, 0.0))
+            if now >= until or now < asked_at + self.settings.latency + 0.1:
+                return None
+            self.counters["inside_retry_after"] += 1
+            return until - now
+
     def accepted(self) -> dict:
         with self.lock:
             per_reference = {ref: len(found) for ref, found in self.by_reference.items()}
+            per_content: dict[str, int] = defaultdict(int)
+            for message in self.messages:
+                if message.get("body") is not None:
+                    per_content[f"{message.get('to')}|{message['body']}"] += 1
             members = {
                 list_id: {
                     h: {"status": m["status"], "tags": sorted(m["tags"])} for h, m in found.items()
                 }
                 for list_id, found in self.members.items()
             }
-            return {"messages_by_reference": per_reference, "members": members}
+            return {
+                "messages_by_reference": per_reference,
+                "messages_by_recipient_and_body": dict(per_content),
+                "members": members,
+            }
 
     def stats(self) -> dict:
         with self.lock:
