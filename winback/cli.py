@@ -331,6 +331,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from winback.delivery.returnpath import app
+
+    app.serve(host=args.host, port=args.port)
+    return 0
+
+
 def cmd_feedback(args: argparse.Namespace) -> int:
     from winback.delivery import feedback
     from winback.warehouse import db
@@ -468,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     sandbox.add_argument("--port", type=int, default=0)
     sandbox.set_defaults(func=cmd_sandbox)
+
+    serve = sub.add_parser(
+        "serve", help="serve tracked links, unsubscribe pages and provider webhooks"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.set_defaults(func=cmd_serve)
 
     feedback = sub.add_parser("feedback", help="collect provider events and suppressions")
     feedback.add_argument("--date", type=_date, required=True)

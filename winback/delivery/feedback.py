@@ -30,7 +30,19 @@ from winback.delivery.providers import connection, is_configured
 log = logging.getLogger(__name__)
 
 EVENTS_CONN_ID = "winback_events"
-EVENT_TYPES = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+EVENT_TYPES = (
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "soft_bounced",
+    "complained",
+    "unsubscribed",
+    "resubscribed",
+    "help_requested",
+)
+# Suppressions a customer lifts by texting START, YES or UNSTOP to the number.
+LIFTED_BY_START = ("SMS stop word", "carrier opt-out")
 # Twilio's default opt-out keywords (Advanced Opt-Out), compared trimmed and upper-cased.
 STOP_WORDS = frozenset(
     ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT")
@@ -49,8 +61,7 @@ create schema if not exists winback;
 create table if not exists winback.message_events (
     event_id text primary key,
     provider text not null,
-    event_type text not null check (event_type in
-        ('delivered', 'opened', 'clicked', 'bounced', 'complained', 'unsubscribed')),
+    event_type text not null,
     channel text,
     idempotency_key text,
     customer_id text,
@@ -77,6 +88,24 @@ create table if not exists winback.suppressions (
 comment on table winback.suppressions is
     'Addresses never to message again (SHA-256 of the normalized address), from feedback.';
 
+-- The event types, kept in one named constraint so that adding one is a migration here.
+do $$
+begin
+    if not exists (
+        select 1 from pg_constraint
+        where conname = 'message_events_event_type_check'
+          and pg_get_constraintdef(oid) like '%help_requested%'
+    ) then
+        alter table winback.message_events
+            drop constraint if exists message_events_event_type_check;
+        alter table winback.message_events add constraint message_events_event_type_check
+            check (event_type in ('delivered', 'opened', 'clicked', 'bounced', 'soft_bounced',
+                                  'complained', 'unsubscribed', 'resubscribed',
+                                  'help_requested'));
+    end if;
+end
+$$;
+
 create table if not exists winback.feedback_cursors (
     source text primary key,
     position bigint not null,
@@ -99,32 +128,40 @@ class IngestResult:
     stored: int = 0
     duplicates: int = 0
     suppressions_added: int = 0
+    suppressions_lifted: int = 0
     ignored: int = 0
 
 
 def _normalize(event: dict) -> dict | None:
-    """One provider event as a message_events row (plus a stop flag); None to ignore."""
+    """One provider event as a message_events row (plus the address it is about, hashed at
+    once, and a suppression reason); None to ignore.
+
+    An event names its message by `message_id` (the provider's id, as the send ledger
+    recorded it) and, when it is about an address rather than a message (an inbound STOP,
+    a list unsubscribe), by `address`, which is hashed here and never stored in clear.
+    """
     kind = event.get("type")
     provider = event.get("provider", "")
-    channel = "sms" if provider == "twilio" else "email"
+    channel = event.get("channel") or ("sms" if provider == "twilio" else "email")
+    address = event.get("address")
     row = {
         "event_id": str(event["event_id"]),
         "provider": provider,
         "channel": channel,
         "provider_message_id": event.get("message_id"),
-        "client_reference": event.get("client_reference"),
         "occurred_at": event.get("occurred_at") or datetime.now(UTC).isoformat(),
-        "from_hash": None,
+        "address_hash": address_hash(address) if address else None,
+        "reason": event.get("reason"),
     }
-    if kind == "inbound":
+    if kind == "inbound":  # the sandbox's polled feed: an SMS reply
         if (event.get("body") or "").strip().upper() not in STOP_WORDS:
             return None  # a reply that is not an opt-out: nothing to record
-        # The sender's number is hashed at once and the plaintext dropped.
         return {
             **row,
             "event_type": "unsubscribed",
             "channel": "sms",
-            "from_hash": address_hash(event.get("from") or ""),
+            "address_hash": address_hash(event.get("from") or ""),
+            "reason": "SMS stop word",
         }
     if kind == "undelivered":
         kind = "bounced"
@@ -161,7 +198,9 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
                            as idempotency_key,
                        coalesce(by_id.customer_id, by_sender.customer_id) as customer_id,
                        coalesce(by_id.campaign_id, by_sender.campaign_id) as campaign_id,
-                       {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")} as to_hash
+                       coalesce(i.data ->> 'address_hash',
+                                {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")})
+                           as target_hash
                 from incoming i
                 left join lateral (
                     select o.idempotency_key, o.customer_id, o.campaign_id, o.payload
@@ -176,8 +215,11 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
                     from winback.outbox o
                     join winback.send_ledger l
                       on l.idempotency_key = o.idempotency_key and l.mode = 'live'
-                    where i.data ->> 'from_hash' is not null and o.channel = 'sms'
-                      and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")} = i.data ->> 'from_hash'
+                    where by_id.idempotency_key is null
+                      and i.data ->> 'address_hash' is not null
+                      and o.channel = i.data ->> 'channel'
+                      and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")}
+                          = i.data ->> 'address_hash'
                     order by l.acknowledged_at desc nulls last
                     limit 1
                 ) by_sender on true
@@ -194,19 +236,18 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
             ), suppress as (
                 insert into winback.suppressions
                     (channel, address_hash, reason, customer_id, source_event_id)
-                select distinct on (data ->> 'channel',
-                                    coalesce(data ->> 'from_hash', to_hash))
-                       data ->> 'channel', coalesce(data ->> 'from_hash', to_hash),
-                       case when data ->> 'from_hash' is not null then 'SMS stop word'
-                            when data ->> 'event_type' = 'bounced' then 'hard bounce'
-                            when data ->> 'event_type' = 'complained' then 'spam complaint'
-                            else 'unsubscribed' end,
+                select distinct on (data ->> 'channel', target_hash)
+                       data ->> 'channel', target_hash,
+                       coalesce(data ->> 'reason',
+                                case when data ->> 'event_type' = 'bounced' then 'hard bounce'
+                                     when data ->> 'event_type' = 'complained'
+                                         then 'spam complaint'
+                                     else 'unsubscribed' end),
                        customer_id, data ->> 'event_id'
                 from linked
                 where data ->> 'event_id' in (select event_id from inserted)
-                  and coalesce(data ->> 'from_hash', to_hash) is not null
-                  and (data ->> 'from_hash' is not null
-                       or data ->> 'event_type' in ('complained', 'unsubscribed')
+                  and target_hash is not null
+                  and (data ->> 'event_type' in ('complained', 'unsubscribed')
                        or (data ->> 'event_type' = 'bounced' and data ->> 'channel' = 'email'))
                 on conflict (channel, address_hash) do nothing
                 returning 1
@@ -214,8 +255,23 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
             select (select count(*) from inserted), (select count(*) from suppress)
             """
         ).fetchone()
+        # START after STOP: the customer opted back in to texts from us. Only the
+        # stop-word and carrier opt-outs older than the START are lifted; consent still
+        # comes from the shop, so a number without SMS consent stays unreachable.
+        lifted = conn.execute(
+            """
+            delete from winback.suppressions s
+            using incoming_events i
+            where i.data ->> 'event_type' = 'resubscribed'
+              and s.channel = 'sms' and s.address_hash = i.data ->> 'address_hash'
+              and s.reason = any(%s)
+              and s.suppressed_at <= (i.data ->> 'occurred_at')::timestamptz
+            """,
+            (list(LIFTED_BY_START),),
+        ).rowcount
         conn.execute("drop table incoming_events")
     result.stored, result.suppressions_added = stored
+    result.suppressions_lifted = lifted
     result.duplicates = len(rows) - result.stored
     return result
 
@@ -261,7 +317,14 @@ def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | N
                 (source, page["next"]),
             )
             conn.commit()
-            for name in ("received", "stored", "duplicates", "suppressions_added", "ignored"):
+            for name in (
+                "received",
+                "stored",
+                "duplicates",
+                "suppressions_added",
+                "suppressions_lifted",
+                "ignored",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
     log.info("feedback for %s: %s", run_date, asdict(total))
     return {"source": source, **asdict(total)}

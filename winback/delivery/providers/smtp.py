@@ -32,6 +32,7 @@ from winback.delivery.providers import (
     connection,
 )
 from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.returnpath import tokens
 
 CONN_ID = "winback_smtp"
 # An ESP's message search is fed from its event pipeline, minutes behind the SMTP answer
@@ -89,7 +90,14 @@ class SmtpEmail(MessageProvider):
         email["Subject"] = message.subject or ""
         email["Message-ID"] = message_id(message.idempotency_key)
         email["X-Winback-Campaign"] = message.campaign_id
-        email.set_content(message.body)
+        # Every email carries a working opt-out: the one-click headers (RFC 8058) and a
+        # link in the text, both to `winback serve`.
+        for name, value in tokens.list_unsubscribe_headers(
+            message.idempotency_key, self.sender
+        ).items():
+            email[name] = value
+        footer = f"\n\n--\nUnsubscribe: {tokens.unsubscribe_url(message.idempotency_key)}\n"
+        email.set_content(message.body + footer)
         return email
 
     def _send_blocking(self, message: OutgoingMessage) -> SendResult:
