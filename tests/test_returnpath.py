@@ -425,3 +425,76 @@ def test_bodies_are_bounded_and_the_access_log_holds_no_identifiers(running, cap
     assert '"route": "/r/{code}"' in logged and '"status": 413' in logged
     for secret in ("abcdefghjk", MAILCHIMP_SECRET, CUSTOMER, EMAIL):
         assert secret not in logged
+
+
+def test_the_sandbox_pushes_its_feedback_as_signed_webhooks_none_lost_or_doubled(running):
+    """Late, twice, out of order, and some first with a broken signature: every event the
+    sandbox produced is stored exactly once, and each forged copy was refused."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from winback.simulation.sandbox import start_sandbox
+
+    feedback_rates = {
+        "delivered": 0.8,
+        "opened": 0.7,
+        "clicked": 0.6,
+        "unsubscribed": 0.1,
+        "complained": 0.05,
+        "stop": 0.3,
+    }
+    handle = start_sandbox(
+        seed=11,
+        feedback=feedback_rates,
+        webhook_url=running.url,
+        webhook_delay=0.2,
+        webhook_duplicate_rate=0.3,
+        webhook_shuffle=True,
+        webhook_bad_signature_rate=0.2,
+        account_sid="AC123",
+        auth_token=AUTH_TOKEN,
+    )
+    # The service trusts this sandbox's SendGrid key for the length of the test.
+    previous_key = service.os.environ[service.SENDGRID_KEY_ENV]
+    service.os.environ[service.SENDGRID_KEY_ENV] = handle.settings.sendgrid_public_key
+    try:
+        for n in range(40):
+            response = httpx.post(
+                f"{handle.url}/2010-04-01/Accounts/AC123/Messages.json",
+                auth=("AC123", AUTH_TOKEN),
+                data={"To": f"+4479111{n:05d}", "From": "+15005550006", "Body": f"hi {n}"},
+                timeout=10,
+            )
+            assert response.status_code == 201, response.text
+        with smtplib.SMTP("127.0.0.1", handle.smtp_port) as smtp:
+            for n in range(40):
+                email = EmailMessage()
+                email["From"], email["To"] = "shop@example.com", f"c{n}@example.com"
+                email["Message-ID"], email["Subject"] = f"<m{n}@winback>", "hello"
+                email.set_content("hello")
+                smtp.send_message(email)
+        stats = handle.wait_for_webhooks(timeout=120)
+        produced = handle.events()
+    finally:
+        handle.stop()
+        service.os.environ[service.SENDGRID_KEY_ENV] = previous_key
+    assert stats["failed"] == 0 and stats["refused"] > 0, stats
+    expected = set()
+    for event in produced:
+        if event["provider"] == "twilio" and event["type"] == "inbound":
+            expected.add("twilio:inbound:SM" + event["event_id"].encode().hex()[-32:])
+        elif event["provider"] == "twilio":
+            status = "delivered" if event["type"] == "delivered" else "undelivered"
+            expected.add(f"twilio:{event['message_id']}:{status}")
+        else:
+            expected.add(f"sendgrid:{event['event_id']}")
+    stored = {
+        row[0]
+        for row in running.sql(
+            "select event_id from winback.message_events where event_id = any(%s)",
+            (list(expected),),
+        )
+    }
+    assert stored == expected, f"lost: {len(expected - stored)}"
+    stops = [e for e in produced if e["type"] == "inbound"]
+    assert stops and all(running.suppressed("sms", e["from"]) for e in stops)

@@ -116,6 +116,7 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
                 "events": self.sandbox_events,
                 "accepted": self.sandbox_accepted,
                 "stats": self.sandbox_stats,
+                "webhooks": self.sandbox_webhooks,
                 "smtp-messages": self.smtp_lookup,
             }.get(parts[1] if len(parts) > 1 else "")
         return None
@@ -127,6 +128,10 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
         with self.state.lock:
             events = self.state.events[after : after + limit]
         self._send(200, {"events": events, "next": after + len(events)})
+
+    def sandbox_webhooks(self, parts, query):
+        dispatcher = getattr(self.state, "dispatcher", None)
+        self._send(200, dispatcher.stats() if dispatcher else {"enabled": False})
 
     def sandbox_accepted(self, parts, query):
         settle_batches(self.state)
@@ -181,6 +186,27 @@ class SandboxHandle:
     def events(self, after: int = 0) -> list[dict]:
         return self._get(f"/_sandbox/events?after={after}&limit=100000")["events"]
 
+    def webhook_stats(self) -> dict:
+        """Webhooks sent to `winback serve`: sent, refused (forged on purpose), failed,
+        pending."""
+        return self._get("/_sandbox/webhooks")
+
+    def wait_for_webhooks(self, timeout: float = 120.0) -> dict:
+        """Wait until every event produced so far has been pushed; returns the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.webhook_stats()
+            if not stats.get("pending"):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sandbox webhooks still pending after {timeout} s: {stats}")
+            time.sleep(0.1)
+
+    def returnpath_env(self) -> dict[str, str]:
+        """What `winback serve` needs to accept this sandbox's webhooks: SendGrid's public
+        key (the Twilio auth token is the Twilio connection's password)."""
+        return {"WINBACK_SENDGRID_WEBHOOK_PUBLIC_KEY": self.settings.sendgrid_public_key}
+
     def connections_env(self, list_id: str = "winback-list") -> dict[str, str]:
         """`AIRFLOW_CONN_*` values that point winback's providers at this sandbox.
 
@@ -209,9 +235,6 @@ class SandboxHandle:
                     "extra": {"base_url": self.url, "list_id": list_id},
                 }
             ),
-            "AIRFLOW_CONN_WINBACK_EVENTS": json.dumps(
-                {"conn_type": "http", "extra": {"url": f"{self.url}/_sandbox/events"}}
-            ),
             "AIRFLOW_CONN_WINBACK_POPUP": json.dumps(
                 {
                     "conn_type": "http",
@@ -219,6 +242,10 @@ class SandboxHandle:
                 }
             ),
         }
+        if not settings.webhook_url:  # no webhooks: winback polls the sandbox's feed
+            env["AIRFLOW_CONN_WINBACK_EVENTS"] = json.dumps(
+                {"conn_type": "http", "extra": {"url": f"{self.url}/_sandbox/events"}}
+            )
         if self.smtp_port:
             env["AIRFLOW_CONN_WINBACK_SMTP"] = json.dumps(
                 {
@@ -269,6 +296,12 @@ def _serve(settings: SandboxSettings, host: str, port: int, smtp: bool):
             smtp_port = probe.getsockname()[1]
         controller = Controller(SmtpHandler(state), hostname=host, port=smtp_port)
         controller.start()
+    state.dispatcher = None
+    if settings.webhook_url:
+        from winback.simulation.sandbox.webhooks import WebhookDispatcher
+
+        state.dispatcher = WebhookDispatcher(state, settings.webhook_url)
+        state.dispatcher.start()
     return server, controller
 
 
@@ -286,6 +319,10 @@ def start_sandbox(
     """Start the sandbox in a thread (or, `in_process=True`, a child process so its work
     does not compete with the caller's interpreter lock) and return its handle."""
     config = SandboxSettings(fault_rate=fault_rate, seed=seed, rate_limit=rate_limit, **settings)
+    if config.webhook_url and not config.sendgrid_private_key:
+        from winback.simulation.sandbox.webhooks import new_signing_key
+
+        config.sendgrid_private_key, config.sendgrid_public_key = new_signing_key()
     if not in_process:
         server, controller = _serve(config, host, port, smtp)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -298,6 +335,8 @@ def start_sandbox(
             server.results_server.server_close()
             if controller:
                 controller.stop()
+            if server.RequestHandlerClass.state.dispatcher:
+                server.RequestHandlerClass.state.dispatcher.stop()
 
         smtp_port = controller.port if controller else None
         url = f"http://{host}:{server.server_address[1]}"

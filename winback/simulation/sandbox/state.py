@@ -71,6 +71,15 @@ class SandboxSettings:
     refuse_inside_retry_after: bool = False
     # Mailchimp: each batch runs this long, one batch at a time per account.
     batch_seconds: float = 0.0
+    # -- feedback pushed as signed webhooks to `winback serve` (sandbox/webhooks.py) -----
+    webhook_url: str | None = None  # None: events are only served at /_sandbox/events
+    webhook_delay: float = 0.0  # seconds each event is held back
+    webhook_duplicate_rate: float = 0.0  # share of events sent twice
+    webhook_shuffle: bool = False  # each batch in a random order
+    webhook_bad_signature_rate: float = 0.0  # share first sent with a broken signature
+    # SendGrid signs with a private key it keeps; winback gets the public key.
+    sendgrid_private_key: str = ""
+    sendgrid_public_key: str = ""
 
 
 class ServerBucket:
@@ -167,6 +176,8 @@ class SandboxState:
                     "message_id": message_id,
                     "client_reference": record["reference"],
                     "occurred_at": datetime.now(UTC).isoformat(),
+                    "created": time.time(),
+                    "to": record.get("to"),
                     **extra,
                 }
             )
