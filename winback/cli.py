@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from winback.campaigns import personalization
     from winback.local import airflow_env, dbt_runner
     from winback.measurement import windows as measurement
-    from winback.simulation import sandbox, simulator
+    from winback.simulation import return_path, simulator
     from winback.warehouse import db
 
     landing = Path(args.landing)
@@ -199,14 +199,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
     # the demo's two simulated days are replayed as if each were today: live sends with
     # allow_past_sends, which a real backfill never sets.
-    providers = sandbox.start_sandbox(fault_rate=0.05, seed=DEMO_SEED, in_process=True)
-    os.environ.update(providers.connections_env())
+    # Feedback comes back as signed webhooks to `winback serve`, late, sometimes twice or
+    # out of order, a few first with a broken signature, as real providers send it.
     os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
-    print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
-    try:
+    os.environ.setdefault("WINBACK_SERVE_LOG", str(config.STATE_DIR / "demo-serve.log"))
+    with return_path.sandbox_with_return_path(
+        fault_rate=0.05,
+        seed=DEMO_SEED,
+        in_process=True,
+        webhook_delay=0.5,
+        webhook_duplicate_rate=0.05,
+        webhook_shuffle=True,
+        webhook_bad_signature_rate=0.02,
+    ) as providers:
+        print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
+        print(f"      return path: winback serve at {os.environ['WINBACK_PUBLIC_URL']}")
         return _demo_days(args, landing, settings, windows, window, providers)
-    finally:
-        providers.stop()
 
 
 def _demo_days(args, landing, settings, windows, window, providers) -> int:
@@ -233,6 +241,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
             simulator.write_landing_files(first, first_folder)
         if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
             return 1
+        _report_webhooks(providers)
         with db.connect() as conn:
             targets = demo.audience_targets(conn, window_start)
         later = demo.add_campaign_responses(later, targets, window, settings)
@@ -245,6 +254,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
     print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
     if not _run_daily_dag(args.date, "demo-airflow.log"):
         return 1
+    _report_webhooks(providers)
     print("[4/5] summary")
     stats = providers.stats()
     print(
@@ -264,6 +274,24 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
 
 
 DEMO_RUN_CONF = {"send_mode": "live", "allow_past_sends": True}
+
+
+def _report_webhooks(providers) -> None:
+    """Wait for the sandbox's webhooks of the last run to land; say what came back."""
+    from winback.warehouse import db
+
+    stats = providers.wait_for_webhooks()
+    with db.connect() as conn:
+        rows = conn.execute(
+            "select event_type, count(*) from winback.message_events "
+            "where provider in ('twilio', 'sendgrid', 'mailchimp', 'winback') "
+            "group by 1 order by 2 desc"
+        ).fetchall()
+    counts = ", ".join(f"{n:,} {kind}" for kind, n in rows) or "none yet"
+    print(
+        f"      feedback as signed webhooks: {stats['sent']:,} accepted by winback serve,"
+        f" {stats['refused']:,} forged copies refused; stored so far: {counts}"
+    )
 
 
 def _demo_coupon_secret() -> str:

@@ -223,7 +223,13 @@ class SandboxHandle:
                     "extra": {
                         "base_url": self.url,
                         "from": "+15005550006",
-                        "status_callback": f"{self.url}/_sandbox/twilio-status",
+                        # Twilio posts status callbacks to this URL: winback serve's
+                        # route when the sandbox pushes webhooks, else its own sink.
+                        "status_callback": (
+                            f"{settings.webhook_url.rstrip('/')}/webhooks/twilio/status"
+                            if settings.webhook_url
+                            else f"{self.url}/_sandbox/twilio-status"
+                        ),
                         "lookup_trust_seconds": settings.list_lag + 1.0,
                     },
                 }

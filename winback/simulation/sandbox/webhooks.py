@@ -95,8 +95,12 @@ class WebhookDispatcher:
     def stats(self) -> dict:
         with self.state.lock:
             pending = len(self.state.events) - self.cursor
-        return {"sent": self.sent, "refused": self.refused, "failed": self.failed,
-                "pending": pending}
+        return {
+            "sent": self.sent,
+            "refused": self.refused,
+            "failed": self.failed,
+            "pending": pending,
+        }
 
     # -- the loop -------------------------------------------------------------------------
 
