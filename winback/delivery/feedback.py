@@ -170,9 +170,13 @@ def _normalize(event: dict) -> dict | None:
     return {**row, "event_type": kind}
 
 
-def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
-    """Store provider events once each and suppress addresses that opted out."""
-    ensure_schema(conn)
+def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True) -> IngestResult:
+    """Store provider events once each and suppress addresses that opted out.
+
+    `ensure=False` skips creating the tables: `winback serve` creates them once at start,
+    and DDL on every one of many concurrent requests would make them collide."""
+    if ensure:
+        ensure_schema(conn)
     result = IngestResult(received=len(events))
     rows = []
     for event in events:
@@ -183,15 +187,16 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
             rows.append(row)
     if not rows:
         return result
+    # The events travel as one JSON parameter: one statement, no temporary table, so a
+    # single webhook costs one round trip and no catalog churn (a polled page of a
+    # thousand events is a few hundred kilobytes of parameter).
+    incoming_json = json.dumps(rows)
     with conn.transaction():
-        conn.execute("create temporary table incoming_events (data jsonb) on commit drop")
-        with conn.cursor().copy("copy incoming_events (data) from stdin") as copy:
-            for row in rows:
-                copy.write_row((json.dumps(row),))
         stored = conn.execute(
             f"""
             with incoming as (
-                select distinct on (data ->> 'event_id') data from incoming_events
+                select distinct on (data ->> 'event_id') data
+                from jsonb_array_elements(%(incoming)s::jsonb) as events (data)
             ), linked as (
                 select i.data,
                        coalesce(by_id.idempotency_key, by_sender.idempotency_key)
@@ -253,7 +258,8 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
                 returning 1
             )
             select (select count(*) from inserted), (select count(*) from suppress)
-            """
+            """,
+            {"incoming": incoming_json},
         ).fetchone()
         # START after STOP: the customer opted back in to texts from us. Only the
         # stop-word and carrier opt-outs older than the START are lifted; consent still
@@ -261,15 +267,14 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
         lifted = conn.execute(
             """
             delete from winback.suppressions s
-            using incoming_events i
+            using jsonb_array_elements(%(incoming)s::jsonb) as i (data)
             where i.data ->> 'event_type' = 'resubscribed'
               and s.channel = 'sms' and s.address_hash = i.data ->> 'address_hash'
-              and s.reason = any(%s)
+              and s.reason = any(%(lifted)s)
               and s.suppressed_at <= (i.data ->> 'occurred_at')::timestamptz
             """,
-            (list(LIFTED_BY_START),),
+            {"incoming": incoming_json, "lifted": list(LIFTED_BY_START)},
         ).rowcount
-        conn.execute("drop table incoming_events")
     result.stored, result.suppressions_added = stored
     result.suppressions_lifted = lifted
     result.duplicates = len(rows) - result.stored

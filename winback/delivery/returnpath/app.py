@@ -40,7 +40,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.routing import Route
 
-from winback.delivery import feedback
+from winback.campaigns import audiences, personalization
+from winback.delivery import feedback, ledger
 from winback.delivery.providers import connection, is_configured
 from winback.delivery.returnpath import links, mailchimp, sendgrid, tokens, twilio, unsubscribe
 from winback.warehouse import db
@@ -111,7 +112,7 @@ def _form(body: bytes) -> list[tuple[str, str]]:
 
 def _store(pool: ConnectionPool, events: list[dict]) -> feedback.IngestResult:
     with pool.transaction() as conn:
-        return feedback.ingest(conn, events)
+        return feedback.ingest(conn, events, ensure=False)
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -134,7 +135,10 @@ def not_found() -> HTMLResponse:
 
 def create_app(database_url: str | None = None) -> Starlette:
     pool = ConnectionPool(database_url or db.database_url())
-    with pool.transaction() as conn:
+    with pool.transaction() as conn:  # the tables every route reads or writes, once
+        audiences.ensure_app_schema(conn)
+        ledger.ensure_schema(conn)
+        personalization.ensure_tracked_links(conn)
         feedback.ensure_schema(conn)
 
     def twilio_tokens() -> list[str]:
