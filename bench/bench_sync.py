@@ -36,12 +36,12 @@ from datetime import date
 import psycopg
 
 from winback.campaigns import audiences
-from winback.delivery import sync
+from winback.delivery import ledger, sync
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.twilio import TwilioSms
 from winback.simulation import sandbox
-from winback.warehouse import db, tables
+from winback.warehouse import db
 
 RUN = date(2026, 11, 20)
 BENCH_DB = "winback_bench_sync"
@@ -73,7 +73,7 @@ def phone(i: int) -> str:
 
 def prepare(conn, n: int, channel: str) -> list[str]:
     conn.execute(FEATURES_DDL)
-    tables.ensure_schema(conn)
+    ledger.ensure_schema(conn)
     with conn.cursor().copy("copy marts.customer_features from stdin") as copy:
         for i in range(n):
             copy.write_row((f"c{i}", f"user{i}@shop.test", phone(i), True, True, False, False))
@@ -192,7 +192,10 @@ def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) ->
             runs = 0
             for runs in range(1, MAX_RUNS + 1):  # noqa: B007
                 provider = MailchimpAudience(
-                    handle.url, "key", "L", RateLimits(rate, 10, timeout_seconds=2.5)
+                    handle.url,
+                    sandbox.SandboxSettings().api_key,
+                    "L",
+                    RateLimits(rate, 10, timeout_seconds=2.5),
                 )
                 sync.run(conn, RUN, "live", {}, {"mailchimp": provider}, collect_feedback=False)
                 still_open = conn.execute(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from winback.campaigns import audiences, messages, rules
 from winback.campaigns import campaign_files as campaigns
-from winback.delivery import sync
+from winback.delivery import ledger
 
 RUN = date(2026, 11, 20)
 
@@ -326,9 +326,9 @@ def test_a_rerun_or_a_later_day_never_enqueues_a_step_twice(shop):
     assert first.outbox_added == first.treatment > 0
     assert rerun.outbox_added == 0 and next_day.outbox_added == 0
     assert (rerun.treatment, rerun.holdout) == (first.treatment, first.holdout)
-    dry = sync.dry_run(shop.conn, RUN)
+    dry = ledger.dry_run(shop.conn, RUN)
     assert dry.recorded == first.treatment
-    assert sync.dry_run(shop.conn, RUN).recorded == 0
+    assert ledger.dry_run(shop.conn, RUN).recorded == 0
 
 
 def test_higher_priority_campaign_takes_the_customer(shop):

@@ -59,7 +59,11 @@ SERVICE_SCHEMA = {
         "entrypoint": _string_or_list,
         "environment": _list_or_dict,
         "env_file": _string_or_list,
-        "ports": {"type": "array", "items": {"type": "string", "pattern": r"^\d+:\d+$"}},
+        # HOST:CONTAINER, or IP:HOST:CONTAINER to publish on one interface only.
+        "ports": {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^(\d{1,3}(\.\d{1,3}){3}:)?\d+:\d+$"},
+        },
         "expose": {"type": "array", "items": {"type": ["string", "integer"]}},
         "volumes": {"type": "array", "items": {"type": "string", "pattern": r"^[^:]+:/[^:]+$"}},
         "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
@@ -168,6 +172,14 @@ def test_dependencies_exist_and_servers_have_healthchecks(compose):
                  "airflow-scheduler"):  # fmt: skip
         assert "healthcheck" in services[name], name
     assert services["airflow-api-server"]["ports"] == ["8080:8080"]
+
+
+def test_the_return_path_is_a_service_of_the_same_image(compose):
+    serve = compose["services"]["winback-serve"]
+    assert serve["image"] == compose["services"]["airflow-scheduler"]["image"]
+    assert serve["entrypoint"][:2] == ["winback", "serve"]
+    assert serve["ports"] == ["127.0.0.1:8090:8090"], "reached through the TLS proxy only"
+    assert "WINBACK_PUBLIC_URL" in serve["environment"]
 
 
 def test_named_volumes_are_declared(compose):

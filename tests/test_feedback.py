@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_sync import RUN, add_customers, enqueue, ledger, reset_warehouse, twilio
+from tests.test_sync import RUN, add_customers, enqueue, ledger_rows, reset_warehouse, twilio
 from winback.delivery import feedback, sync
 from winback.delivery.providers import Outcome
 from winback.delivery.providers.ratelimit import RateLimits
@@ -59,7 +59,7 @@ def test_a_stop_reply_suppresses_the_number_in_the_same_run(warehouse, box):
     collected = feedback.collect(warehouse, RUN, url=f"{box.url}/_sandbox/events")
     assert collected["suppressions_added"] >= len(stopped)
     result = sync.run(warehouse, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
-    states = ledger(warehouse)
+    states = ledger_rows(warehouse)
     skipped = [k for k in second if states[k][0] == "skipped"]
     assert len(skipped) == result.by_provider["twilio"]["skipped"] >= len(stopped)
     assert all("SMS stop word" in states[k][2] for k in skipped)

@@ -14,11 +14,13 @@ import pytest
 from winback.simulation import sandbox
 
 TWILIO = "/2010-04-01/Accounts/ACsandbox/Messages.json"
+TWILIO_AUTH = ("ACsandbox", "sandbox-token")
+MAILCHIMP_AUTH = ("anyone", "sandbox-key")
 
 
 def send_sms(url: str, ref: str, to: str = "+16505550001", timeout: float = 5.0):
     form = {"To": to, "From": "+15005550006", "Body": "hi", "StatusCallback": f"x?ref={ref}"}
-    return httpx.post(f"{url}{TWILIO}", data=form, timeout=timeout)
+    return httpx.post(f"{url}{TWILIO}", data=form, timeout=timeout, auth=TWILIO_AUTH)
 
 
 @pytest.mark.parametrize(
@@ -68,8 +70,10 @@ def test_a_partial_batch_rejects_some_operations_and_applies_the_rest():
                     "body": json.dumps({"email_address": email, "status_if_new": "subscribed"}),
                 }
             )
-        batch = httpx.post(f"{handle.url}/3.0/batches", json={"operations": operations}).json()
-        status = httpx.get(f"{handle.url}/3.0/batches/{batch['id']}").json()
+        batch = httpx.post(
+            f"{handle.url}/3.0/batches", json={"operations": operations}, auth=MAILCHIMP_AUTH
+        ).json()
+        status = httpx.get(f"{handle.url}/3.0/batches/{batch['id']}", auth=MAILCHIMP_AUTH).json()
         assert status["status"] == "finished" and 0 < status["errored_operations"] < 40
         archive = httpx.get(status["response_body_url"]).content
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:

@@ -138,7 +138,7 @@ def test_dbt_says_why_when_the_winback_tables_are_missing(session_database):
                 "--project-dir",
                 str(config.DBT_PROJECT_DIR),
                 "--profiles-dir",
-                str(config.DBT_PROJECT_DIR),
+                str(dbt_runner.COMMITTED_PROFILES_DIR),
             ],
             env=dbt_runner.dbt_environment(),
             capture_output=True,

@@ -195,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from winback.campaigns import personalization
     from winback.local import airflow_env, dbt_runner
     from winback.measurement import windows as measurement
-    from winback.simulation import sandbox, simulator
+    from winback.simulation import return_path, simulator
     from winback.warehouse import db
 
     landing = Path(args.landing)
@@ -211,14 +211,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
     # the demo's two simulated days are replayed as if each were today: live sends with
     # allow_past_sends, which a real backfill never sets.
-    providers = sandbox.start_sandbox(fault_rate=0.05, seed=DEMO_SEED, in_process=True)
-    os.environ.update(providers.connections_env())
+    # Feedback comes back as signed webhooks to `winback serve`, late, sometimes twice or
+    # out of order, a few first with a broken signature, as real providers send it.
     os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
-    print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
-    try:
+    os.environ.setdefault("WINBACK_SERVE_LOG", str(config.STATE_DIR / "demo-serve.log"))
+    with return_path.sandbox_with_return_path(
+        fault_rate=0.05,
+        seed=DEMO_SEED,
+        in_process=True,
+        webhook_delay=0.5,
+        webhook_duplicate_rate=0.05,
+        webhook_shuffle=True,
+        webhook_bad_signature_rate=0.02,
+    ) as providers:
+        print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
+        print(f"      return path: winback serve at {os.environ['WINBACK_PUBLIC_URL']}")
         return _demo_days(args, landing, settings, windows, window, providers)
-    finally:
-        providers.stop()
 
 
 def _demo_days(args, landing, settings, windows, window, providers) -> int:
@@ -239,7 +247,11 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         log_names = {window.window_start: "demo-airflow-window-start.log"}
 
         def run_daily(day: date) -> bool:
-            return _run_daily_dag(day, log_names.get(day, "demo-airflow.log"))
+            if not _run_daily_dag(day, log_names.get(day, "demo-airflow.log")):
+                return False
+            # The next day's journeys branch on what came back: wait for it to land.
+            _report_webhooks(providers)
+            return True
 
         if not demo.play_campaign_window(settings, window, landing, run_daily, db.connect, print):
             return 1
@@ -262,6 +274,24 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
 
 
 DEMO_RUN_CONF = {"send_mode": "live", "allow_past_sends": True}
+
+
+def _report_webhooks(providers) -> None:
+    """Wait for the sandbox's webhooks of the last run to land; say what came back."""
+    from winback.warehouse import db
+
+    stats = providers.wait_for_webhooks()
+    with db.connect() as conn:
+        rows = conn.execute(
+            "select event_type, count(*) from winback.message_events "
+            "where provider in ('twilio', 'sendgrid', 'mailchimp', 'winback') "
+            "group by 1 order by 2 desc"
+        ).fetchall()
+    counts = ", ".join(f"{n:,} {kind}" for kind, n in rows) or "none yet"
+    print(
+        f"      feedback as signed webhooks: {stats['sent']:,} accepted by winback serve,"
+        f" {stats['refused']:,} forged copies refused; stored so far: {counts}"
+    )
 
 
 def _demo_coupon_secret() -> str:
@@ -326,6 +356,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     for name, value in handle.connections_env().items():
         print(f"export {name}='{value}'", flush=True)
     sandbox.serve_forever(handle)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from winback.delivery.returnpath import app
+
+    app.serve(host=args.host, port=args.port)
     return 0
 
 
@@ -469,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     sandbox.add_argument("--port", type=int, default=0)
     sandbox.set_defaults(func=cmd_sandbox)
+
+    serve = sub.add_parser(
+        "serve", help="serve tracked links, unsubscribe pages and provider webhooks"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.set_defaults(func=cmd_serve)
 
     feedback = sub.add_parser("feedback", help="collect provider events and suppressions")
     feedback.add_argument("--date", type=_date, required=True)

@@ -26,6 +26,17 @@ FEATURES = relations.CUSTOMER_FEATURES
 DEFAULT_SEND_HOUR = 10
 SHORT_LINK_BASE_ENV = "WINBACK_SHORT_LINK_BASE"
 DEFAULT_SHORT_LINK_BASE = "https://wb.example/s"
+PUBLIC_URL_ENV = "WINBACK_PUBLIC_URL"
+
+
+def short_link_base() -> str:
+    """Where tracked links point: `WINBACK_SHORT_LINK_BASE`, else the redirect route of
+    `winback serve` at `WINBACK_PUBLIC_URL` (`…/r`), else a placeholder domain."""
+    explicit = os.environ.get(SHORT_LINK_BASE_ENV)
+    if explicit:
+        return explicit.rstrip("/")
+    public = os.environ.get(PUBLIC_URL_ENV)
+    return f"{public.rstrip('/')}/r" if public else DEFAULT_SHORT_LINK_BASE
 
 
 # --- time zones and quiet hours -----------------------------------------------------------
@@ -94,7 +105,7 @@ class MessageBuilder:
         self.conn = conn
         self.run_date = run_date
         self.secret = personalization.coupon_secret(mode)
-        self.short_link_base = os.environ.get(SHORT_LINK_BASE_ENV, DEFAULT_SHORT_LINK_BASE)
+        self.short_link_base = short_link_base()
         self.zones: dict[str, tuple[ZoneInfo, ...]] = {}
         self.send_hours: dict[str, int] = {}
         self.recommended: dict[str, list[str]] = {}

@@ -1,1 +1,5 @@
-"""Delivery: the providers, the send ledger and sync, and the feedback they return."""
+"""Delivery: the providers, the send ledger and sync, and the feedback they return.
+
+`sync` (the seam the pipeline calls) runs `send` over the `ledger` for messages and the
+`audience_mirror` for audiences; `providers/registry.py` says which adapter serves what.
+"""

@@ -31,7 +31,19 @@ from winback.warehouse import tables
 log = logging.getLogger(__name__)
 
 EVENTS_CONN_ID = "winback_events"
-EVENT_TYPES = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+EVENT_TYPES = (
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "soft_bounced",
+    "complained",
+    "unsubscribed",
+    "resubscribed",
+    "help_requested",
+)
+# Suppressions a customer lifts by texting START, YES or UNSTOP to the number.
+LIFTED_BY_START = ("SMS stop word", "carrier opt-out")
 # Twilio's default opt-out keywords (Advanced Opt-Out), compared trimmed and upper-cased.
 STOP_WORDS = frozenset(
     ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT")
@@ -46,6 +58,11 @@ PAGE_SIZE = 1000
 ADDRESS_HASH_SQL = "encode(sha256(convert_to(lower(btrim({})), 'UTF8')), 'hex')"
 
 
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """The feedback tables, and every other table of winback's (one home: `tables`)."""
+    tables.ensure_schema(conn)
+
+
 def address_hash(address: str) -> str:
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
@@ -56,32 +73,40 @@ class IngestResult:
     stored: int = 0
     duplicates: int = 0
     suppressions_added: int = 0
+    suppressions_lifted: int = 0
     ignored: int = 0
 
 
 def _normalize(event: dict) -> dict | None:
-    """One provider event as a message_events row (plus a stop flag); None to ignore."""
+    """One provider event as a message_events row (plus the address it is about, hashed at
+    once, and a suppression reason); None to ignore.
+
+    An event names its message by `message_id` (the provider's id, as the send ledger
+    recorded it) and, when it is about an address rather than a message (an inbound STOP,
+    a list unsubscribe), by `address`, which is hashed here and never stored in clear.
+    """
     kind = event.get("type")
     provider = event.get("provider", "")
-    channel = "sms" if provider == "twilio" else "email"
+    channel = event.get("channel") or ("sms" if provider == "twilio" else "email")
+    address = event.get("address")
     row = {
         "event_id": str(event["event_id"]),
         "provider": provider,
         "channel": channel,
         "provider_message_id": event.get("message_id"),
-        "client_reference": event.get("client_reference"),
         "occurred_at": event.get("occurred_at") or datetime.now(UTC).isoformat(),
-        "from_hash": None,
+        "address_hash": address_hash(address) if address else None,
+        "reason": event.get("reason"),
     }
-    if kind == "inbound":
+    if kind == "inbound":  # the sandbox's polled feed: an SMS reply
         if (event.get("body") or "").strip().upper() not in STOP_WORDS:
             return None  # a reply that is not an opt-out: nothing to record
-        # The sender's number is hashed at once and the plaintext dropped.
         return {
             **row,
             "event_type": "unsubscribed",
             "channel": "sms",
-            "from_hash": address_hash(event.get("from") or ""),
+            "address_hash": address_hash(event.get("from") or ""),
+            "reason": "SMS stop word",
         }
     if kind == "undelivered":
         kind = "bounced"
@@ -90,9 +115,13 @@ def _normalize(event: dict) -> dict | None:
     return {**row, "event_type": kind}
 
 
-def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
-    """Store provider events once each and suppress addresses that opted out."""
-    tables.ensure_schema(conn)
+def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True) -> IngestResult:
+    """Store provider events once each and suppress addresses that opted out.
+
+    `ensure=False` skips creating the tables: `winback serve` creates them once at start,
+    and DDL on every one of many concurrent requests would make them collide."""
+    if ensure:
+        ensure_schema(conn)
     result = IngestResult(received=len(events))
     rows = []
     for event in events:
@@ -103,22 +132,25 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
             rows.append(row)
     if not rows:
         return result
+    # The events travel as one JSON parameter: one statement, no temporary table, so a
+    # single webhook costs one round trip and no catalog churn (a polled page of a
+    # thousand events is a few hundred kilobytes of parameter).
+    incoming_json = json.dumps(rows)
     with conn.transaction():
-        conn.execute("create temporary table incoming_events (data jsonb) on commit drop")
-        with conn.cursor().copy("copy incoming_events (data) from stdin") as copy:
-            for row in rows:
-                copy.write_row((json.dumps(row),))
         stored = conn.execute(
             f"""
             with incoming as (
-                select distinct on (data ->> 'event_id') data from incoming_events
+                select distinct on (data ->> 'event_id') data
+                from jsonb_array_elements(%(incoming)s::jsonb) as events (data)
             ), linked as (
                 select i.data,
                        coalesce(by_id.idempotency_key, by_sender.idempotency_key)
                            as idempotency_key,
                        coalesce(by_id.customer_id, by_sender.customer_id) as customer_id,
                        coalesce(by_id.campaign_id, by_sender.campaign_id) as campaign_id,
-                       {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")} as to_hash
+                       coalesce(i.data ->> 'address_hash',
+                                {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")})
+                           as target_hash
                 from incoming i
                 left join lateral (
                     select o.idempotency_key, o.customer_id, o.campaign_id, o.payload
@@ -133,8 +165,11 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
                     from winback.outbox o
                     join winback.send_ledger l
                       on l.idempotency_key = o.idempotency_key and l.mode = 'live'
-                    where i.data ->> 'from_hash' is not null and o.channel = 'sms'
-                      and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")} = i.data ->> 'from_hash'
+                    where by_id.idempotency_key is null
+                      and i.data ->> 'address_hash' is not null
+                      and o.channel = i.data ->> 'channel'
+                      and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")}
+                          = i.data ->> 'address_hash'
                     order by l.acknowledged_at desc nulls last
                     limit 1
                 ) by_sender on true
@@ -151,28 +186,42 @@ def ingest(conn: psycopg.Connection, events: list[dict]) -> IngestResult:
             ), suppress as (
                 insert into winback.suppressions
                     (channel, address_hash, reason, customer_id, source_event_id)
-                select distinct on (data ->> 'channel',
-                                    coalesce(data ->> 'from_hash', to_hash))
-                       data ->> 'channel', coalesce(data ->> 'from_hash', to_hash),
-                       case when data ->> 'from_hash' is not null then 'SMS stop word'
-                            when data ->> 'event_type' = 'bounced' then 'hard bounce'
-                            when data ->> 'event_type' = 'complained' then 'spam complaint'
-                            else 'unsubscribed' end,
+                select distinct on (data ->> 'channel', target_hash)
+                       data ->> 'channel', target_hash,
+                       coalesce(data ->> 'reason',
+                                case when data ->> 'event_type' = 'bounced' then 'hard bounce'
+                                     when data ->> 'event_type' = 'complained'
+                                         then 'spam complaint'
+                                     else 'unsubscribed' end),
                        customer_id, data ->> 'event_id'
                 from linked
                 where data ->> 'event_id' in (select event_id from inserted)
-                  and coalesce(data ->> 'from_hash', to_hash) is not null
-                  and (data ->> 'from_hash' is not null
-                       or data ->> 'event_type' in ('complained', 'unsubscribed')
+                  and target_hash is not null
+                  and (data ->> 'event_type' in ('complained', 'unsubscribed')
                        or (data ->> 'event_type' = 'bounced' and data ->> 'channel' = 'email'))
                 on conflict (channel, address_hash) do nothing
                 returning 1
             )
             select (select count(*) from inserted), (select count(*) from suppress)
-            """
+            """,
+            {"incoming": incoming_json},
         ).fetchone()
-        conn.execute("drop table incoming_events")
+        # START after STOP: the customer opted back in to texts from us. Only the
+        # stop-word and carrier opt-outs older than the START are lifted; consent still
+        # comes from the shop, so a number without SMS consent stays unreachable.
+        lifted = conn.execute(
+            """
+            delete from winback.suppressions s
+            using jsonb_array_elements(%(incoming)s::jsonb) as i (data)
+            where i.data ->> 'event_type' = 'resubscribed'
+              and s.channel = 'sms' and s.address_hash = i.data ->> 'address_hash'
+              and s.reason = any(%(lifted)s)
+              and s.suppressed_at <= (i.data ->> 'occurred_at')::timestamptz
+            """,
+            {"incoming": incoming_json, "lifted": list(LIFTED_BY_START)},
+        ).rowcount
     result.stored, result.suppressions_added = stored
+    result.suppressions_lifted = lifted
     result.duplicates = len(rows) - result.stored
     return result
 
@@ -218,7 +267,14 @@ def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | N
                 (source, page["next"]),
             )
             conn.commit()
-            for name in ("received", "stored", "duplicates", "suppressions_added", "ignored"):
+            for name in (
+                "received",
+                "stored",
+                "duplicates",
+                "suppressions_added",
+                "suppressions_lifted",
+                "ignored",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(part, name))
     log.info("feedback for %s: %s", run_date, asdict(total))
     return {"source": source, **asdict(total)}

@@ -207,6 +207,10 @@ create table if not exists winback.send_ledger (
 );
 alter table winback.send_ledger add column if not exists attempts integer not null default 0;
 alter table winback.send_ledger add column if not exists updated_at timestamptz;
+-- When a request that the provider may have accepted last went out (or, for a row a killed
+-- run left `sending`, when a later run first failed to find it): a lookup that does not
+-- find the message is believed only the provider's bound after this.
+alter table winback.send_ledger add column if not exists unclear_since timestamptz;
 create index if not exists send_ledger_open_rows on winback.send_ledger (mode, status)
     where status in ('sending', 'retry', 'unclear');
 create index if not exists send_ledger_provider_message_id
@@ -230,6 +234,9 @@ create table if not exists winback.audience_members (
     updated_at timestamptz not null default now(),
     primary key (provider, audience, customer_id)
 );
+-- The provider's batch that took a change still `sending`: polled by later attempts and
+-- runs until it finishes, never posted again.
+alter table winback.audience_members add column if not exists provider_batch_id text;
 comment on table winback.audience_members is
     'What each audience provider holds (is_member, as acknowledged) and changes in flight.';
 """
@@ -238,8 +245,7 @@ MESSAGE_EVENTS = """
 create table if not exists winback.message_events (
     event_id text primary key,
     provider text not null,
-    event_type text not null check (event_type in
-        ('delivered', 'opened', 'clicked', 'bounced', 'complained', 'unsubscribed')),
+    event_type text not null,
     channel text,
     idempotency_key text,
     customer_id text,
@@ -253,6 +259,24 @@ create index if not exists message_events_by_campaign
     on winback.message_events (campaign_id, event_type);
 comment on table winback.message_events is
     'Provider feedback per message, once per provider event id: the funnel after sent.';
+-- The event types, in one named constraint so that adding one is a migration here (an
+-- older warehouse has the first six in an inline check of the same name).
+do $$
+begin
+    if not exists (
+        select 1 from pg_constraint
+        where conname = 'message_events_event_type_check'
+          and pg_get_constraintdef(oid) like '%help_requested%'
+    ) then
+        alter table winback.message_events
+            drop constraint if exists message_events_event_type_check;
+        alter table winback.message_events add constraint message_events_event_type_check
+            check (event_type in ('delivered', 'opened', 'clicked', 'bounced', 'soft_bounced',
+                                  'complained', 'unsubscribed', 'resubscribed',
+                                  'help_requested'));
+    end if;
+end
+$$;
 """
 
 SUPPRESSIONS = """

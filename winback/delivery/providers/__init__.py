@@ -2,16 +2,15 @@
 
 A *message provider* delivers one outbox row (an email, an SMS, a popup entry) and can,
 when it supports it, look up whether a message it may or may not have accepted is there:
-`send` and `lookup` are all the exactly-once machinery in `winback.delivery.sync` needs. An
+`send` and `lookup` are all the exactly-once machinery in `winback.delivery.send` needs. An
 *audience provider* mirrors a set of members (Mailchimp tags, a Meta Custom Audience).
 
 Every adapter is configured from an Airflow connection (`connection(conn_id)`), read from
 the `AIRFLOW_CONN_<ID>` environment variable (JSON or URI, as Airflow itself accepts
 them), so the same code runs inside a task and from the command line, and no secret is
 ever written to a file. Adding a provider is one new module with a `from_connection`
-constructor, registered where the sync builds its providers: `message_providers()`
-(channel -> provider, with the ledger's provider name in `PROVIDER_BY_CHANNEL`) or
-`audience_providers()` in `winback.delivery.sync` (docs/architecture.md, "Add a provider").
+constructor, registered in `winback.delivery.providers.registry`: returned by
+`message_providers()` (keyed by the channel it delivers) or `audience_providers()`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.ratelimit import RateLimits, concurrency_for
 
 
 class Outcome(enum.StrEnum):
@@ -32,6 +31,11 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # permanently refused (invalid number, bad address): never resent
     RETRY = "retry"  # certainly not accepted (429, connection refused): send again later
     UNCLEAR = "unclear"  # may or may not have been accepted (timeout, 5xx): look up first
+    # Refused for the account or the sender, not for this message (401 bad credentials,
+    # 403, an unknown account, Twilio's 21611 full sender queue): nothing was sent, and
+    # every other message would get the same answer. The provider is paused for the run
+    # and the row is sent again by a later run, without counting it as an attempt.
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class MessageProvider(Protocol):
     # False when the provider has no way to say whether it has a message (plain SMTP): an
     # unclear result then stays unclear instead of being resent.
     can_lookup: bool
+    # How long after a request that may have been accepted a lookup that does not find
+    # the message can be believed: the provider's documented bound on how late an
+    # accepted message can appear in what `lookup` reads. Before that, "not found" means
+    # "not yet known", and the row waits (see docs/providers.md for each provider's bound).
+    negative_lookup_trusted_after: float
 
     async def send(self, message: OutgoingMessage) -> SendResult: ...
 
@@ -95,6 +104,19 @@ class AudienceResult:
     accepted: list[MemberChange] = field(default_factory=list)
     rejected: list[tuple[MemberChange, str]] = field(default_factory=list)
     retry: list[tuple[MemberChange, str]] = field(default_factory=list)
+    # taken by the provider and still running: (change, the provider's batch id)
+    pending: list[tuple[MemberChange, str]] = field(default_factory=list)
+
+    def extend(self, other: AudienceResult) -> None:
+        self.accepted.extend(other.accepted)
+        self.rejected.extend(other.rejected)
+        self.retry.extend(other.retry)
+        self.pending.extend(other.pending)
+
+
+class AccountRefused(Exception):
+    """The provider refused the account or its credentials (401, 403): no request of the
+    run would pass, so the provider is paused for the run."""
 
 
 @runtime_checkable
@@ -102,9 +124,11 @@ class AudienceProvider(Protocol):
     name: str
     limits: RateLimits
 
-    async def apply(self, changes: list[MemberChange]) -> AudienceResult:
-        """Apply adds and removes; each change ends accepted, rejected (with the reason)
-        or to retry. Applying a change twice has the effect of applying it once."""
+    async def apply(self, changes: list[MemberChange], on_submitted=None) -> AudienceResult:
+        """Apply adds and removes; each change ends accepted, rejected (with the reason),
+        to retry, or pending in a batch the provider took (`on_submitted(changes, batch_id)`
+        is called when it does). Applying a change twice has the effect of applying it
+        once."""
 
     async def reconcile(self, changes: list[MemberChange]) -> set[MemberChange]:
         """The changes the provider already reflects (asked before re-applying changes a
@@ -143,12 +167,24 @@ class Connection:
         port = f":{self.port}" if self.port else ""
         return f"{scheme}://{host}{port}"
 
-    def limits(self, default: RateLimits) -> RateLimits:
+    def limits(self, default: RateLimits, expected_latency: float | None = None) -> RateLimits:
+        """The connection's limits over the provider's defaults.
+
+        With `expected_latency` (seconds per request), a connection that sets no
+        `max_concurrency` gets rate x latency connections (`extra.expected_latency_seconds`
+        overrides the latency), so raising `requests_per_second` alone still reaches it.
+        """
+        rate = float(self.extra.get("requests_per_second", default.requests_per_second))
+        if "max_concurrency" in self.extra:
+            concurrency = int(self.extra["max_concurrency"])
+        elif expected_latency is not None:
+            latency = float(self.extra.get("expected_latency_seconds", expected_latency))
+            concurrency = concurrency_for(rate, latency)
+        else:
+            concurrency = default.max_concurrency
         return RateLimits(
-            requests_per_second=float(
-                self.extra.get("requests_per_second", default.requests_per_second)
-            ),
-            max_concurrency=int(self.extra.get("max_concurrency", default.max_concurrency)),
+            requests_per_second=rate,
+            max_concurrency=concurrency,
             timeout_seconds=float(self.extra.get("timeout_seconds", default.timeout_seconds)),
         )
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -57,31 +59,89 @@ def http_client(base_url: str, limits: RateLimits, **kwargs) -> ThreadedClient:
 
 
 def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", default)))
-    except ValueError:  # an HTTP date: rare from APIs; wait the default
+    """The wait a `Retry-After` asks for, in seconds from now.
+
+    RFC 9110 section 10.2.3: `Retry-After = HTTP-date / delay-seconds`, so both
+    `Retry-After: 120` and `Retry-After: Fri, 31 Dec 1999 23:59:59 GMT` are valid; a date
+    is a wall-clock moment (GMT), turned into the seconds left until then. A missing or
+    unreadable value waits `default`.
+    """
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
         return default
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return default
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
-def classify_response(response: httpx.Response, id_field: str) -> SendResult:
-    """2xx accepted; 429 retry after; 5xx unclear (the provider may have acted); other
-    4xx rejected with the provider's own code and message."""
+# Answers about the account or its credentials, never about one message (RFC 9110: 401
+# the credentials are not valid, 403 refused for this client): no other message would
+# fare better, so the provider is paused for the run.
+ACCOUNT_LEVEL_STATUSES = frozenset({401, 403})
+
+
+def classify_response(
+    response: httpx.Response,
+    id_field: str,
+    account_level_codes: frozenset[int] = frozenset(),
+    account_level_statuses: frozenset[int] = ACCOUNT_LEVEL_STATUSES,
+) -> SendResult:
+    """2xx accepted (unclear if its body cannot be read); 429 retry after; 5xx unclear
+    (the provider may have acted); 401/403, the given statuses and the provider's
+    account- or sender-level error codes pause the provider; other 4xx rejected with the
+    provider's own code and message."""
     status = response.status_code
     if 200 <= status < 300:
-        return SendResult(Outcome.ACCEPTED, provider_message_id=str(response.json()[id_field]))
+        try:
+            message_id = response.json()[id_field]
+        except (ValueError, KeyError, TypeError):
+            # Accepted by the status line, but the id is unreadable (a body cut short): the
+            # provider may well have the message, so it is looked up, never resent blindly.
+            return SendResult(Outcome.UNCLEAR, reason=f"HTTP {status} with an unreadable body")
+        return SendResult(Outcome.ACCEPTED, provider_message_id=str(message_id))
     if status == 429:
         return SendResult(
             Outcome.RETRY, reason="429 rate limited", retry_after=retry_after_seconds(response)
         )
     if status >= 500:
         return SendResult(Outcome.UNCLEAR, reason=f"HTTP {status}")
+    if status in account_level_statuses or error_code(response) in account_level_codes:
+        return SendResult(
+            Outcome.PAUSED,
+            reason=error_reason(response),
+            retry_after=retry_after_seconds(response, default=0.0),
+        )
     return SendResult(Outcome.REJECTED, reason=error_reason(response))
+
+
+def error_code(response: httpx.Response) -> int | None:
+    """The provider's own error code in a JSON error body (Twilio's `code`), if any."""
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        return None
+    try:
+        return int(code)
+    except (TypeError, ValueError):
+        return None
 
 
 def error_reason(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
+        return f"HTTP {response.status_code}"
+    if not isinstance(body, dict):
         return f"HTTP {response.status_code}"
     code = body.get("code") or body.get("title") or ""
     detail = body.get("message") or body.get("detail") or ""

@@ -112,7 +112,7 @@ class MetaCustomAudienceFile(AudienceProvider):
             result.accepted.extend(change for change, _ in rows)
         return result
 
-    async def apply(self, changes: list[MemberChange]) -> AudienceResult:
+    async def apply(self, changes: list[MemberChange], on_submitted=None) -> AudienceResult:
         return await asyncio.to_thread(self._write, changes)
 
     async def reconcile(self, changes: list[MemberChange]) -> set[MemberChange]:

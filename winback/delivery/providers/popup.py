@@ -39,6 +39,9 @@ CSV_COLUMNS = ("customer_id", "campaign_id", "idempotency_key", "message")
 class PopupWebhook(MessageProvider):
     name = "popup_webhook"
     can_lookup = True
+    # The entry is stored under its Idempotency-Key before the webhook answers, and read
+    # back by that key: a lookup that does not find it is final at once.
+    negative_lookup_trusted_after = 0.0
 
     def __init__(self, base_url: str, token: str | None, limits: RateLimits = DEFAULT_LIMITS):
         self.limits = limits
@@ -75,6 +78,7 @@ class PopupWebhook(MessageProvider):
 class PopupCsvExport(MessageProvider):
     name = "popup_csv"
     can_lookup = True
+    negative_lookup_trusted_after = 0.0  # the file is flushed before a row is acknowledged
     limits = RateLimits(requests_per_second=10_000.0, max_concurrency=1)
 
     def __init__(self, folder: Path):

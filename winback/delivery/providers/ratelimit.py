@@ -4,8 +4,19 @@ and a shared pause when the provider answers 429 with Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
+
+# Requests in flight needed to hold a rate is rate x latency (Little's law); the headroom
+# absorbs latency jitter so the token bucket, not the connection count, sets the pace.
+CONCURRENCY_HEADROOM = 1.5
+
+
+def concurrency_for(requests_per_second: float, latency_seconds: float) -> int:
+    """Connections needed to reach `requests_per_second` when a request takes
+    `latency_seconds`: at 100 req/s and 200 ms, 20 are busy; with headroom, 30."""
+    return max(1, math.ceil(requests_per_second * latency_seconds * CONCURRENCY_HEADROOM))
 
 
 @dataclass(frozen=True)
@@ -13,6 +24,17 @@ class RateLimits:
     requests_per_second: float
     max_concurrency: int
     timeout_seconds: float = 10.0
+
+    @classmethod
+    def derived(
+        cls, requests_per_second: float, expected_latency: float, timeout_seconds: float = 10.0
+    ) -> RateLimits:
+        """Limits whose concurrency follows from the rate and the expected latency."""
+        return cls(
+            requests_per_second,
+            concurrency_for(requests_per_second, expected_latency),
+            timeout_seconds,
+        )
 
 
 class TokenBucket:

@@ -32,8 +32,13 @@ from winback.delivery.providers import (
     connection,
 )
 from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.returnpath import tokens
 
 CONN_ID = "winback_smtp"
+# An ESP's message search is fed from its event pipeline, minutes behind the SMTP answer
+# (SendGrid's Email Activity, Mailgun's events): "not found" is believed after 15 minutes
+# unless `extra.lookup_trust_seconds` says otherwise.
+DEFAULT_LOOKUP_TRUST_SECONDS = 900.0
 DEFAULT_LIMITS = RateLimits(requests_per_second=20.0, max_concurrency=4, timeout_seconds=30.0)
 
 
@@ -54,11 +59,13 @@ class SmtpEmail(MessageProvider):
         starttls: bool = False,
         lookup_url: str | None = None,
         limits: RateLimits = DEFAULT_LIMITS,
+        lookup_trust_seconds: float = DEFAULT_LOOKUP_TRUST_SECONDS,
     ):
         self.host, self.port, self.sender = host, port, sender
         self._login, self._password, self._starttls = login, password, starttls
         self.lookup_url = lookup_url
         self.can_lookup = bool(lookup_url)
+        self.negative_lookup_trusted_after = lookup_trust_seconds
         self.limits = limits
 
     @classmethod
@@ -73,6 +80,7 @@ class SmtpEmail(MessageProvider):
             str(conn.extra.get("starttls", "")).lower() in ("1", "true", "yes"),
             conn.extra.get("lookup_url"),
             conn.limits(DEFAULT_LIMITS),
+            float(conn.extra.get("lookup_trust_seconds", DEFAULT_LOOKUP_TRUST_SECONDS)),
         )
 
     def _build(self, message: OutgoingMessage) -> EmailMessage:
@@ -82,7 +90,14 @@ class SmtpEmail(MessageProvider):
         email["Subject"] = message.subject or ""
         email["Message-ID"] = message_id(message.idempotency_key)
         email["X-Winback-Campaign"] = message.campaign_id
-        email.set_content(message.body)
+        # Every email carries a working opt-out: the one-click headers (RFC 8058) and a
+        # link in the text, both to `winback serve`.
+        for name, value in tokens.list_unsubscribe_headers(
+            message.idempotency_key, self.sender
+        ).items():
+            email[name] = value
+        footer = f"\n\n--\nUnsubscribe: {tokens.unsubscribe_url(message.idempotency_key)}\n"
+        email.set_content(message.body + footer)
         return email
 
     def _send_blocking(self, message: OutgoingMessage) -> SendResult:
