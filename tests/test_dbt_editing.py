@@ -20,16 +20,11 @@ from winback import config
 from winback.campaigns import audiences, campaign_files
 from winback.campaigns import exposures as campaign_exposures
 from winback.local import dbt_runner
-from winback.warehouse import contracts, raw_schema
+from winback.warehouse import contracts, raw_schema, relations
 
 DBT = str(Path(sys.executable).with_name("dbt"))
-PYTHON_READS = (
-    "customer_features",
-    "customer_lifecycle",
-    "customer_lifecycle_history",
-    "customer_rfm",
-    "customer_order_summary",
-)
+# Every mart Python reads (winback.warehouse.relations: the only place it names one).
+PYTHON_READS = tuple(relation.split(".")[1] for relation in relations.ALL)
 
 
 def plain_environment() -> dict[str, str]:
