@@ -37,14 +37,16 @@ from time import perf_counter
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from winback.ingest import quarantine
 from winback.ingest.contract import RAW_SCHEMA, TABLES, RawTable
-from winback.ingest.quarantine import Rejection
+from winback.ingest.quarantine import Rejection, raw_record
 from winback.ingest.read import (  # noqa: F401 (the loader's public names)
     ContractError,
+    MalformedLine,
     check_header,
     discover_files,
     landing_folder,
@@ -104,6 +106,48 @@ class LoadReport:
         }
 
 
+def _malformed_line(line: MalformedLine) -> Rejection:
+    if not line.text.strip():
+        what = "only spaces"
+    else:
+        what = f"{line.fields} field(s) where the header has {line.expected}"
+        if line.text.count('"') % 2:
+            what += ", and a quote that never closes"
+    return Rejection(
+        line.line,
+        None,
+        "malformed_line",
+        f"malformed line: {what}",
+        raw_record({"_line": line.text}),
+    )
+
+
+def _add_raw_records(raw_table: RawTable, rejections: list[Rejection], batch: pa.Table) -> None:
+    """Give each rejection its row as written, from the block it was read in."""
+    if not rejections:
+        return
+    lines = pa.array([r.line for r in rejections], pa.int64())
+    rows = batch.filter(pc.is_in(batch.column("_source_line"), value_set=lines)).to_pylist()
+    by_line = {row.pop("_source_line"): row for row in rows}
+    for rejection in rejections:
+        rejection.raw_record = raw_record(by_line[rejection.line])
+
+
+def raw_records(path: Path, columns: list[str], lines: list[int]) -> dict[int, str]:
+    """line -> the row as written (`raw_record`), read back from the file."""
+    wanted = pa.array(lines, pa.int64())
+    records: dict[int, str] = {}
+    for block in read_batches(path, columns):
+        rows = block.rows
+        found = rows.filter(pc.is_in(rows.column("_source_line"), value_set=wanted))
+        for row in found.to_pylist():
+            line = row.pop("_source_line")
+            records[line] = raw_record(row)
+        if len(records) == len(lines):
+            break
+    return records
+
+
 def _load_file(
     conn: psycopg.Connection, raw_table: RawTable, path: Path, load_date: date, run: KnownKeys
 ) -> FileReport:
@@ -144,11 +188,16 @@ def _load_file(
         )
         # The queued writer sends one block while the next is being checked.
         with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
-            for batch in read_batches(path, names):
-                rows_read += batch.num_rows
+            for block in read_batches(path, names):
+                batch = block.rows
+                rows_read += batch.num_rows + len(block.malformed)
+                rejected.update((m.line, _malformed_line(m)) for m in block.malformed)
+                if not batch.num_rows:
+                    continue
                 checked = check_batch(raw_table, batch, load_date)
                 rejected.update((r.line, r) for r in checked.rejected)
                 valid, dangling, keys = unknown_references(raw_table, checked.valid, known)
+                _add_raw_records(raw_table, dangling, batch)
                 rejected.update((r.line, r) for r in dangling)
                 if keys is not None:
                     dangling_keys.append(keys)
@@ -175,7 +224,7 @@ def _load_file(
             rows_copied -= len(deleted)
             first_key = raw_table.primary_key[0]
             for line, (key, first_line) in duplicates.items():
-                record = deleted[line] if line in deleted else rejected[line].raw_record
+                record = rejected[line].raw_record if line in rejected else None
                 rejected[line] = Rejection(
                     line,
                     first_key,
@@ -199,6 +248,13 @@ def _load_file(
             rows_loaded = upsert(cur, raw_table, load_date, source)
             cur.execute("drop table incoming")
             run.complete_keys.pop(raw_table.name, None)
+        unread = sorted(line for line, r in rejected.items() if r.raw_record is None)
+        if unread:
+            # Rows rejected after their COPY (duplicates; unknown references when loading
+            # into data): their text as written is read back from the file.
+            records = raw_records(path, names, unread)
+            for line in unread:
+                rejected[line].raw_record = records[line]
         quarantine.write_rejections(cur, load_date, raw_table.name, source, rejected)
     rows_quarantined = len(rejected)
     reasons = Counter(r.rule for r in rejected.values())
@@ -247,16 +303,18 @@ def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> L
                 continue
             report = _load_file(conn, raw_table, files[raw_table.name], load_date, run)
             quarantine.record_load_batch(conn, load_date, report)
-            # Counts only: rows themselves may hold personal data and never reach the logs.
-            log.info(
-                "%s: read %d, loaded %d, quarantined %d %s",
-                report.source_file,
-                report.rows_read,
-                report.rows_loaded,
-                report.rows_quarantined,
-                report.reasons or "",
-            )
             reports.append(report)
+    for report in reports:
+        # After the commit, so a line never reports a load that was rolled back. Counts
+        # and rule names only: rows may hold personal data and never reach the logs.
+        log.info(
+            "%s: read %d, loaded %d, quarantined %d %s",
+            report.source_file,
+            report.rows_read,
+            report.rows_loaded,
+            report.rows_quarantined,
+            report.reasons or "",
+        )
     for report in reports:
         # As autovacuum would: statistics are refreshed once a tenth of the rows is new.
         if report.rows_loaded > 0.1 * rows_before.get(report.table, -1):

@@ -6,6 +6,7 @@ counts of rows read, loaded and quarantined reconcile per file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 
@@ -21,7 +22,22 @@ class Rejection:
     column_name: str | None
     rule: str
     reason: str
-    raw_record: str  # JSON
+    raw_record: str | None  # JSON of the values as written; None until read back
+
+
+# jsonb cannot hold NUL (U+0000): it is stored as these six characters instead.
+NUL_IN_RECORD = "\\u0000"
+
+
+def raw_record(values: dict[str, str]) -> str:
+    """The JSON `raw.quarantine.raw_record` holds: each value exactly as the file wrote it.
+
+    A malformed line, which has no columns, is `{"_line": <its text>}`.
+    """
+    return json.dumps(
+        {name: value.replace("\x00", NUL_IN_RECORD) for name, value in values.items()},
+        ensure_ascii=False,
+    )
 
 
 def record_sql(raw_table: RawTable, alias: str) -> sql.Composable:

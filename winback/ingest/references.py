@@ -7,7 +7,6 @@ a row that references an unknown customer/order/product.
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pandas as pd
@@ -162,7 +161,7 @@ def unknown_references(
                     name,
                     f"unknown_{entity}",
                     f"{name}: unknown {entity} {row[name]}",
-                    json.dumps(row),
+                    None,  # the row as written is added by the caller
                 )
             )
         valid = valid.filter(pc.invert(unknown))
@@ -212,8 +211,8 @@ def quarantine_dangling_references(cur: psycopg.Cursor, raw_table: RawTable) -> 
                 column.name,
                 f"unknown_{entity}",
                 f"{column.name}: unknown {entity} {value}",
-                record,
+                None,  # the row as written is read back from the file by the caller
             )
-            for line, value, record in rows
+            for line, value, _ in rows
         ]
     return rejected

@@ -12,15 +12,16 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from winback.ingest import phones
+from winback.ingest import contract, phones
 from winback.ingest.contract import Column, RawTable
-from winback.ingest.quarantine import Rejection
+from winback.ingest.quarantine import Rejection, raw_record
 
 # RFC 5322 allows far more, but a winback email must be deliverable by an ordinary ESP:
 # one @, no spaces, a dotted domain with an alphabetic top-level label.
@@ -28,7 +29,35 @@ _DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 EMAIL_PATTERN = re.compile(
     rf"^[a-z0-9.!#$%&'*+/=?^_`{{|}}~-]+@{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*\.[a-z]{{2,}}$"
 )
-MAX_AMOUNT = 10**12  # numeric(14, 2)
+MAX_AMOUNT = 10**12  # numeric(14, 2): 12 integer digits
+AMOUNT_SCALE = Decimal("0.01")  # numeric(14, 2): 2 fraction digits
+# A number as PostgreSQL's numeric input reads it: ASCII digits, one optional point, an
+# optional exponent; no '_' or non-ASCII digits, which Python's Decimal would accept.
+NUMBER_PATTERN = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _decimal(text: str) -> Decimal | None:
+    """The exact decimal `text` writes, or None; never a float, so nothing is rounded."""
+    if not NUMBER_PATTERN.match(text):
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def _ascii_lower(values: pd.Series) -> pd.Series:
+    # str.lower() turns some non-ASCII letters into ASCII ones (KELVIN SIGN into 'k'),
+    # which would make a different, deliverable address: only A-Z are folded.
+    return values.map(lambda v: v.translate(ASCII_LOWER))
+
+
+def _countries(values: pd.Series) -> pd.Series:
+    upper = values.str.strip().map(lambda v: v.translate(ASCII_UPPER))
+    return upper.map(lambda v: contract.COUNTRY_CODE_ALIASES.get(v, v))
 
 
 # --------------------------------------------------------------------------- reference checks
@@ -76,32 +105,38 @@ def _check_column(
             normalised = parsed.dt.strftime("%Y-%m-%d").astype(object)
         normalised[parsed.isna()] = ""
     elif kind in ("amount", "integer"):
-        numbers = pd.to_numeric(stripped.where(~empty), errors="coerce")
-        finite = np.isfinite(numbers.astype(float))
-        bad = ~finite & ~empty
+        numbers = stripped.map(_decimal)
+        parsed_ok = numbers.notna()
+        bad = ~parsed_ok & ~empty
         flag(bad, f"non-numeric {kind} '" + stripped + "'", f"non_numeric_{kind}")
-        ok = finite & ~empty
+        ok = parsed_ok.copy()
         if kind == "integer":
-            fractional = ok & (numbers.astype(float) % 1 != 0)
+            fractional = ok & numbers.map(lambda v: v is not None and v != v.to_integral_value())
             flag(fractional, "not a whole number '" + stripped + "'", "not_whole_number")
             ok &= ~fractional
         if not column.signed:
-            negative = ok & (numbers < 0)
+            negative = ok & numbers.map(lambda v: v is not None and v < 0)
             flag(negative, f"negative {kind} " + stripped, f"negative_{kind}")
-        too_large = ok & (numbers.abs() >= MAX_AMOUNT)
+        too_large = ok & numbers.map(lambda v: v is not None and abs(v) >= MAX_AMOUNT)
         flag(too_large, f"{kind} out of range " + stripped, f"{kind}_out_of_range")
         ok &= ~too_large
+        if kind == "amount":
+            # Never rounded: a value with more decimals than the column keeps is refused.
+            too_precise = ok & numbers.map(
+                lambda v: v is not None and abs(v) < MAX_AMOUNT and v != v.quantize(AMOUNT_SCALE)
+            )
+            flag(too_precise, "more than 2 decimals " + stripped, "too_precise")
         if kind == "integer" and ok.any():
             # '2.0' or '1e3' are whole numbers, but bigint's input parser refuses them.
             normalised = normalised.astype(object)
-            normalised[ok] = numbers[ok].astype("int64").astype(str).astype(object)
+            normalised[ok] = numbers[ok].map(lambda v: str(int(v))).astype(object)
     elif kind == "email":
-        lowered = stripped.str.lower()
+        lowered = _ascii_lower(stripped)
         bad = ~empty & ~lowered.str.match(EMAIL_PATTERN)
         flag(bad, "malformed email", "malformed_email")
         normalised = lowered.astype(object)
     elif kind == "phone":
-        countries = frame["country"].str.strip().str.upper() if "country" in frame else ""
+        countries = _countries(frame["country"]) if "country" in frame else ""
         e164_values = pd.Series("", index=values.index, dtype=object)
         for idx in stripped.index[~empty]:
             e164 = phones.to_e164(stripped[idx], countries[idx] if len(countries) else "")
@@ -112,22 +147,32 @@ def _check_column(
                 e164_values[idx] = e164
         normalised = e164_values
     elif kind == "country":
-        upper = stripped.str.upper()
-        bad = ~empty & ~upper.str.fullmatch(r"[A-Z]{2}")
-        flag(bad, "invalid country code '" + stripped + "'", "invalid_country")
+        upper = _countries(stripped)
+        bad = ~empty & ~upper.isin(contract.country_codes())
+        flag(bad, "not an ISO 3166-1 country code '" + stripped + "'", "invalid_country")
         normalised = upper.astype(object)
     elif kind == "currency":
-        upper = stripped.str.upper()
-        bad = ~empty & ~upper.str.fullmatch(r"[A-Z]{3}")
-        flag(bad, "invalid currency code '" + stripped + "'", "invalid_currency")
+        upper = stripped.map(lambda v: v.translate(ASCII_UPPER))
+        bad = ~empty & ~upper.isin(contract.currency_codes())
+        flag(bad, "not an ISO 4217 currency code '" + stripped + "'", "invalid_currency")
         normalised = upper.astype(object)
     elif kind == "enum":
-        lowered = stripped.str.lower()
+        lowered = _ascii_lower(stripped)
         bad = ~empty & ~lowered.isin(column.choices)
         expected = f"' (expected one of {', '.join(column.choices)})"
         flag(bad, "unexpected value '" + stripped + expected, "unexpected_value")
         normalised = lowered.astype(object)
 
+    # Last, so that they win over the kind's reason, which would quote the value.
+    longest = contract.max_length(column)
+    lengths = stripped.str.len()
+    flag(
+        lengths > longest,
+        lengths.map(lambda n: f"{n} characters, at most {longest}"),
+        "value_too_long",
+    )
+    holds_nul = values.str.contains("\x00", regex=False)
+    flag(holds_nul, "a NUL character, which PostgreSQL text cannot hold", "invalid_character")
     if column.required:
         flag(empty, "missing value", "missing_value")
     return normalised, reason, rule
@@ -169,7 +214,7 @@ def validate_chunk(raw_table: RawTable, frame: pd.DataFrame, load_date: date) ->
             "column_name": first_bad_column[is_bad],
             "rule": first_rule,
             "reason": all_reasons if len(all_reasons) else pd.Series(dtype=object),
-            "raw_record": rejected_raw.apply(lambda r: r.to_json(), axis=1)
+            "raw_record": rejected_raw.apply(lambda r: raw_record(r.to_dict()), axis=1)
             if len(rejected_raw)
             else pd.Series(dtype=object),
         }
@@ -191,7 +236,7 @@ STRICT_DATE = rf"^{_YMD}$"
 STRICT_AMOUNT = r"^[0-9]{1,12}(?:\.[0-9]{1,2})?$"
 STRICT_INTEGER = r"^[0-9]{1,12}$"
 STRICT_SIGNED_INTEGER = r"^-?[0-9]{1,12}$"
-CODE_PATTERNS = {"country": r"^[A-Z]{2}$", "currency": r"^[A-Z]{3}$"}
+CODE_LISTS = {"country": contract.country_codes, "currency": contract.currency_codes}
 UTC_SECONDS = pa.timestamp("s", "UTC")
 
 
@@ -259,10 +304,16 @@ def screen_batch(raw_table: RawTable, batch: pa.Table, load_date: date):
     return normalised, proven
 
 
+def _fits(column: Column, value: pa.Array) -> pa.Array:
+    """Short enough for the column, and no NUL (which PostgreSQL text cannot hold)."""
+    short = pc.less_equal(pc.utf8_length(value), contract.max_length(column))
+    return pc.and_(short, pc.invert(pc.match_substring(value, "\x00")))
+
+
 def _screen_column(column: Column, value, empty, countries, latest):
     kind = column.kind
     if kind in ("id", "text"):
-        return pa.array(np.ones(len(value), dtype=bool)), value
+        return _fits(column, value), value
     if kind == "timestamp":
         ok, parsed = _calendar_checked(
             value, STRICT_TIMESTAMP, "%Y-%m-%dT%H:%M:%SZ", "2000-01-01T00:00:00Z", UTC_SECONDS
@@ -279,16 +330,16 @@ def _screen_column(column: Column, value, empty, countries, latest):
         return pc.match_substring_regex(value, pattern), value
     if kind == "phone":
         e164, valid = _screen_phones(value, countries, empty)
-        return valid, e164
+        return pc.and_(valid, _fits(column, value)), e164
     ascii_only = pc.string_is_ascii(value)
     if kind == "email":
         lowered = pc.ascii_lower(value)
-        return pc.and_(
-            ascii_only, pc.match_substring_regex(lowered, EMAIL_PATTERN.pattern)
-        ), lowered
-    if kind in CODE_PATTERNS:
+        matches = pc.match_substring_regex(lowered, EMAIL_PATTERN.pattern)
+        return pc.and_(pc.and_(ascii_only, matches), _fits(column, value)), lowered
+    if kind in CODE_LISTS:
         upper = pc.ascii_upper(value)
-        return pc.and_(ascii_only, pc.match_substring_regex(upper, CODE_PATTERNS[kind])), upper
+        codes = pa.array(sorted(CODE_LISTS[kind]()), pa.string())
+        return pc.and_(ascii_only, pc.is_in(upper, value_set=codes)), upper
     if kind == "enum":
         lowered = pc.ascii_lower(value)
         choices = pa.array(column.choices, pa.string())
