@@ -48,6 +48,7 @@ from winback.ingest.read import (  # noqa: F401 (the loader's public names)
     ContractError,
     MalformedLine,
     check_header,
+    csv_rows_at,
     discover_files,
     landing_folder,
     read_batches,
@@ -135,6 +136,8 @@ def _add_raw_records(raw_table: RawTable, rejections: list[Rejection], batch: pa
 
 def raw_records(path: Path, columns: list[str], lines: list[int]) -> dict[int, str]:
     """line -> the row as written (`raw_record`), read back from the file."""
+    if path.suffix == ".csv":
+        return {line: raw_record(row) for line, row in csv_rows_at(path, columns, lines).items()}
     wanted = pa.array(lines, pa.int64())
     records: dict[int, str] = {}
     for block in read_batches(path, columns):
