@@ -106,6 +106,10 @@ def _directory_case(folder: Path) -> None:
     (folder / "customers.csv").mkdir()
 
 
+def _named_pipe_case(folder: Path) -> None:
+    os.mkfifo(folder / "orders.csv")
+
+
 CASES = [
     # ---------------------------------------------------------------- malformed lines
     Case(
@@ -629,6 +633,16 @@ CASES = [
         "a symbolic link",
         {"customers.csv": _symlink_case},
         refused="customers.csv: refused, a symbolic link",
+    ),
+    Case(
+        "a named pipe",
+        {"orders.csv": _named_pipe_case},
+        refused="orders.csv: refused, not a regular file",
+    ),
+    Case(
+        "a trailing comma in the header",
+        {"orders.csv": csv_text(ORDERS_HEADER + ",", order_row("O1") + ",")},
+        refused="unexpected: (empty)",
     ),
     Case(
         "a folder named like a file",

@@ -121,10 +121,10 @@ def open_source(path: Path) -> BinaryIO:
     """Open a landing file for reading bytes: the one place the loader opens one.
 
     A symbolic link is refused without being followed (`O_NOFOLLOW`), and so is anything
-    that is not a regular file.
+    that is not a regular file (opened non-blocking, so a named pipe cannot stall the load).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise ContractError(f"{path.name}: refused, a symbolic link") from None
@@ -234,7 +234,7 @@ def _names(names: list[str]) -> str:
     puts a row's values there."""
     if not names:
         return "none"
-    shown = [n if len(n) <= 40 else n[:37] + "..." for n in names[:10]]
+    shown = [(n if len(n) <= 40 else n[:37] + "...") or "(empty)" for n in names[:10]]
     return ", ".join(shown) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
