@@ -377,32 +377,25 @@ class _CsvReader:
     def _block(self, batch: pa.RecordBatch | None) -> Block:
         """The block's rows with their lines, and the broken lines numbered before them."""
         rows = 0 if batch is None else batch.num_rows
-        self.invalid.sort()
-        invalid_records = np.array([r[0] for r in self.invalid], dtype=np.int64)
-        # Valid row k is record next + k + (invalid records before it).
-        valid_rank = invalid_records - self.next_record - np.arange(len(invalid_records))
-        k = np.arange(rows, dtype=np.int64)
-        records = self.next_record + k + np.searchsorted(valid_rank, k, side="right")
-        last = int(records[-1]) if rows else int(invalid_records.max(initial=0))
-        taken = invalid_records <= last
-        invalid_now = [r for r, keep in zip(self.invalid, taken, strict=True) if keep]
-        self.invalid = [r for r, keep in zip(self.invalid, taken, strict=True) if not keep]
-
-        breaks = np.zeros(rows, dtype=np.int64)
+        breaks, has_breaks = None, False
         for name in self.present if rows else []:
             column = batch.column(name)
-            breaks += pc.count_substring(column, "\n").to_numpy(zero_copy_only=False)
-        all_records = np.concatenate([records, [r[0] for r in invalid_now]]).astype(np.int64)
-        all_breaks = np.concatenate([breaks, [r[1].count("\n") for r in invalid_now]])
-        order = np.argsort(all_records, kind="stable")
-        before = np.cumsum(all_breaks[order]) - all_breaks[order] + self.breaks_before
-        lines = np.empty(len(all_records), dtype=np.int64)
-        lines[order] = 1 + all_records[order] + before
-        if len(all_records):
-            self.next_record = int(all_records.max()) + 1
-            self.breaks_before += int(all_breaks.sum())
-            self.last_line = int(lines.max())
-
+            # One memchr pass over the column's bytes first: line breaks in values are rare.
+            data = column.buffers()[2]
+            if data is not None and data.to_pybytes().find(b"\n") >= 0:
+                counts = pc.count_substring(column, "\n").to_numpy(zero_copy_only=False)
+                breaks = counts if breaks is None else breaks + counts
+                has_breaks = True
+        if not self.invalid and not has_breaks:
+            # The usual block: one line per record, no broken line.
+            first = 1 + self.next_record + self.breaks_before
+            lines = np.arange(first, first + rows, dtype=np.int64)
+            invalid_now = []
+            if rows:
+                self.next_record += rows
+                self.last_line = int(lines[-1])
+        else:
+            lines, invalid_now = self._number(rows, breaks)
         malformed = [
             MalformedLine(int(line), text, fields, expected)
             for line, (_, text, fields, expected) in zip(lines[rows:], invalid_now, strict=True)
@@ -414,10 +407,38 @@ class _CsvReader:
         for name in self.present:
             blank = pc.equal(pc.binary_length(table.column(name)), 0)
             empty = blank if empty is None else pc.and_(empty, blank)
+            if not pc.any(empty).as_py():
+                break  # the usual case, decided by the first column (an id)
         if empty is not None and pc.any(empty).as_py():
             self.empty_lines += table.filter(empty).column("_source_line").to_pylist()
             table = table.filter(pc.invert(empty))
         return Block(table, malformed)
+
+    def _number(self, rows: int, breaks: np.ndarray | None) -> tuple[np.ndarray, list]:
+        """(lines of the block's rows then of its broken lines, those broken lines)."""
+        self.invalid.sort()
+        invalid_records = np.array([r[0] for r in self.invalid], dtype=np.int64)
+        # Valid row k is record next + k + (invalid records before it).
+        valid_rank = invalid_records - self.next_record - np.arange(len(invalid_records))
+        k = np.arange(rows, dtype=np.int64)
+        records = self.next_record + k + np.searchsorted(valid_rank, k, side="right")
+        last = int(records[-1]) if rows else int(invalid_records.max(initial=0))
+        taken = invalid_records <= last
+        invalid_now = [r for r, keep in zip(self.invalid, taken, strict=True) if keep]
+        self.invalid = [r for r, keep in zip(self.invalid, taken, strict=True) if not keep]
+        if breaks is None:
+            breaks = np.zeros(rows, dtype=np.int64)
+        all_records = np.concatenate([records, [r[0] for r in invalid_now]]).astype(np.int64)
+        all_breaks = np.concatenate([breaks, [r[1].count("\n") for r in invalid_now]])
+        order = np.argsort(all_records, kind="stable")
+        before = np.cumsum(all_breaks[order]) - all_breaks[order] + self.breaks_before
+        lines = np.empty(len(all_records), dtype=np.int64)
+        lines[order] = 1 + all_records[order] + before
+        if len(all_records):
+            self.next_record = int(all_records.max()) + 1
+            self.breaks_before += int(all_breaks.sum())
+            self.last_line = int(lines.max())
+        return lines, invalid_now
 
     def _empty_field_rows(self) -> Block:
         """The rows of only empty fields that are written as such (`,,,`), not blank lines."""
