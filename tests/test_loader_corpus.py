@@ -380,6 +380,24 @@ CASES = [
             "C4": {"first_name": 'Lovelace, Ada "the Countess"'},
         },
     ),
+    Case(
+        "COPY's end-of-data marker inside values",
+        {
+            "customers.csv": csv_text(
+                CUSTOMERS_HEADER,
+                customer_row("C1", first_name='"a\n\\.\nb"'),
+                customer_row("C2", first_name="\\."),
+                customer_row("C3", first_name='"\\.\nx"'),
+            )
+        },
+        "customers",
+        loaded=3,
+        values={
+            "C1": {"first_name": "a\n\\.\nb"},
+            "C2": {"first_name": "\\."},
+            "C3": {"first_name": "\\.\nx"},
+        },
+    ),
     # ---------------------------------------------------------------- codes and e-mails
     Case(
         "country codes: unknown, reserved, user-assigned, lower case",
