@@ -593,6 +593,20 @@ CASES = [
         {"orders.parquet": parquet_bytes(pd.DataFrame({"order_id": ["O1"] * 100}))[:300]},
         refused="orders.parquet: not a Parquet file",
     ),
+    Case(
+        "a parquet text column that is not UTF-8",
+        {
+            "orders.parquet": parquet_bytes(
+                pa.table(
+                    {
+                        name: pa.array([b"x", b"Jos\xe9"], pa.binary())
+                        for name in ORDERS_HEADER.split(",")
+                    }
+                )
+            )
+        },
+        refused="orders.parquet: a Parquet column cannot be read as text",
+    ),
     Case("an empty file", {"orders.csv": b""}, refused="orders.csv: refused, the file is empty"),
     Case(
         "a missing column",

@@ -264,7 +264,17 @@ def _parquet_blocks(path: Path, handle: BinaryIO, columns: list[str]) -> Iterato
     parquet = _parquet_schema(path, handle)
     present = [c for c in columns if c in parquet.schema_arrow.names]
     offset = 0  # row n of the file is "line" n
-    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=present):
+    batches = parquet.iter_batches(batch_size=CHUNK_ROWS, columns=present)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as error:
+            raise ContractError(
+                f"{path.name}: a Parquet row group cannot be read after row {offset} "
+                f"({type(error).__name__})"
+            ) from None
         try:
             # Typed parquet columns are checked as the text pandas writes for them.
             frame = batch.to_pandas().astype("string").fillna("")
