@@ -123,7 +123,7 @@ def _malformed_line(line: MalformedLine) -> Rejection:
     )
 
 
-def _add_raw_records(raw_table: RawTable, rejections: list[Rejection], batch: pa.Table) -> None:
+def _add_raw_records(rejections: list[Rejection], batch: pa.Table) -> None:
     """Give each rejection its row as written, from the block it was read in."""
     if not rejections:
         return
@@ -200,7 +200,7 @@ def _load_file(
                 checked = check_batch(raw_table, batch, load_date)
                 rejected.update((r.line, r) for r in checked.rejected)
                 valid, dangling, keys = unknown_references(raw_table, checked.valid, known)
-                _add_raw_records(raw_table, dangling, batch)
+                _add_raw_records(dangling, batch)
                 rejected.update((r.line, r) for r in dangling)
                 if keys is not None:
                     dangling_keys.append(keys)
@@ -278,7 +278,12 @@ def _load_file(
 
 
 def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> LoadReport:
-    """Load every file delivered for `load_date`; one transaction, idempotent."""
+    """Load every file delivered for `load_date`; one transaction, idempotent.
+
+    The day is committed here unless the caller holds a transaction open, which then
+    stays the caller's to commit.
+    """
+    owns_transaction = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     folder = landing_folder(landing_root, load_date)
     files = discover_files(folder)
     by_name = {t.name: t for t in TABLES}
@@ -307,6 +312,8 @@ def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> L
             report = _load_file(conn, raw_table, files[raw_table.name], load_date, run)
             quarantine.record_load_batch(conn, load_date, report)
             reports.append(report)
+    if owns_transaction and not conn.autocommit:
+        conn.commit()
     for report in reports:
         # After the commit, so a line never reports a load that was rolled back. Counts
         # and rule names only: rows may hold personal data and never reach the logs.
