@@ -327,6 +327,20 @@ INTERESTING = [
     "+39 06 6988 1234",
     "12",
     "06 6988 1234",
+    # The contract's code lists, bounds and exact numbers.
+    "UK",
+    "XK",
+    "XX",
+    "QQQ",
+    "XXX",
+    "A\x00B",
+    "0.005",
+    "999999999999.999",
+    "1_000",
+    "1.00000000000000001",
+    "MAR\u212aUS@EXAMPLE.COM",
+    "x" * 256,
+    "\U0001f600" * 255,
 ]
 
 

@@ -95,7 +95,12 @@ def cmd_load(args: argparse.Namespace) -> int:
     from winback.warehouse import db
 
     with db.connect() as conn:
-        report = loader.load_day(conn, Path(args.landing), args.date)
+        try:
+            report = loader.load_day(conn, Path(args.landing), args.date)
+        except loader.ContractError as refusal:
+            # The shop's file to fix, not a bug: one line, no traceback, nothing loaded.
+            print(f"winback load: refused: {refusal}", file=sys.stderr)
+            return 2
     print(json.dumps(report.as_dict(), indent=2))
     return 0
 

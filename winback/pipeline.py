@@ -34,7 +34,13 @@ def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
     with db.connect() as conn:
         tables.ensure_schema(conn)
     with db.connect() as conn:
-        report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
+        try:
+            report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
+        except loader.ContractError as refusal:
+            # A refused file is the shop's to fix: one clear line in the task log and a
+            # failed task, but no traceback (Airflow logs a SystemExit without one).
+            log.error("load refused: %s", refusal)
+            raise SystemExit(1) from None
     return report.as_dict()
 
 

@@ -21,6 +21,7 @@ Column kinds:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 RAW_SCHEMA = "raw"
@@ -227,3 +228,56 @@ def table(name: str) -> RawTable:
     except KeyError:
         known = sorted(TABLES_BY_NAME)
         raise KeyError(f"unknown raw table {name!r}; expected one of {known}") from None
+
+
+# --------------------------------------------------------------------------- code lists
+# Countries and currencies are checked against the ISO lists that pycountry maintains
+# (from Debian's iso-codes), not against lists typed here.
+
+
+@functools.cache
+def country_codes() -> frozenset[str]:
+    """ISO 3166-1 alpha-2 codes, plus the exceptions in `COUNTRY_CODE_EXCEPTIONS`."""
+    import pycountry
+
+    return frozenset(c.alpha_2 for c in pycountry.countries) | COUNTRY_CODE_EXCEPTIONS
+
+
+@functools.cache
+def currency_codes() -> frozenset[str]:
+    """ISO 4217 codes an order can be paid in (not the testing or no-currency codes)."""
+    import pycountry
+
+    return frozenset(c.alpha_3 for c in pycountry.currencies) - CURRENCY_CODES_REFUSED
+
+
+# `XK` is not in ISO 3166-1 but is the user-assigned code the European Commission, SWIFT
+# and phonenumbers use for Kosovo; refusing it would refuse real customers.
+COUNTRY_CODE_EXCEPTIONS = frozenset({"XK"})
+# `UK` is exceptionally reserved in ISO 3166-1, at the United Kingdom's request, for the
+# United Kingdom, whose code is `GB`: a file saying `UK` means `GB`, and is loaded as `GB`.
+COUNTRY_CODE_ALIASES = {"UK": "GB"}
+# XTS is reserved for testing and XXX means "no currency": neither can price an order.
+CURRENCY_CODES_REFUSED = frozenset({"XTS", "XXX"})
+
+
+# --------------------------------------------------------------------------- length bounds
+# Every text value is bounded, in characters after trimming, so that it fits its column
+# and its index: a btree entry holds at most 2,704 bytes, and 255 characters of 4-byte
+# UTF-8 are 1,020. A longer value is quarantined (`value_too_long`).
+
+MAX_LENGTH_BY_KIND = {
+    "id": 255,
+    "text": 1000,
+    "email": 254,  # RFC 5321's limit on a forward path
+    "phone": 64,  # as written, before it is normalised to E.164
+}
+MAX_LENGTH_BY_COLUMN = {"first_name": 200, "product_name": 200, "category": 200}
+
+
+MAX_LENGTH = 1000  # any other kind: far longer than any valid code, number or date
+
+
+def max_length(column: Column) -> int:
+    """The longest value `column` accepts, in characters after trimming."""
+    return MAX_LENGTH_BY_COLUMN.get(column.name, MAX_LENGTH_BY_KIND.get(column.kind, MAX_LENGTH))
