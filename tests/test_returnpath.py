@@ -496,3 +496,33 @@ def test_the_sandbox_pushes_its_feedback_as_signed_webhooks_none_lost_or_doubled
     assert stored == expected, f"lost: {len(expected - stored)}"
     stops = [e for e in produced if e["type"] == "inbound"]
     assert stops and all(running.suppressed("sms", e["from"]) for e in stops)
+
+
+def test_every_email_carries_one_click_unsubscribe_and_reaches_the_server(monkeypatch):
+    """The RFC 8058 headers and the footer link, on a message longer than one SMTP line
+    limit: sent with CRLF line ends, the sandbox's SMTP server accepts it."""
+    import asyncio
+
+    from winback.delivery.providers import Outcome, OutgoingMessage
+    from winback.delivery.providers.smtp import SmtpEmail
+    from winback.simulation.sandbox import start_sandbox
+
+    monkeypatch.setenv(tokens.PUBLIC_URL_ENV, "https://links.shop.example")
+    key = journeys.idempotency_key("we_miss_you", "s1", CUSTOMER, "email")
+    body = "\n".join(f"Line {n} of a long message." for n in range(80))
+    message = OutgoingMessage(key, CUSTOMER, "we_miss_you", "email", EMAIL, "Hello", body)
+    built = SmtpEmail("127.0.0.1", 25, "shop@shop.example")._build(message)
+    token = tokens.unsubscribe_token(key)
+    assert built["List-Unsubscribe"] == (
+        f"<https://links.shop.example/u/{token}>, "
+        f"<mailto:unsubscribe@shop.example?subject=unsubscribe%20{token}>"
+    )
+    assert built["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert f"Unsubscribe: https://links.shop.example/u/{token}" in built.get_content()
+    handle = start_sandbox()
+    try:
+        sender = SmtpEmail("127.0.0.1", handle.smtp_port, "shop@shop.example")
+        result = asyncio.run(sender.send(message))
+    finally:
+        handle.stop()
+    assert result.outcome == Outcome.ACCEPTED, result.reason

@@ -20,6 +20,7 @@ import asyncio
 import smtplib
 from datetime import datetime
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 
 import httpx
 
@@ -118,7 +119,9 @@ class SmtpEmail(MessageProvider):
                 if code >= 400:
                     return _reply_result(code, reply)
                 data_sent = True
-                code, reply = smtp.data(email.as_bytes())
+                # SMTP lines end in CRLF (RFC 5321 2.3.8); smtplib converts bare LFs only
+                # in text, so the bytes are made with the SMTP policy's line ends.
+                code, reply = smtp.data(email.as_bytes(policy=SMTP_POLICY))
                 if code >= 400:
                     return _reply_result(code, reply)
                 return SendResult(Outcome.ACCEPTED, provider_message_id=email["Message-ID"])
