@@ -20,7 +20,7 @@ from winback import config
 from winback.campaigns import audiences, campaign_files
 from winback.campaigns import exposures as campaign_exposures
 from winback.local import dbt_runner
-from winback.warehouse import contracts, raw_schema, relations
+from winback.warehouse import contracts, raw_schema, relations, tables
 
 DBT = str(Path(sys.executable).with_name("dbt"))
 # Every mart Python reads (winback.warehouse.relations: the only place it names one).
@@ -49,12 +49,14 @@ def plain_dbt(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def project_copy(tmp_path_factory) -> Path:
+def project_copy(session_database, tmp_path_factory) -> Path:
     """A copy of dbt_project/ whose plain-dbt profile names a fresh database holding the
-    raw schema (empty: contracts are checked when a model is built, rows or not)."""
+    raw schema and winback's tables (empty: contracts are checked when a model is built,
+    rows or not)."""
     url = create_database("dbt_editing")
     with psycopg.connect(url) as conn:
         raw_schema.ensure_raw_schema(conn)
+        tables.ensure_schema(conn)
     copy = tmp_path_factory.mktemp("dbt") / "dbt_project"
     shutil.copytree(config.DBT_PROJECT_DIR, copy, ignore=_build_output)
     (copy / "profiles.yml").write_text(dbt_runner.local_profile_text(url))
@@ -111,7 +113,7 @@ def test_a_campaign_lists_its_upstream_models_through_its_exposure(project_copy)
     assert "customer_lifecycle_transitions" not in models, "only what the campaign reads"
 
 
-def test_a_new_model_shows_as_a_task_in_the_daily_dag(tmp_path):
+def test_a_new_model_shows_as_a_task_in_the_daily_dag(session_database, tmp_path):
     """Adding a model needs no DAG edit: its manifest entry becomes a cosmos task."""
     root = tmp_path / "project"
     shutil.copytree(config.DBT_PROJECT_DIR, root / "dbt_project", ignore=_build_output)
