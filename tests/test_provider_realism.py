@@ -424,8 +424,11 @@ def test_the_default_concurrency_reaches_the_rate_at_200_ms_per_request(warehous
         live(warehouse, {"sms": provider})
         stats = handle.stats()
         rate = stats["requests"] / (stats["last_request"] - stats["first_request"])
-        # 0.8 here on a shared machine; bench/bench_sync.py measures 0.9 on a quiet one.
-        assert rate >= 0.8 * 100, f"{rate:.1f} requests/s of 100"
+        # At least 20 requests in flight (rate x latency), where 10 connections cap at 50/s;
+        # 0.7 of the limit here on a shared, loaded machine (bench/bench_sync.py measures
+        # 0.9 on a quiet one).
+        assert stats["peak_concurrency"] >= 18
+        assert rate >= 0.7 * 100, f"{rate:.1f} requests/s of 100"
         assert stats["counters"].get("throttled", 0) <= 3
         assert tally(handle, keys, warehouse) == CLEAN
     finally:
