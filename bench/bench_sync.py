@@ -2,6 +2,14 @@
 
     .venv/bin/python bench/bench_sync.py                     # both parts, both settings
     .venv/bin/python bench/bench_sync.py --contacts 100000 --sms 20000
+    .venv/bin/python bench/bench_sync.py --contacts 2000 --sms 300 --sms-rate 50   # smoke
+
+The sandbox behaves like the real providers (docs/providers.md): every request takes
+`--latency` (200 ms by default), Twilio keeps a message queued with `date_sent` null for
+`--queue-seconds` and lists it only `--list-lag` seconds after its creation, an injected
+429 asks for quiet with an HTTP-date Retry-After, Mailchimp runs one batch at a time for
+`--batch-seconds`. The client runs at its defaults: SMS concurrency is derived from the
+rate and the expected latency (rate x latency x 1.5), not set by hand.
 
 1. Audience sync: `--contacts` customers enter a Mailchimp-shaped audience (a tag per
    campaign): upserts and tags in batch operations of 500, `--audience-rate` requests per
@@ -19,7 +27,9 @@ Reported per run: wall time; API requests per second over the provider's busy ti
 fraction of the limit (goal >= 0.9 without faults); goodput (messages or members
 acknowledged per second); the peak of concurrent connections; and the check against the
 sandbox's own record: every message accepted exactly once (`lost`, `duplicates`), every
-member tagged, the ledger agreeing with the provider.
+member tagged, the ledger agreeing with the provider; duplicates are also counted by
+(recipient, body), and `inside_retry_after` counts requests that arrived inside a window a
+429 asked to be left alone.
 
 The warehouse is a separate database (`winback_bench_sync`) on winback's server.
 """
@@ -39,6 +49,7 @@ from winback.campaigns import audiences
 from winback.delivery import ledger, sync
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.twilio import EXPECTED_LATENCY_SECONDS as TWILIO_EXPECTED_LATENCY
 from winback.delivery.providers.twilio import TwilioSms
 from winback.simulation import sandbox
 from winback.warehouse import db
@@ -104,18 +115,22 @@ def busy_rate(stats: dict) -> float:
     return stats["requests"] / span if span > 0 else 0.0
 
 
-def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict:
+def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int, args) -> dict:
     handle = sandbox.start_sandbox(
         fault_rate=fault_rate,
         seed=seed,
         rate_limit=rate,
         smtp=False,
         in_process=True,
-        timeout_delay=0.6,
+        timeout_delay=0.6 + args.latency,
         # An injected 429 pauses the whole provider (Retry-After is account-wide): at 30%
         # faults, one request in twenty gets one, so a long pause would measure the
-        # pauses, not the client.
-        retry_after=0.02,
+        # pauses, not the client. Given as an HTTP date, it is a whole second.
+        retry_after=1.0,
+        retry_after_form="date",
+        latency=args.latency,
+        queue_seconds=args.queue_seconds,
+        list_lag=args.list_lag,
     )
     try:
         with psycopg.connect(url) as conn:
@@ -130,7 +145,12 @@ def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict
                     settings.auth_token,
                     "+15005550006",
                     f"{handle.url}/_sandbox/twilio-status",
-                    RateLimits(requests_per_second=rate, max_concurrency=48, timeout_seconds=0.5),
+                    # The adapter's default: connections from the rate and its expected
+                    # latency (docs/providers.md); only the timeout is the bench's.
+                    RateLimits.derived(
+                        rate, TWILIO_EXPECTED_LATENCY, timeout_seconds=0.5 + args.latency
+                    ),
+                    lookup_trust_seconds=args.list_lag + 1.0,
                 )
                 sync.run(conn, RUN, "live", {"sms": provider}, {}, collect_feedback=False)
                 still_open = conn.execute(
@@ -148,12 +168,15 @@ def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict
                 "select count(distinct provider_message_id) from winback.send_ledger"
                 " where status = 'acknowledged'"
             ).fetchone()[0]
-        accepted = handle.accepted()["messages_by_reference"]
+        record = handle.accepted()
+        accepted = record["messages_by_reference"]
+        by_content = record["messages_by_recipient_and_body"]
         stats = handle.stats()
     finally:
         handle.stop()
     lost = sum(1 for k in keys if k not in accepted)
     duplicates = sum(n - 1 for n in accepted.values() if n > 1)
+    duplicates_by_content = sum(n - 1 for n in by_content.values() if n > 1)
     return {
         "part": "sms",
         "messages": n,
@@ -171,11 +194,14 @@ def run_sms(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict
         "ledger": ledger,
         "lost": lost,
         "duplicates": duplicates,
+        "duplicates_by_content": duplicates_by_content,
+        "inside_retry_after": stats["counters"].get("inside_retry_after", 0),
+        "max_concurrency": provider.limits.max_concurrency,
         "ledger_matches_provider": acknowledged_ids == len(accepted) == ledger.get("acknowledged"),
     }
 
 
-def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) -> dict:
+def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int, args) -> dict:
     handle = sandbox.start_sandbox(
         fault_rate=fault_rate,
         seed=seed,
@@ -183,7 +209,10 @@ def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) ->
         smtp=False,
         in_process=True,
         timeout_delay=3.0,
-        retry_after=0.2,
+        retry_after=1.0,
+        retry_after_form="date",
+        latency=args.latency,
+        batch_seconds=args.batch_seconds,
     )
     try:
         with psycopg.connect(url) as conn:
@@ -210,6 +239,7 @@ def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) ->
             ).fetchone()[0]
         members = handle.accepted()["members"].get("L", {})
         stats = handle.stats()
+        operations_posted = stats["counters"].get("batch_operations", 0)
     finally:
         handle.stop()
     expected = {subscriber_hash(f"user{i}@shop.test") for i in range(n)}
@@ -229,6 +259,12 @@ def run_audience(url: str, n: int, rate: float, fault_rate: float, seed: int) ->
         "throttled": stats["counters"].get("throttled", 0),
         "faults": {k[6:]: v for k, v in stats["counters"].items() if k.startswith("fault:")},
         "lost": len(expected - tagged),
+        # Every member is added with an upsert and a tag: more means a batch went twice
+        # (or a partial batch's failed operations were sent again, as they must be).
+        "operations_posted": operations_posted,
+        "operations_needed": 2 * n,
+        "results_with_credentials": stats["counters"].get("results_with_credentials", 0),
+        "inside_retry_after": stats["counters"].get("inside_retry_after", 0),
         "unexpected_members": len(tagged - expected),
         "subscribed": sum(1 for m in members.values() if m["status"] == "subscribed"),
         "ledger_synced": synced,
@@ -239,10 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--sms", type=int, default=20_000)
+    # With faults, every injected 429 asks the whole account for a second of quiet (an
+    # HTTP-date has whole seconds): the faulty run checks exactness, on fewer messages.
+    parser.add_argument("--fault-sms", type=int, default=2_000)
     parser.add_argument("--audience-rate", type=float, default=12.0)
     parser.add_argument("--sms-rate", type=float, default=250.0)
     parser.add_argument("--fault-rate", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds per request")
+    parser.add_argument("--queue-seconds", type=float, default=30.0)
+    parser.add_argument("--list-lag", type=float, default=2.0)
+    parser.add_argument("--batch-seconds", type=float, default=0.2)
     parser.add_argument("--parts", default="audience,sms")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -251,9 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     for part in args.parts.split(","):
         for fault_rate in (0.0, args.fault_rate):
             if part == "audience":
-                result = run_audience(url, args.contacts, args.audience_rate, fault_rate, args.seed)
+                result = run_audience(
+                    url, args.contacts, args.audience_rate, fault_rate, args.seed, args
+                )
             else:
-                result = run_sms(url, args.sms, args.sms_rate, fault_rate, args.seed)
+                n = args.sms if fault_rate == 0 else min(args.sms, args.fault_sms)
+                result = run_sms(url, n, args.sms_rate, fault_rate, args.seed, args)
             print(json.dumps(result), flush=True)
             results.append(result)
     machine = platform.processor() or platform.machine()
@@ -271,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
-    ok = all(r["lost"] == 0 and r.get("duplicates", 0) == 0 for r in results)
+    ok = all(
+        r["lost"] == 0
+        and r.get("duplicates", 0) == 0
+        and r.get("duplicates_by_content", 0) == 0
+        and r.get("inside_retry_after", 0) == 0
+        for r in results
+    )
     return 0 if ok else 1
 
 

@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -88,12 +90,14 @@ def test_a_partial_batch_rejects_some_operations_and_applies_the_rest():
 
 def test_faults_are_deterministic_for_a_seed():
     def outcomes(seed: int) -> list[int]:
-        handle = sandbox.start_sandbox(fault_rate=0.5, seed=seed, smtp=False, timeout_delay=0.3)
+        # A stall well beyond the client's timeout, and an answer well within it, even on
+        # a busy machine.
+        handle = sandbox.start_sandbox(fault_rate=0.5, seed=seed, smtp=False, timeout_delay=2.0)
         try:
             codes = []
             for i in range(30):
                 try:
-                    codes.append(send_sms(handle.url, f"r{i}", timeout=0.2).status_code)
+                    codes.append(send_sms(handle.url, f"r{i}", timeout=1.0).status_code)
                 except httpx.ReadTimeout:
                     codes.append(0)
             return codes
@@ -106,7 +110,8 @@ def test_faults_are_deterministic_for_a_seed():
 
 
 def test_the_configured_rate_limit_is_enforced_with_429s():
-    handle = sandbox.start_sandbox(rate_limit=20, smtp=False)
+    # 5 per second: 8 threads exceed it even on a busy machine.
+    handle = sandbox.start_sandbox(rate_limit=5, smtp=False)
     try:
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda i: send_sms(handle.url, f"r{i}").status_code, range(40)))
@@ -136,5 +141,78 @@ def test_feedback_events_follow_the_configured_rates():
         stop = next(e for e in events if e["type"] == "inbound")
         assert stop["body"].upper() in sandbox.STOP_WORDS
         assert len({e["event_id"] for e in events}) == len(events)
+    finally:
+        handle.stop()
+
+
+def test_twilio_messages_are_queued_then_sent_and_listed_late_page_by_page():
+    """Queued with date_sent null, a list that lags, GMT DateSent filters, real pages."""
+    handle = sandbox.start_sandbox(smtp=False, queue_seconds=4.0, list_lag=0.6)
+    try:
+        created = [send_sms(handle.url, f"r{i}").json() for i in range(5)]
+        last_created = time.monotonic()
+        assert all(m["status"] == "queued" and m["date_sent"] is None for m in created)
+        assert created[0]["date_created"].endswith("+0000")  # RFC 2822, GMT
+        listed = httpx.get(f"{handle.url}{TWILIO}", auth=TWILIO_AUTH).json()
+        assert len(listed["messages"]) < 5, "the list lags behind creates"
+        time.sleep(0.7)
+        today = datetime.now(UTC).date().isoformat()
+        by_date = {"To": "+16505550001", "DateSent>": today}
+        queued = httpx.get(f"{handle.url}{TWILIO}", params=by_date, auth=TWILIO_AUTH).json()
+        assert queued["messages"] == [], "no date_sent yet: no DateSent filter matches"
+        seen, url, params = [], TWILIO, {"To": "+16505550001", "PageSize": 2}
+        while url:
+            page = httpx.get(f"{handle.url}{url}", params=params, auth=TWILIO_AUTH).json()
+            assert page["page_size"] == 2
+            seen += [m["sid"] for m in page["messages"]]
+            url, params = page["next_page_uri"], None
+        assert seen == [m["sid"] for m in reversed(created)], "newest first, each once"
+        time.sleep(max(0.0, last_created + 4.2 - time.monotonic()))
+        sent = httpx.get(f"{handle.url}{TWILIO}", params=by_date, auth=TWILIO_AUTH).json()
+        assert len(sent["messages"]) == 5 and all(m["status"] == "sent" for m in sent["messages"])
+        wrong = httpx.post(f"{handle.url}{TWILIO}", data={"To": "+1"}, auth=("ACsandbox", "no"))
+        assert wrong.status_code == 401 and wrong.json()["code"] == 20003
+    finally:
+        handle.stop()
+
+
+def test_a_full_sender_queue_answers_21611_and_drains():
+    handle = sandbox.start_sandbox(smtp=False, queue_seconds=1.0, sender_queue_limit=2)
+    try:
+        codes = [send_sms(handle.url, f"q{i}").status_code for i in range(3)]
+        assert codes == [201, 201, 400]
+        assert send_sms(handle.url, "q3").json()["code"] == 21611
+        time.sleep(1.1)
+        assert send_sms(handle.url, "q4").status_code == 201
+    finally:
+        handle.stop()
+
+
+def test_a_mailchimp_batch_runs_for_its_time_and_its_results_refuse_credentials():
+    handle = sandbox.start_sandbox(smtp=False, batch_seconds=1.0)
+    try:
+        email = "slow@shop.test"
+        member = hashlib.md5(email.encode()).hexdigest()
+        operation = {
+            "method": "PUT",
+            "path": f"/lists/L/members/{member}",
+            "operation_id": "one",
+            "body": json.dumps({"email_address": email, "status_if_new": "subscribed"}),
+        }
+        batches = f"{handle.url}/3.0/batches"
+        batch = httpx.post(batches, json={"operations": [operation]}, auth=MAILCHIMP_AUTH).json()
+        status = httpx.get(f"{batches}/{batch['id']}", auth=MAILCHIMP_AUTH).json()
+        assert status["status"] in ("pending", "started") and status["response_body_url"] == ""
+        assert "L" not in handle.accepted()["members"], "nothing applied before it finishes"
+        assert httpx.get(f"{batches}/{batch['id']}").status_code == 401
+        time.sleep(1.1)
+        status = httpx.get(f"{batches}/{batch['id']}", auth=MAILCHIMP_AUTH).json()
+        assert status["status"] == "finished" and not status["response_body_url"].startswith(
+            handle.url
+        ), "results live on another host"
+        refused = httpx.get(status["response_body_url"], auth=MAILCHIMP_AUTH)
+        assert refused.status_code == 400 and b"Only one auth mechanism" in refused.content
+        assert httpx.get(status["response_body_url"]).status_code == 200
+        assert httpx.get(status["response_body_url"] + "0").status_code == 403
     finally:
         handle.stop()

@@ -256,6 +256,8 @@ async def _deliver(state: ChannelRun, row: dict) -> Delivery:
     since = row["intent_recorded_at"] or datetime.now(UTC)
     calls = 0
     if row["ledger_status"] == "sending":  # a previous pass or run may have sent it
+        if state.paused_because:  # the provider refuses the account: it cannot be asked
+            return Delivery("sending", None, 0, row.get("unclear_since"))
         if not provider.can_lookup:
             return Delivery("unclear", SendResult(Outcome.UNCLEAR, reason="left sending by a run"))
         # A killed run never recorded when its last request went out: count from now,

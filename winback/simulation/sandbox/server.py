@@ -261,6 +261,8 @@ class SandboxHandle:
                     "extra": {
                         "from": "winback@shop.test",
                         "lookup_url": f"{self.url}/_sandbox/smtp-messages",
+                        # The sandbox's search knows a message the moment it is accepted.
+                        "lookup_trust_seconds": 1.0,
                     },
                 }
             )

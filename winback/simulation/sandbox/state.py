@@ -216,12 +216,12 @@ class SandboxState:
 
     def inside_quiet(self, family: str) -> float | None:
         """Seconds left if a request arrives inside a window the provider asked to be left
-        alone, later than the requests already in flight could have known (latency + 0.1 s);
-        counted as `inside_retry_after`."""
+        alone, later than the requests already in flight could have known (latency + 0.5 s,
+        room for a busy machine); counted as `inside_retry_after`."""
         now = time.time()
         with self.lock:
             asked_at, until = self.quiet.get(family, (0.0, 0.0))
-            if now >= until or now < asked_at + self.settings.latency + 0.1:
+            if now >= until or now < asked_at + self.settings.latency + 0.5:
                 return None
             self.counters["inside_retry_after"] += 1
             return until - now
