@@ -488,6 +488,8 @@ def ranked_products_query(
             ) as category_rank
         from {products} p
         left join popularity pop on pop.product_id = p.product_id
+        -- Fees, shipping, gift cards and adjustments are never recommended.
+        where p.is_merchandise
     """).format(order_lines=ORDER_LINES, orders=ORDERS, products=PRODUCTS)
     return query, {"reco_run_date": run_date, "reco_lookback": lookback_days}
 
