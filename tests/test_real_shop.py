@@ -131,3 +131,17 @@ def test_audiences_are_built_and_no_message_names_a_fee_or_a_placeholder(real_sh
     longest = max(t.split("Last time you chose: ")[1].split(".\n")[0].count(",") for t in texts
                   if "Last time you chose: " in t)  # fmt: skip
     assert longest <= 2, "at most three products named"
+
+
+@pytest.mark.slow
+def test_the_summary_says_what_happened(real_shop_run):
+    from winback import summary
+
+    with using_database(real_shop_run.url), psycopg.connect(real_shop_run.url) as conn:
+        text = summary.render(summary.collect(conn, DAY))
+    guests = (real_shop_run.frames["orders"]["customer_id"] == "").sum()
+    assert f"{guests:,} guest checkouts" in text
+    assert "6 of 6 valid campaigns active today" in text
+    assert "customers past each threshold" in text
+    assert "bgnbd fit:" in text and "gamma_gamma fit:" in text
+    assert "churn bands:" in text

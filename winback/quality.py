@@ -67,7 +67,7 @@ QUARANTINE_LIMITS_ENV = "WINBACK_QUARANTINE_LIMITS"
 # that table plus JUMP_MARGIN (so a clean history of 0% does not fail on one bad row).
 JUMP_DAYS = 7
 JUMP_FACTOR = 3.0
-JUMP_MARGIN = 0.01
+JUMP_MARGIN = 0.02
 # The share of the day's orders that may lack any order line, when lines were delivered.
 MAX_ORDERS_WITHOUT_LINES = 0.05
 
