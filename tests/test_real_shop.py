@@ -139,6 +139,7 @@ def test_the_summary_says_what_happened(real_shop_run):
 
     with using_database(real_shop_run.url), psycopg.connect(real_shop_run.url) as conn:
         text = summary.render(summary.collect(conn, DAY))
+    print(text)  # the figures of the run, with pytest -s
     guests = (real_shop_run.frames["orders"]["customer_id"] == "").sum()
     assert f"{guests:,} guest checkouts" in text
     assert "6 of 6 valid campaigns active today" in text
