@@ -52,3 +52,27 @@ def test_the_callback_posts_to_the_webhook(monkeypatch):
     assert received and received[0]["text"].startswith(
         "winback: winback_daily.score_customers failed for 2026-11-20"
     )
+
+
+def test_a_degenerate_fit_warning_is_posted_to_the_webhook(monkeypatch):
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    monkeypatch.setenv(alerts.WEBHOOK_ENV, f"http://127.0.0.1:{server.server_port}/hook")
+    message = alerts.warn("model fit for 2026-11-20", "BG/NBD fit 7 is degenerate (a = 2e-16)")
+    thread.join(timeout=5)
+    server.server_close()
+    assert received and received[0]["text"] == message
+    assert message.startswith("winback warning: model fit for 2026-11-20\nBG/NBD fit 7")

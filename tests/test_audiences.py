@@ -64,7 +64,7 @@ class Shop:
                 order_id text, line_number integer, product_id text, quantity integer);
             create table marts.products (
                 product_id text primary key, product_name text, category text,
-                list_price numeric);
+                list_price numeric, is_merchandise boolean not null default true);
             create table marts.engagement_events (
                 event_id text primary key, customer_id text, channel text, event_type text,
                 occurred_at timestamptz, campaign_id text, message_id text);

@@ -196,3 +196,38 @@ def test_counts_command_prints_each_campaigns_audience_and_outbox(tmp_path, conn
     name, audience, treatment, holdout, entered, *_ = lines[1].split()
     assert (name, int(audience), int(treatment) + int(holdout)) == ("good", 20, 20)
     assert int(holdout) == 4  # 20% of 20, in the one stratum
+
+
+def test_a_template_that_shows_a_missing_value_fails_validation(tmp_path):
+    """Rendered against a customer without a category, products or recommendations, the
+    copy must read without them: no placeholder, no empty phrase."""
+    text = VALID.format(id="empty_phrase").replace(
+        "subject: Hello", 'subject: "Still thinking of {{ last_purchased_category }}?"'
+    )
+    path = tmp_path / "empty_phrase.yaml"
+    path.write_text(text)
+    problems, _ = campaigns.validate_folder(tmp_path)
+    assert any(
+        "steps.0.subject: renders 'of ?' when a value is missing" in p
+        and "last_purchased_category" in p
+        for p in problems
+    ), problems
+    path.write_text(
+        text.replace("{{ last_purchased_category }}", "{{ last_purchased_category or 'us' }}")
+    )
+    assert campaigns.validate_folder(tmp_path)[0] == []
+
+
+def test_a_missing_value_never_prints_as_none_and_a_variant_falls_back(conn):
+    from winback.campaigns import journeys, personalization
+
+    assert personalization.render("Hi {{ first_name }}!", {"first_name": None}) == "Hi !"
+    builder = journeys.MessageBuilder(conn, date(2026, 11, 20))
+    context = {"last_purchased_category": None, "first_name": "Ada"}
+    variant = "Still thinking of {{ last_purchased_category }}?"
+    step_text = "{{ first_name }}, we miss you"
+    assert builder._render_or_fall_back(variant, step_text, context) == "Ada, we miss you"
+    context["last_purchased_category"] = "Teapots"
+    assert builder._render_or_fall_back(variant, step_text, context) == (
+        "Still thinking of Teapots?"
+    )

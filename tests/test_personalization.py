@@ -41,7 +41,8 @@ create table marts.order_lines (
     quantity bigint, unit_price numeric, line_total numeric
 );
 create table marts.products (
-    product_id text, product_name text, category text, list_price numeric
+    product_id text, product_name text, category text, list_price numeric,
+    is_merchandise boolean not null default true
 );
 """
 
@@ -393,6 +394,18 @@ def test_recommendations_are_popular_products_of_the_favourite_category_not_yet_
         "cup_fan": ["Mug"],
     }
     assert recommended["ana"][0] == p.Recommendation("tea-2", "Oolong", Decimal("12.50"))
+
+
+def test_a_product_that_is_not_merchandise_is_never_recommended(catalogue):
+    """Postage in the Tea category, bought by everybody: still never recommended."""
+    catalogue.execute("insert into marts.products values ('POST', 'POSTAGE', 'Tea', 18, false)")
+    for index in range(6):
+        _add_order(catalogue, f"fee{index}", f"f{index}", date(2026, 10, 6), [("POST", 1)])
+    recommended = _names(
+        p.recommendations(catalogue, RUN_DATE, customers=sql.Identifier("targets"))
+    )
+    assert recommended["bob"] == ["Sencha", "Oolong", "Assam"]
+    assert not any("POSTAGE" in names for names in recommended.values())
 
 
 def test_recommendations_options(catalogue):

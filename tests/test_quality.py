@@ -106,3 +106,66 @@ def test_scores_outside_zero_one_missing_or_left_out_fail(conn):
         "p_alive never missing": "1",
         "every customer with an order scored": "1",
     }
+
+
+def add_batch(conn, table: str, read: int, quarantined: int, day=DAY, rule="invalid_amount"):
+    conn.execute(
+        "insert into raw.load_batches (load_date, table_name, source_file, rows_read,"
+        " rows_loaded, rows_quarantined) values (%s, %s, %s, %s, %s, %s)",
+        (day, table, f"landing/{day}/{table}.csv", read, read - quarantined, quarantined),
+    )
+    for line in range(quarantined):
+        conn.execute(
+            "insert into raw.quarantine (load_date, table_name, source_file, line_number,"
+            " column_name, rule, reason, raw_record) values (%s, %s, 'f', %s, 'x', %s, 'r', '{}')",
+            (day, table, line + 2, rule if line % 3 else "unknown_order"),
+        )
+    conn.commit()
+
+
+def add_line(conn, order_id: str) -> None:
+    conn.execute(
+        "insert into raw.order_lines (order_id, line_number, product_id, quantity, unit_price,"
+        " _load_date, _source_file, _source_line) values (%s, 1, 'p', 1, 1, %s, 'f', 2)",
+        (order_id, DAY),
+    )
+    conn.commit()
+
+
+def test_a_day_with_most_lines_quarantined_fails_naming_file_share_and_rules(raw):
+    add_order(raw, "o1", "10.00")
+    add_line(raw, "o1")
+    add_batch(raw, "orders", 100, 1)
+    add_batch(raw, "order_lines", 100, 60)
+    with pytest.raises(quality.QualityGateError) as failed:
+        quality.check_raw_inputs(DAY)
+    message = str(failed.value)
+    assert "order_lines quarantined share <= 5%" in message
+    assert f"landing/{DAY}/order_lines.csv: 60.0% of 100 rows quarantined" in message
+    assert "top rules: invalid_amount (40), unknown_order (20)" in message
+    assert "orders quarantined" not in message  # 1% is within its limit
+
+
+def test_the_limit_is_configurable_per_table_and_a_jump_against_recent_days_fails(raw, monkeypatch):
+    add_order(raw, "o1", "10.00")
+    add_line(raw, "o1")
+    for days_back in range(1, 4):
+        add_batch(raw, "order_lines", 100, 1, day=date(2026, 11, 20 - days_back))
+    add_batch(raw, "order_lines", 100, 9)
+    monkeypatch.setenv(quality.QUARANTINE_LIMITS_ENV, "order_lines=0.1")
+    with pytest.raises(quality.QualityGateError) as failed:
+        quality.check_raw_inputs(DAY)
+    message = str(failed.value)
+    assert "failed 1 of" in message and "the last 3 load days' 1.0%" in message
+    monkeypatch.setenv(quality.QUARANTINE_LIMITS_ENV, "order_lines=ten")
+    with pytest.raises(quality.QualityGateError, match="WINBACK_QUARANTINE_LIMITS"):
+        quality.check_raw_inputs(DAY)
+
+
+def test_orders_whose_lines_are_gone_fail_the_gate(raw):
+    for index in range(4):
+        add_order(raw, f"o{index}", "10.00")
+    add_line(raw, "o0")
+    add_batch(raw, "order_lines", 10, 0)
+    with pytest.raises(quality.QualityGateError, match="orders without an order line"):
+        quality.check_raw_inputs(DAY)

@@ -100,6 +100,39 @@ def test_cdnow_backtest_on_the_39_week_holdout(cdnow_warehouse):
     assert [b["repeat_purchases"] for b in backtest["by_calibration_repeat_purchases"]][-1] == "7+"
 
 
+# Before the tests below: `cdnow_warehouse` points `conn` at the CDNOW database while it
+# lives, and `summary_table` replaces its marts.
+def test_cdnow_with_the_default_settings_reproduces_lifetimes_published_fits(cdnow_warehouse):
+    """lifetimes' Quickstart (docs/Quickstart.md) publishes, on this sample: BG/NBD r 0.2426,
+    alpha 4.4135 (weeks), a 0.7929, b 2.4258, and Gamma-Gamma p 6.25, q 3.74, v 15.45 on
+    its 946 repeat buyers, both unpenalised. The shipped settings (include/scoring.yaml,
+    days) must find them; alpha in days is 7 x alpha in weeks."""
+    import dataclasses
+
+    settings = dataclasses.replace(scoring.load_settings(), backtest_holdout_days=0)
+    assert settings == dataclasses.replace(scoring.ScoringSettings(), backtest_holdout_days=0)
+    with using_database(cdnow_warehouse), db.connect() as conn:
+        result = scoring.score_customers(conn, cdnow.CDNOW_CALIBRATION_END, settings)
+        conn.commit()
+        rows = conn.execute(
+            "select model, params, settings, is_degenerate, fallback, churn_band_source"
+            " from winback.model_fits order by model_fit_id desc limit 2"
+        ).fetchall()
+    fits = {row[0]: row[1:] for row in rows}
+    bg, bg_settings, degenerate, fallback, band_source = fits["bgnbd"]
+    assert bg["r"] == pytest.approx(0.2426, rel=2e-3)
+    assert bg["alpha"] / 7 == pytest.approx(4.4135, rel=2e-3)
+    assert bg["a"] == pytest.approx(0.7929, rel=2e-3)
+    assert bg["b"] == pytest.approx(2.4258, rel=2e-3)
+    assert (degenerate, fallback, band_source) == (False, None, "p_alive")
+    assert bg_settings["bgnbd_penalizer"] == 0 and bg_settings["time_unit"] == "day"
+    spend, _, _, spend_fallback, _ = fits["gamma_gamma"]
+    assert result.gamma_gamma.customers == 946 and spend_fallback is None
+    assert spend["p"] == pytest.approx(6.25, abs=0.01)
+    assert spend["q"] == pytest.approx(3.74, abs=0.01)
+    assert spend["v"] == pytest.approx(15.45, abs=0.02)
+
+
 def test_compressed_and_row_by_row_fits_agree():
     from lifetimes.generate_data import beta_geometric_nbd_model
 
@@ -132,14 +165,20 @@ def summary_table(conn):
         " average_order_value numeric)"
     )
     rng = np.random.default_rng(9)
+    # Mean spend as Gamma-Gamma draws it (p = 6, q = 4, v = 20): customers differ, so the
+    # unpenalised fit has a finite optimum.
+    spend_rng = np.random.default_rng(10)
     for i in range(400):
         freq = int(rng.poisson(2))
         age = int(rng.integers(100, 700))
         recency = int(age * rng.uniform(0.1, 1)) if freq else 0
+        rng.random()
+        nu = spend_rng.gamma(4.0, 1 / 20.0)
+        mean_spend = spend_rng.gamma(6.0 * freq, 1 / (nu * freq)) if freq else None
         conn.execute(
             "insert into marts.customer_order_summary values (%s, %s, %s, %s, '2025-01-01',"
             " '2026-01-01', %s, %s)",
-            (f"c{i}", freq, recency, age, 40 + 10 * rng.random() if freq else None, 45.0),
+            (f"c{i}", freq, recency, age, mean_spend, 45.0),
         )
     conn.commit()
     return conn
@@ -268,3 +307,133 @@ def test_the_grid_key_is_the_same_in_numpy_and_in_sql(conn):
     assert len(set(in_sql)) == len(triples)
     with pytest.raises(scoring.ScoringError, match="age_days"):
         scoring.triple_key([1], [0], [1 << scoring.KEY_BITS])
+
+
+# --------------------------------------------------------------------------- real shops
+
+
+def test_settings_come_from_a_file_and_a_typo_is_an_error(tmp_path, monkeypatch):
+    path = tmp_path / "scoring.yaml"
+    path.write_text("time_unit: week\ngamma_gamma_penalizer: 0.01\nspend_fallback: previous_fit\n")
+    monkeypatch.setenv(scoring.SETTINGS_ENV, str(path))
+    settings = scoring.load_settings()
+    assert (settings.time_unit, settings.gamma_gamma_penalizer) == ("week", 0.01)
+    assert settings.spend_fallback == "previous_fit" and settings.bgnbd_penalizer == 0.0
+    path.write_text("gamma_gama_penalizer: 0.01\n")
+    with pytest.raises(scoring.ScoringError, match="unknown scoring settings"):
+        scoring.load_settings()
+    path.write_text("spend_fallback: zero\n")
+    with pytest.raises(scoring.ScoringError, match="spend_fallback"):
+        scoring.load_settings()
+
+
+def test_an_unusable_spend_fit_falls_back_to_the_own_mean_and_leaves_bgnbd_alone(
+    summary_table, monkeypatch
+):
+    """Converged with q <= 1 (no finite mean spend): recorded, flagged, not used."""
+    settings = scoring.ScoringSettings(backtest_holdout_days=0, warm_start=False)
+    scoring.score_customers(summary_table, date(2026, 11, 19), settings)
+    before = summary_table.execute(
+        "select customer_id, p_alive, churn_risk_band from winback.customer_scores"
+    ).fetchall()
+
+    def heavy_tailed_fit(data, penalizer, start=None):
+        params = bgnbd.GammaGammaParams(p=2.1, q=0.84, v=11.0)
+        return params, scoring.FitResult("gamma_gamma", params.as_dict(), -1.0, 200, 150, 0.1,
+                                         True)  # fmt: skip
+
+    monkeypatch.setattr(scoring, "fit_gamma_gamma", heavy_tailed_fit)
+    result = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    assert not result.is_stale and result.bgnbd.converged
+    assert result.gamma_gamma.fallback == "own_mean" and "q = 0.84" in result.gamma_gamma.message
+    after = summary_table.execute(
+        "select customer_id, p_alive, churn_risk_band from winback.customer_scores"
+    ).fetchall()
+    assert sorted(after) == sorted(before)
+    own_mean = summary_table.execute(
+        "select count(*) filter (where c.expected_order_value <> round(s.average_order_value, 2))"
+        " from winback.customer_scores c join marts.customer_order_summary s using (customer_id)"
+    ).fetchone()[0]
+    assert own_mean == 0
+    recorded = summary_table.execute(
+        "select converged, fallback from winback.model_fits where model = 'gamma_gamma'"
+        " order by model_fit_id desc limit 1"
+    ).fetchone()
+    assert recorded == (True, "own_mean")
+    assert "own_mean" in scoring.fit_alert(result)
+
+
+def no_dropout_shop(conn, seed: int = 3, customers: int = 800) -> None:
+    """A shop built to degenerate BG/NBD: everybody keeps buying (Poisson, no dropout),
+    as wholesale customers on one year of history look. The fit runs a (the dropout
+    odds) to 0, and P(alive) to 1 for every repeat buyer however silent."""
+    rng = np.random.default_rng(seed)
+    conn.execute("drop schema if exists marts cascade")
+    conn.execute("drop schema if exists winback cascade")
+    conn.execute(
+        "create schema marts; create table marts.customer_order_summary (customer_id text,"
+        " repeat_purchase_days int, recency_days int, customer_age_days int,"
+        " first_order_date date, last_order_date date, mean_repeat_order_value numeric,"
+        " average_order_value numeric)"
+    )
+    for i in range(customers):
+        age = int(rng.integers(120, 366))
+        rate = rng.gamma(2.0, 1 / 60.0)
+        times = np.sort(rng.uniform(0, age, rng.poisson(rate * age))).astype(int)
+        days = np.unique(np.concatenate([[0], times]))
+        value = float(rng.lognormal(4, 1.2))  # heavy-tailed, wholesale-like
+        conn.execute(
+            "insert into marts.customer_order_summary values (%s, %s, %s, %s, '2025-01-01',"
+            " '2026-01-01', %s, %s)",
+            (f"c{i}", len(days) - 1, int(days[-1]), age, value if len(days) > 1 else None,
+             value),
+        )  # fmt: skip
+    conn.commit()
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.001])
+def test_a_degenerate_fit_is_flagged_and_bands_come_from_the_own_gap(conn, penalizer):
+    no_dropout_shop(conn)
+    settings = scoring.ScoringSettings(backtest_holdout_days=0, bgnbd_penalizer=penalizer)
+    result = scoring.score_customers(conn, date(2026, 11, 20), settings)
+    conn.commit()
+    assert result.bgnbd.is_degenerate and result.churn_band_source == "own_gap"
+    assert "at the bound" in result.bgnbd.degenerate_reason or "P(alive)" in (
+        result.bgnbd.degenerate_reason
+    )
+    flagged = conn.execute(
+        "select is_degenerate, degenerate_reason, churn_band_source from winback.model_fits"
+        " where model = 'bgnbd' order by model_fit_id desc limit 1"
+    ).fetchone()
+    assert flagged[0] and flagged[1] and flagged[2] == "own_gap"
+    assert "degenerate" in scoring.fit_alert(result)
+    # The own-gap bands separate the silent from the active.
+    bands = dict(
+        conn.execute(
+            "select churn_risk_band, count(*) from winback.customer_scores group by 1"
+        ).fetchall()
+    )
+    assert len(bands) >= 3 and bands.get("low", 0) < 0.9 * sum(bands.values())
+    silent_but_low = conn.execute(
+        "select count(*) from winback.customer_scores c"
+        " join marts.customer_order_summary s using (customer_id)"
+        " where s.repeat_purchase_days > 0 and c.churn_risk_band = 'low'"
+        " and s.customer_age_days - s.recency_days"
+        "     >= 2 * s.recency_days::float8 / s.repeat_purchase_days"
+    ).fetchone()[0]
+    assert silent_but_low == 0
+    silent = conn.execute(
+        "select count(*), count(*) filter (where c.churn_risk_band = 'very_high')"
+        " from winback.customer_scores c join marts.customer_order_summary s using (customer_id)"
+        " where s.repeat_purchase_days > 0 and s.customer_age_days - s.recency_days"
+        "     >= 2 * s.recency_days::float8 / s.repeat_purchase_days"
+    ).fetchone()
+    assert silent[0] > 0 and silent[0] == silent[1]
+
+
+def test_a_healthy_fit_is_not_flagged(summary_table):
+    result = scoring.score_customers(
+        summary_table, date(2026, 11, 20), scoring.ScoringSettings(backtest_holdout_days=0)
+    )
+    assert not result.bgnbd.is_degenerate and result.churn_band_source == "p_alive"
+    assert scoring.fit_alert(result) is None

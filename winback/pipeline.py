@@ -64,13 +64,22 @@ def check_audiences(ds: str, max_growth: float | None = None) -> dict:
 
 
 def score_customers(ds: str) -> dict:
-    """Fit BG/NBD and Gamma-Gamma and write `winback.customer_scores`."""
+    """Fit BG/NBD and Gamma-Gamma and write `winback.customer_scores`.
+
+    Settings come from `include/scoring.yaml` (or `$WINBACK_SCORING_CONFIG`).
+    """
     from winback.scoring import scores as scoring
 
     with db.connect() as conn:
-        result = scoring.score_customers(conn, _day(ds), scoring.ScoringSettings())
+        result = scoring.score_customers(conn, _day(ds), scoring.load_settings())
         conn.commit()
-    return scoring.result_summary(result)
+    summary = scoring.result_summary(result)
+    alert = scoring.fit_alert(result)
+    if alert:
+        from winback.orchestration import alerts
+
+        summary["alert"] = alerts.warn(f"model fit for {ds}", alert)
+    return summary
 
 
 def send_decision(ds: str, mode: str = "dry_run", allow_past_sends: bool = False, run_type=None):

@@ -3,7 +3,9 @@
 Three gates, each a GX expectation suite run on the warehouse:
 
 * `raw_inputs`: the day's raw data: rows present, the day's amounts >= 0, no dates after
-  the run day (ids are the raw tables' primary keys);
+  the run day (ids are the raw tables' primary keys), each file's quarantined share under
+  its limit and not jumping against the last days, and the day's orders covered by order
+  lines (`quarantine_checks`);
 * `scores`: `winback.customer_scores`: p_alive within [0, 1] and never missing, every
   customer with an order scored;
 * `audiences`: the day's audiences: one row per customer, nobody without consent for the
@@ -39,6 +41,38 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 DEFAULT_MAX_AUDIENCE_GROWTH = 3.0
+
+# The share of a file's rows that may be quarantined before the day fails, per table
+# (`default` for the others). Override with WINBACK_QUARANTINE_LIMITS, e.g.
+# "order_lines=0.2,default=0.1". A real export quarantines a little (a malformed line, an
+# unknown product); most of a file quarantined is a broken export, not bad luck.
+QUARANTINE_LIMITS = {"default": 0.05}
+QUARANTINE_LIMITS_ENV = "WINBACK_QUARANTINE_LIMITS"
+# A share jumps when it exceeds JUMP_FACTOR x the mean of the last JUMP_DAYS load days of
+# that table plus JUMP_MARGIN (so a clean history of 0% does not fail on one bad row).
+JUMP_DAYS = 7
+JUMP_FACTOR = 3.0
+JUMP_MARGIN = 0.02
+# The share of the day's orders that may lack any order line, when lines were delivered.
+MAX_ORDERS_WITHOUT_LINES = 0.05
+
+
+def quarantine_limits() -> dict[str, float]:
+    """QUARANTINE_LIMITS with the environment's overrides; a malformed one is an error."""
+    limits = dict(QUARANTINE_LIMITS)
+    text = os.environ.get(QUARANTINE_LIMITS_ENV, "").strip()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        table, _, value = item.partition("=")
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = -1.0
+        if not table.strip() or not 0 <= limit <= 1:
+            raise QualityGateError(
+                f"{QUARANTINE_LIMITS_ENV}: expected table=share (0..1) items, got {item!r}"
+            )
+        limits[table.strip()] = limit
+    return limits
 
 
 class QualityGateError(RuntimeError):
@@ -185,6 +219,78 @@ def raw_input_checks(run_date: date) -> list[Check]:
     ]
 
 
+def quarantine_checks(conn: psycopg.Connection, run_date: date) -> list[Check]:
+    """Per file loaded for the day: its quarantined share under the table's limit and not
+    jumping against the last days; and the day's orders covered by order lines.
+
+    Each check's name carries what a person needs to act: the file, its share and the
+    rules that quarantined most of its rows.
+    """
+    import great_expectations.expectations as gxe
+
+    limits = quarantine_limits()
+    day = run_date.isoformat()
+    checks = []
+    batches = conn.execute(
+        "select table_name, source_file, rows_read, rows_quarantined from raw.load_batches"
+        " where load_date = %s order by table_name",
+        (run_date,),
+    ).fetchall()
+    for table_name, source_file, rows_read, rows_quarantined in batches:
+        if not re.fullmatch(r"[a-z_]+", table_name):
+            raise QualityGateError(f"unexpected table name in raw.load_batches: {table_name!r}")
+        share = rows_quarantined / rows_read if rows_read else 0.0
+        rules = conn.execute(
+            "select rule, count(*) from raw.quarantine where load_date = %s and table_name = %s"
+            " group by 1 order by 2 desc, 1 limit 3",
+            (run_date, table_name),
+        ).fetchall()
+        top = ", ".join(f"{rule} ({n:,})" for rule, n in rules) or "none"
+        what = f"{source_file}: {share:.1%} of {rows_read:,} rows quarantined; top rules: {top}"
+        share_sql = (
+            "select coalesce(sum(rows_quarantined)::float8 / nullif(sum(rows_read), 0), 0)"
+            f" as quarantined_share from raw.load_batches where load_date = '{day}'"
+            f" and table_name = '{table_name}'"
+        )
+        limit = limits.get(table_name, limits["default"])
+        checks.append(
+            Check(
+                f"{table_name} quarantined share <= {limit:.0%} ({what})",
+                share_sql,
+                gxe.ExpectColumnMaxToBeBetween(column="quarantined_share", max_value=limit),
+            )
+        )
+        history = conn.execute(
+            "select avg(rows_quarantined::float8 / nullif(rows_read, 0)), count(*)"
+            " from (select * from raw.load_batches where table_name = %s and load_date < %s"
+            " order by load_date desc limit %s) recent",
+            (table_name, run_date, JUMP_DAYS),
+        ).fetchone()
+        if history[1]:
+            ceiling = min(1.0, JUMP_FACTOR * (history[0] or 0.0) + JUMP_MARGIN)
+            checks.append(
+                Check(
+                    f"{table_name} quarantined share <= {ceiling:.1%} ({JUMP_FACTOR:g}x the last"
+                    f" {history[1]} load days' {history[0] or 0:.1%} + {JUMP_MARGIN:.0%}; {what})",
+                    share_sql,
+                    gxe.ExpectColumnMaxToBeBetween(column="quarantined_share", max_value=ceiling),
+                )
+            )
+    if any(table_name == "order_lines" for table_name, *_ in batches):
+        checks.append(
+            Check(
+                f"at most {MAX_ORDERS_WITHOUT_LINES:.0%} of the day's orders without an order line",
+                "select coalesce(avg(case when exists (select 1 from raw.order_lines l"
+                " where l.order_id = o.order_id) then 0.0 else 1.0 end), 0)::float8"
+                f" as orders_without_lines from raw.orders o where o._load_date = '{day}'",
+                gxe.ExpectColumnMaxToBeBetween(
+                    column="orders_without_lines", max_value=MAX_ORDERS_WITHOUT_LINES
+                ),
+            )
+        )
+    return checks
+
+
 def score_checks(summary_table: str | None = None) -> list[Check]:
     """`winback.customer_scores`. Its primary key keeps one row per customer; the last
     check finds a customer of the order summary (the scoring's input) left out."""
@@ -274,7 +380,11 @@ def audience_checks(conn: psycopg.Connection, run_date: date, max_growth: float)
 
 
 def check_raw_inputs(run_date: date) -> dict:
-    return enforce("raw_inputs", run_checks("raw_inputs", raw_input_checks(run_date), run_date))
+    checks = raw_input_checks(run_date)
+    with db.connect() as conn:
+        if db.relation_exists(conn, "raw.load_batches"):
+            checks += quarantine_checks(conn, run_date)
+    return enforce("raw_inputs", run_checks("raw_inputs", checks, run_date))
 
 
 def check_scores(run_date: date) -> dict:

@@ -27,6 +27,18 @@ class RunSummary:
     ledger: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     # Windows whose attribution period ended on the run date, overall figures.
     measured_windows: list[dict] = field(default_factory=list)
+    # --- what a real shop's day needs said (issue 25)
+    # Orders loaded for the day: (customer orders, guest orders, completed revenue, of it
+    # from guest orders).
+    orders_loaded: tuple[int, int, float, float] | None = None
+    # The day's fits: model -> {params, is_degenerate, degenerate_reason, fallback,
+    # churn_band_source, message}; and customers per churn band.
+    fits: dict[str, dict] = field(default_factory=dict)
+    churn_bands: list[tuple[str, int]] = field(default_factory=list)
+    # (threshold, customers past it) for the lifecycle's at_risk, inactive, lost.
+    lifecycle_thresholds: list[tuple[str, int]] = field(default_factory=list)
+    # (campaign, why it enrolled nobody today) for every campaign not active today.
+    inactive_campaigns: list[tuple[str, str]] = field(default_factory=list)
 
 
 def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
@@ -47,15 +59,42 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
         summary.segments = conn.execute(
             f"select rfm_segment, count(*) from {relations.CUSTOMER_RFM} group by 1 order by 2 desc"
         ).fetchall()
+    if db.relation_exists(conn, "raw.orders"):
+        summary.orders_loaded = tuple(
+            conn.execute(
+                "select count(*) filter (where customer_id is not null),"
+                " count(*) filter (where customer_id is null),"
+                " coalesce(sum(total) filter (where status = 'completed'), 0)::float8,"
+                " coalesce(sum(total) filter (where status = 'completed'"
+                "     and customer_id is null), 0)::float8"
+                " from raw.orders where _load_date = %s",
+                (run_date,),
+            ).fetchone()
+        )
     if db.relation_exists(conn, relations.CUSTOMER_LIFECYCLE):
         summary.stages = conn.execute(
             f"select lifecycle_stage, count(*) from {relations.CUSTOMER_LIFECYCLE} "
             "group by 1 order by 2 desc"
         ).fetchall()
+        summary.lifecycle_thresholds = _lifecycle_thresholds(dict(summary.stages))
     if db.relation_exists(conn, "winback.customer_scores"):
         summary.scored_customers, summary.mean_p_alive = conn.execute(
             "select count(*), avg(p_alive) from winback.customer_scores"
         ).fetchone()
+        summary.churn_bands = conn.execute(
+            "select churn_risk_band, count(*) from winback.customer_scores group by 1"
+            " order by array_position(array['low', 'medium', 'high', 'very_high'],"
+            " churn_risk_band)"
+        ).fetchall()
+    if db.relation_exists(conn, "winback.model_fits"):
+        with conn.cursor(row_factory=dict_row) as cur:
+            for fit in cur.execute(
+                "select distinct on (model) model, params, is_degenerate, degenerate_reason,"
+                " fallback, churn_band_source, message, converged from winback.model_fits"
+                " where as_of_date = %s order by model, model_fit_id desc",
+                (run_date,),
+            ).fetchall():
+                summary.fits[fit.pop("model")] = fit
     if db.relation_exists(conn, "winback.campaign_audiences") and db.relation_exists(
         conn, "winback.journey_state"
     ):
@@ -63,7 +102,15 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
         from winback.campaigns import campaign_files as campaigns
 
         counted = {c["campaign_id"]: c for c in audiences.campaign_counts(conn, run_date)}
-        valid, _refused = campaigns.load_valid_campaigns()
+        valid, refused = campaigns.load_valid_campaigns()
+        for campaign in valid:
+            if run_date < campaign.starts_on:
+                summary.inactive_campaigns.append((campaign.id, f"starts on {campaign.starts_on}"))
+            elif run_date > campaign.ends_on:
+                summary.inactive_campaigns.append((campaign.id, f"ended on {campaign.ends_on}"))
+        for name, reason in sorted(refused.items()):
+            first = reason.strip().splitlines()[0] if reason.strip() else "invalid"
+            summary.inactive_campaigns.append((name, f"refused: {first}"))
         # Every shipped campaign is listed, with zeros when nobody qualified today.
         for campaign_id in sorted({c.id for c in valid} | set(counted)):
             summary.campaigns.append(counted.get(campaign_id, {"campaign_id": campaign_id}))
@@ -89,6 +136,26 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
     return summary
 
 
+def _lifecycle_thresholds(stages: dict[str, int]) -> list[tuple[str, int]]:
+    """Customers past each lifecycle threshold (the stages nest: lost is past inactive,
+    inactive past at_risk), labelled with the dbt vars that set them."""
+    import yaml
+
+    from winback import config
+
+    project = yaml.safe_load((config.DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    variables = project.get("vars", {})
+    lost = stages.get("lost", 0)
+    inactive = lost + stages.get("inactive", 0)
+    at_risk = inactive + stages.get("at_risk", 0)
+    return [
+        (f"at_risk ({variables.get('at_risk_ratio')} x own threshold)", at_risk),
+        ("inactive (own threshold: max(sector floor, "
+         f"{variables.get('inactivity_gap_multiplier')} x usual gap))", inactive),
+        (f"lost ({variables.get('lost_ratio')} x own threshold)", lost),
+    ]  # fmt: skip
+
+
 def _rate(reactivated: int, customers: int) -> str:
     return f"{reactivated:,}/{customers:,} ({reactivated / customers:.1%})" if customers else "0/0"
 
@@ -103,18 +170,42 @@ def render(summary: RunSummary) -> str:
         lines.append(f"  {table:<20} {r:>10,} read {ld:>10,} loaded {q:>6,} quarantined")
     for table, rule, n in summary.quarantine_rules:
         lines.append(f"  quarantined {table}.{rule}: {n:,}")
+    if summary.orders_loaded and sum(summary.orders_loaded[:2]):
+        customer_orders, guest_orders, revenue, guest_revenue = summary.orders_loaded
+        lines.append(
+            f"  orders: {customer_orders:,} of customers, {guest_orders:,} guest checkouts"
+            f" (in revenue, not in customer models); completed revenue {revenue:,.2f},"
+            f" {guest_revenue:,.2f} of it from guests"
+        )
     if summary.segments:
         lines += ["", "RFM segments:"]
         lines += [f"  {name:<22} {n:>8,}" for name, n in summary.segments]
     if summary.stages:
         lines += ["", "Lifecycle stages:"]
         lines += [f"  {name:<22} {n:>8,}" for name, n in summary.stages]
+        lines += ["  customers past each threshold (dbt vars, docs/scoring.md):"]
+        lines += [f"    {label}: {n:,}" for label, n in summary.lifecycle_thresholds]
     if summary.scored_customers:
         lines += [
             "",
             f"Scored customers: {summary.scored_customers:,} "
             f"(mean P(alive) {float(summary.mean_p_alive or 0):.3f})",
         ]
+        if summary.churn_bands:
+            lines.append(
+                "  churn bands: " + ", ".join(f"{band} {n:,}" for band, n in summary.churn_bands)
+            )
+    for model, fit in summary.fits.items():
+        params = ", ".join(f"{k} {v:.4g}" for k, v in (fit["params"] or {}).items()) or "none"
+        line = f"  {model} fit: {params}"
+        if fit["is_degenerate"]:
+            line += (
+                f"; DEGENERATE ({fit['degenerate_reason']}): churn bands from"
+                f" {fit['churn_band_source']}"
+            )
+        if fit["fallback"]:
+            line += f"; not used ({fit['message']}), scores use {fit['fallback']}"
+        lines.append(line)
     lines += ["", "Campaigns (today's audience; outbox today by channel, and in total):"]
     if summary.campaigns:
         lines.append(
@@ -130,6 +221,14 @@ def render(summary: RunSummary) -> str:
         )
     if not summary.campaigns:
         lines.append("  (none)")
+    active = len(summary.campaigns) - len(
+        [c for c, why in summary.inactive_campaigns if not why.startswith("refused")]
+    )
+    lines.append(
+        f"  {active} of {len(summary.campaigns)} valid campaigns active today"
+        + ("; not active:" if summary.inactive_campaigns else "")
+    )
+    lines += [f"    {campaign}: {why}" for campaign, why in summary.inactive_campaigns]
     lines += ["", "Send ledger (live: acknowledged by the provider; dry run: would_send):"]
     lines += [
         f"  {c:<24} {ch:<7} {mode:<8} {status:<13} {n:>8,}"

@@ -391,6 +391,9 @@ def template_problems(campaign: Campaign) -> list[str]:
             except personalization.TemplateError as error:
                 problems.append(f"{field}: {error}")
                 continue
+            problem = missing_value_problem(campaign, step, columns, template)
+            if problem:
+                problems.append(f"{field}: {problem}")
             if step.channel == "sms" and which == "body":
                 context = longest_sms_context(campaign, step, columns)
                 try:
@@ -399,6 +402,28 @@ def template_problems(campaign: Campaign) -> list[str]:
                 except ValueError as error:  # TemplateError is a ValueError too
                     problems.append(f"{field}: {error}")
     return problems
+
+
+def missing_value_problem(
+    campaign: Campaign, step: Step, columns: dict[str, str], template: str
+) -> str | None:
+    """Render `template` for a customer missing each optional value in turn, then all of
+    them: the copy must read without them (`{% if %}` or `or 'fallback'`), never show a
+    placeholder or an empty phrase."""
+    from winback.campaigns import personalization
+
+    full = longest_sms_context(campaign, step, columns)
+    optional = personalization.OPTIONAL_VALUES
+    cases = [{name: value} for name, value in optional.items()] + [dict(optional)]
+    for missing in cases:
+        try:
+            text = personalization.render(template, {**full, **missing})
+        except personalization.TemplateError:
+            return None  # reported by the checks above
+        problem = personalization.missing_value_problem(text)
+        if problem:
+            return f"{problem} (missing: {', '.join(missing)})"
+    return None
 
 
 # Long but real values, for checking SMS length: first names are cut to 20 characters in

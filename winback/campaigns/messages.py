@@ -227,6 +227,16 @@ class MessageBuilder:
             context["bonus_points"] = step.incentive.bonus_points
         return context
 
+    def _render_or_fall_back(self, template, fallback, context) -> str | None:
+        """The variant's text; the step's own when a missing value would show in it (a
+        variant naming a category the shop does not have), never a placeholder."""
+        if not template:
+            return None
+        text = self.p.render(template, context)
+        if fallback and fallback != template and self.p.missing_value_problem(text):
+            return self.p.render(fallback, context)
+        return text
+
     def build(
         self, campaign: Campaign, step: Step, variant: str | None, features: dict, run_date: date
     ) -> dict:
@@ -243,8 +253,8 @@ class MessageBuilder:
         }[step.channel]
         payload = {
             "to": to,
-            "subject": self.p.render(subject, context) if subject else None,
-            "body": self.p.render(body, context),
+            "subject": self._render_or_fall_back(subject, step.subject, context),
+            "body": self._render_or_fall_back(body, step.body, context),
         }
         if step.incentive:
             payload["incentive"] = {

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -67,14 +68,48 @@ class TemplateError(ValueError):
     """A template that does not parse, uses an unknown name, or breaks the sandbox."""
 
 
+def _blank_for_none(value: object) -> object:
+    """A missing value prints as nothing, never as the word None."""
+    return "" if value is None else value
+
+
 _ENVIRONMENTS = {
     autoescape: SandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
+        finalize=_blank_for_none,
     )
     for autoescape in (False, True)
 }
+
+# Values a customer with orders may lack: a real shop leaves names, categories and
+# products out, and a customer may have nothing to recommend. `campaigns validate` renders
+# every template with each of them missing; a send with a missing value falls back to the
+# step's own text (`missing_value_problem`).
+OPTIONAL_VALUES = {
+    "first_name": None,
+    "favourite_category": None,
+    "last_purchased_category": None,
+    "last_purchased_products": None,
+    "recommendations": [],
+}
+
+# What a missing value leaves behind in copy: an empty phrase before punctuation ("you
+# chose: ." / "thinking of ?"), a dangling list separator, empty brackets or quotes.
+_EMPTY_PHRASE = re.compile(
+    r"(:|\b(of|for|chose|like))[ \t]*[.,!?;]"
+    r"|,[ \t]*[.,!?;:]|\([ \t]*\)|\"[ \t]*\"|\bNone\b|\{\{|\}\}|\buncategori[sz]ed\b",
+    re.IGNORECASE,
+)
+
+
+def missing_value_problem(text: str | None) -> str | None:
+    """The fragment that shows a value was missing from rendered copy, or None."""
+    if not text:
+        return None
+    found = _EMPTY_PHRASE.search(text)
+    return f"renders {found.group(0)!r} when a value is missing" if found else None
 
 
 def _parse(environment: SandboxedEnvironment, template: str) -> nodes.Template:
@@ -462,6 +497,8 @@ def ranked_products_query(
             ) as category_rank
         from {products} p
         left join popularity pop on pop.product_id = p.product_id
+        -- Fees, shipping, gift cards and adjustments are never recommended.
+        where p.is_merchandise
     """).format(order_lines=ORDER_LINES, orders=ORDERS, products=PRODUCTS)
     return query, {"reco_run_date": run_date, "reco_lookback": lookback_days}
 

@@ -102,6 +102,21 @@ LOYALTY_ENTRY_TYPES = ("earned", "spent", "expiring")
 
 CUSTOMER_REF = ("customers", "customer_id")
 
+# --- What real exports leave empty (issue 25) -------------------------------------------
+# Optional means: the column may be missing from the header or empty in a row; empty is
+# NULL and every model downstream copes. docs/loading.md lists every column and why it is
+# required or not.
+#   products.category, order_lines.category: many shops have no categories; favourite
+#       category and sector are then unknown (the shop's sector is used).
+#   customers.country: a customer without a country is still a customer (phones must then
+#       be given in international form).
+#   orders.customer_id: empty for a guest checkout. Guest orders are loaded, count in
+#       revenue, and are left out of every customer model (RFM, lifecycle, scores).
+#   products.product_type: what a product is; anything but `merchandise` (a fee, shipping,
+#       a gift card, an adjustment) never appears in "last chosen" or recommendations.
+#       Left empty, the dbt var `non_merchandise_name_pattern` decides by product name.
+PRODUCT_TYPES = ("merchandise", "fee", "shipping", "gift_card", "adjustment")
+
 TABLES: tuple[RawTable, ...] = (
     RawTable(
         name="products",
@@ -111,8 +126,9 @@ TABLES: tuple[RawTable, ...] = (
         columns=(
             Column("product_id", "id"),
             Column("product_name", "text"),
-            Column("category", "text"),
+            Column("category", "text", required=False),
             Column("list_price", "amount"),
+            Column("product_type", "enum", required=False, choices=PRODUCT_TYPES),
         ),
     ),
     RawTable(
@@ -125,7 +141,7 @@ TABLES: tuple[RawTable, ...] = (
             Column("email", "email", required=False),
             Column("phone", "phone", required=False),
             Column("first_name", "text", required=False),
-            Column("country", "country"),
+            Column("country", "country", required=False),
             Column("created_at", "timestamp"),
         ),
     ),
@@ -136,7 +152,8 @@ TABLES: tuple[RawTable, ...] = (
         primary_key=("order_id",),
         columns=(
             Column("order_id", "id"),
-            Column("customer_id", "id", references=CUSTOMER_REF),
+            # Empty for a guest checkout (see above).
+            Column("customer_id", "id", required=False, references=CUSTOMER_REF),
             Column("ordered_at", "timestamp"),
             Column("status", "enum", choices=ORDER_STATUSES),
             Column("total", "amount"),
@@ -155,7 +172,7 @@ TABLES: tuple[RawTable, ...] = (
             Column("order_id", "id", references=("orders", "order_id")),
             Column("line_number", "integer"),
             Column("product_id", "id", references=("products", "product_id")),
-            Column("category", "text"),
+            Column("category", "text", required=False),
             Column("quantity", "integer"),
             Column("unit_price", "amount"),
         ),

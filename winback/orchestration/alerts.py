@@ -65,6 +65,11 @@ def on_task_failure(context) -> None:
     log_url = getattr(task_instance, "log_url", None)
     message = failure_message(dag_id, task_id, logical_date, context.get("exception"), log_url)
     log.error("%s", message)
+    post(message)
+
+
+def post(message: str) -> None:
+    """Post `message` to the webhook, when one is configured; never raises."""
     url = os.environ.get(WEBHOOK_ENV)
     if url:
         import httpx
@@ -72,4 +77,13 @@ def on_task_failure(context) -> None:
         try:
             httpx.post(url, json={"text": message}, timeout=10).raise_for_status()
         except httpx.HTTPError as error:  # an alert must never mask the original failure
-            log.warning("could not post the failure alert: %s", type(error).__name__)
+            log.warning("could not post the alert: %s", type(error).__name__)
+
+
+def warn(subject: str, detail: str) -> str:
+    """An alert for a run that goes on but needs a person's eye (a degenerate model fit):
+    logged as a warning and posted like a failure alert. Returns the message."""
+    message = f"winback warning: {subject}\n{detail}"
+    log.warning("%s", message)
+    post(message)
+    return message

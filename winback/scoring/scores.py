@@ -6,18 +6,32 @@ thousand customers or ten million. Predictions use the stable forms in `winback.
 are computed and written (COPY) in chunks, so memory stays flat.
 
 Every fit is recorded in `winback.model_fits` with its parameters, log-likelihood, data
-window, time taken and a back-test. A fit that fails (no convergence, non-finite
-parameters) keeps the previous model: scores are computed with it and marked stale with
-the reason; with no previous model the run fails rather than write garbage.
+window, time taken, a back-test and the settings it ran with. The two models succeed or
+fail independently (docs/scoring.md):
+
+* a BG/NBD fit that fails (no convergence, non-finite parameters) keeps the previous
+  model: scores are computed with it and marked stale with the reason; with no previous
+  model the run fails rather than write garbage;
+* a Gamma-Gamma fit that fails or is unusable (q <= 1 has no finite population mean)
+  falls back to `spend_fallback` (each customer's own mean order value by default) and
+  never touches the BG/NBD scores;
+* a BG/NBD fit that converged to a degenerate optimum (a or b at its bound, P(alive) at 1
+  for nearly every repeat buyer) is flagged: the churn bands then come from each
+  customer's own purchase rhythm (`churn_band_sql`), not from P(alive).
+
+Settings (penalizers, time unit, fallbacks, degeneracy limits) are read from
+`include/scoring.yaml` (`load_settings`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,15 +70,50 @@ SCORE_COLUMNS = [
 CHURN_RISK_BANDS = ((0.8, "low"), (0.5, "medium"), (0.3, "high"), (0.0, "very_high"))
 
 
+# Own-gap bands (used when the BG/NBD fit is degenerate): days since the last purchase
+# over the customer's usual gap between purchase days, the first ratio it stays below.
+# Silent for twice the usual gap or more is `very_high`, never `low`.
+OWN_GAP_BANDS = ((1.0, "low"), (1.5, "medium"), (2.0, "high"))
+
+SPEND_FALLBACKS = ("own_mean", "previous_fit")
+SETTINGS_ENV = "WINBACK_SCORING_CONFIG"
+
+
 class ScoringError(RuntimeError):
     pass
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
+    """What a user may change about scoring; every field is documented in docs/scoring.md.
+
+    No penalty by default: lifetimes' L2 penalty is on the raw parameters, and
+    Gamma-Gamma's v is in the shop's currency, so one penalizer pulls a shop pricing in
+    yen and one pricing in pounds to different models (on a UK retailer's log, 0.001 took
+    v from 487 to 11 and q below 1). The published CDNOW fits are unpenalised.
+    """
+
     time_unit: str = "day"  # 'day' or 'week'; the same unit for fits and predictions
-    bgnbd_penalizer: float = 0.001
-    gamma_gamma_penalizer: float = 0.001
+    bgnbd_penalizer: float = 0.0
+    gamma_gamma_penalizer: float = 0.0
+    # A Gamma-Gamma fit that failed or has q <= 1: 'own_mean' (each customer's own mean
+    # order value) or 'previous_fit' (the last usable fit; the own mean without one).
+    spend_fallback: str = "own_mean"
+    # A BG/NBD fit that does not converge is tried once more with this penalty before the
+    # previous model is kept (0 switches the retry off). Without a penalty a and b may run
+    # off to infinity together (a dropout probability the same for every customer); this
+    # penalty cannot depend on the currency, as BG/NBD has no money in it, and lifetimes
+    # measures alpha in units of the longest customer age.
+    bgnbd_retry_penalizer: float = 0.001
+    # A BG/NBD fit is degenerate when a or b is below `degenerate_parameter_bound`, or
+    # when at least `degenerate_share` of repeat buyers have P(alive) >=
+    # `degenerate_p_alive` (one-time buyers always have P(alive) = 1 in BG/NBD).
+    degenerate_parameter_bound: float = 1e-6
+    degenerate_p_alive: float = 0.999
+    degenerate_share: float = 0.95
+    # The usual gap of a customer with one purchase day, when no repeat buyer gives the
+    # shop's median gap (own-gap bands only).
+    default_gap_days: int = 90
     clv_horizon_months: int = 12
     monthly_discount_rate: float = 0.01
     chunk_size: int = 250_000
@@ -76,10 +125,50 @@ class ScoringSettings:
     def __post_init__(self) -> None:
         if self.time_unit not in DAYS_PER_UNIT:
             raise ValueError(f"time_unit must be one of {sorted(DAYS_PER_UNIT)}")
+        if self.spend_fallback not in SPEND_FALLBACKS:
+            raise ValueError(f"spend_fallback must be one of {list(SPEND_FALLBACKS)}")
+        for name in ("bgnbd_penalizer", "gamma_gamma_penalizer", "bgnbd_retry_penalizer"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0 < self.degenerate_share <= 1 or not 0 < self.degenerate_p_alive <= 1:
+            raise ValueError("degenerate_share and degenerate_p_alive must be in (0, 1]")
+        if self.default_gap_days < 1:
+            raise ValueError("default_gap_days must be >= 1")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     @property
     def days_per_unit(self) -> float:
         return DAYS_PER_UNIT[self.time_unit]
+
+
+def load_settings(path: Path | str | None = None) -> ScoringSettings:
+    """The scoring settings of `path`, `$WINBACK_SCORING_CONFIG` or `include/scoring.yaml`.
+
+    A missing file means the defaults; an unknown key or a bad value is an error that
+    names it (a typo must not silently score with the defaults).
+    """
+    import yaml
+
+    from winback import config
+
+    chosen = Path(path or os.environ.get(SETTINGS_ENV) or config.INCLUDE_DIR / "scoring.yaml")
+    if not chosen.exists():
+        if path or os.environ.get(SETTINGS_ENV):
+            raise ScoringError(f"scoring settings file {chosen} does not exist")
+        return ScoringSettings()
+    values = yaml.safe_load(chosen.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ScoringError(f"{chosen}: expected a mapping of setting: value")
+    known = {f.name: f.type for f in fields(ScoringSettings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ScoringError(f"{chosen}: unknown scoring settings {unknown}; known: {sorted(known)}")
+    try:
+        return ScoringSettings(**values)
+    except (TypeError, ValueError) as error:
+        raise ScoringError(f"{chosen}: {error}") from None
 
 
 @dataclass
@@ -95,6 +184,10 @@ class FitResult:
     model_fit_id: int | None = None
     iterations: int | None = None
     warm_start: bool = False  # started from the previous model's parameters
+    is_degenerate: bool = False
+    degenerate_reason: str | None = None
+    fallback: str | None = None  # what the scores used instead of this fit, if anything
+    churn_band_source: str | None = None  # BG/NBD only: 'p_alive' or 'own_gap'
 
 
 @dataclass
@@ -108,6 +201,8 @@ class ScoringResult:
     backtest: dict | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    churn_band_source: str = "p_alive"
+    band_counts: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- reading
@@ -176,12 +271,15 @@ def fit_bgnbd(
     """
     started = time.perf_counter()
     customers = int(data["weight"].sum())
+    stopped_at = None  # where a search that did not converge stopped, if it is finite
     try:
         frequency, recency, age, weight = (
             data[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "weight")
         )
         params, outcome = bgnbd.fit_bgnbd(frequency, recency, age, weight, penalizer, start)
         if not outcome.converged:
+            if params.is_valid():
+                stopped_at = params.as_dict()
             raise ScoringError(f"did not converge: {outcome.message}")
         if not params.is_valid():
             raise ScoringError(f"non-finite or non-positive parameters {params.as_dict()}")
@@ -198,9 +296,23 @@ def fit_bgnbd(
         message = _failure_message(error)
         log.warning("BG/NBD fit failed: %s", message)
         return None, FitResult(
-            "bgnbd", None, None, customers, len(data), time.perf_counter() - started, False,
-            message,
+            "bgnbd", stopped_at, None, customers, len(data), time.perf_counter() - started,
+            False, message,
         )  # fmt: skip
+
+
+def at_bound(fit: FitResult, settings: ScoringSettings) -> bgnbd.BgNbdParams | None:
+    """The parameters of a search that ran into a bound (a or b towards 0), else None.
+
+    Such a search cannot converge: the likelihood keeps rising, ever more slowly, as a
+    or b shrinks, towards the limit where nobody drops out. Its parameters are that limit
+    (usable for expected purchases), and the fit is flagged degenerate.
+    """
+    if fit.params is None or fit.converged:
+        return None
+    params = bgnbd.BgNbdParams(**fit.params)
+    bound = settings.degenerate_parameter_bound
+    return params if params.is_valid() and min(params.a, params.b) < bound else None
 
 
 def fit_gamma_gamma(
@@ -341,10 +453,10 @@ def predict_grid(
 
 
 def _previous_fit(conn, model: str, time_unit: str | None = None) -> tuple[int, dict] | None:
-    """The last converged fit of `model` (of that time unit, when given)."""
+    """The last converged, usable fit of `model` (of that time unit, when given)."""
     row = conn.execute(
         "select model_fit_id, params from winback.model_fits where model = %s and converged"
-        " and (%s::text is null or time_unit = %s::text)"
+        " and fallback is null and (%s::text is null or time_unit = %s::text)"
         " order by fitted_at desc, model_fit_id desc limit 1",
         (model, time_unit, time_unit),
     ).fetchone()
@@ -378,18 +490,84 @@ def _record_fit(
         insert into winback.model_fits
             (as_of_date, model, params, log_likelihood, customers, distinct_rows,
              first_order_date, last_order_date, time_unit, penalizer, seconds, converged,
-             message, backtest)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+             message, backtest, settings, is_degenerate, degenerate_reason, fallback,
+             churn_band_source)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         returning model_fit_id
         """,
         (
             as_of, fit.model, json.dumps(fit.params) if fit.params else None, fit.log_likelihood,
             fit.customers, fit.distinct_rows, window[0], window[1], settings.time_unit,
             penalizer, fit.seconds, fit.converged, fit.message or None,
-            json.dumps(backtest) if backtest else None,
+            json.dumps(backtest) if backtest else None, json.dumps(settings.as_dict()),
+            fit.is_degenerate, fit.degenerate_reason, fit.fallback, fit.churn_band_source,
         ),
     ).fetchone()  # fmt: skip
     return int(row[0])
+
+
+def degeneracy(
+    params: bgnbd.BgNbdParams, grid: pd.DataFrame, settings: ScoringSettings
+) -> str | None:
+    """Why a converged BG/NBD fit says nothing about churn, or None when it does.
+
+    A dropout probability (a / (a + b)) pinned at a bound, or P(alive) at ~1 for nearly
+    every repeat buyer, leaves every customer in the `low` band however long they have
+    been silent: the fit is flagged and the bands come from the own-gap rule instead.
+    One-time buyers are left out of the share: BG/NBD gives them P(alive) = 1 always.
+    """
+    reasons = []
+    bound = settings.degenerate_parameter_bound
+    at_bound = [f"{name} = {value:.3g}" for name, value in (("a", params.a), ("b", params.b))
+                if value < bound]  # fmt: skip
+    if at_bound:
+        reasons.append(f"{' and '.join(at_bound)} at the bound (< {bound:g})")
+    repeat = grid[grid["frequency"] > 0]
+    if len(repeat):
+        alive = bgnbd.p_alive(
+            params, *(repeat[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        )
+        weight = repeat["weight"].to_numpy(dtype=float)
+        share = float(weight[alive >= settings.degenerate_p_alive].sum() / weight.sum())
+        if share >= settings.degenerate_share:
+            reasons.append(
+                f"P(alive) >= {settings.degenerate_p_alive:g} for {share:.1%} of repeat buyers"
+            )
+    return "; ".join(reasons) or None
+
+
+def shop_usual_gap_days(grid: pd.DataFrame, settings: ScoringSettings) -> float:
+    """The median (over repeat buyers) of each one's mean gap between purchase days: the
+    usual gap given to customers with one purchase day under the own-gap bands."""
+    repeat = grid[grid["frequency"] > 0]
+    if repeat.empty:
+        return float(settings.default_gap_days)
+    gaps = (repeat["recency_days"] / repeat["frequency"]).to_numpy(dtype=float)
+    order = np.argsort(gaps, kind="stable")
+    cumulative = np.cumsum(repeat["weight"].to_numpy(dtype=float)[order])
+    median = gaps[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return max(float(median), 1.0)
+
+
+def churn_band_sql(source: str) -> str:
+    """The SQL of a customer's churn band: from P(alive), or from their own rhythm.
+
+    Own gap: days since the last purchase (T - recency) over the customer's usual gap
+    (their mean gap between purchase days, recency / repeat purchase days; the shop's
+    usual gap, %(shop_gap_days)s, for one purchase day), banded by OWN_GAP_BANDS.
+    """
+    if source == "p_alive":
+        return CHURN_RISK_BAND_SQL
+    usual_gap = (
+        "greatest(case when s.repeat_purchase_days > 0 then"
+        " s.recency_days::float8 / s.repeat_purchase_days"
+        " else %(shop_gap_days)s::float8 end, 1)"
+    )
+    silence = "(s.customer_age_days - s.recency_days)::float8"
+    whens = " ".join(
+        f"when {silence} < {ratio!r} * {usual_gap} then '{name}'" for ratio, name in OWN_GAP_BANDS
+    )
+    return f"case {whens} else 'very_high' end"
 
 
 def score_customers(
@@ -414,7 +592,19 @@ def score_customers(
     spend_data = read_compressed_spend(conn, summary_table)
     timings["read compressed"], mark = time.perf_counter() - mark, time.perf_counter()
     bgnbd_start, spend_start = _warm_starts(conn, settings)
-    params, bgnbd_fit = fit_bgnbd(compressed, settings.bgnbd_penalizer, start=bgnbd_start)
+    bgnbd_penalizer = settings.bgnbd_penalizer
+    params, bgnbd_fit = fit_bgnbd(compressed, bgnbd_penalizer, start=bgnbd_start)
+    params = params or at_bound(bgnbd_fit, settings)
+    retry = settings.bgnbd_retry_penalizer
+    if params is None and retry > 0 and retry != bgnbd_penalizer:
+        first_message = bgnbd_fit.message
+        params, bgnbd_fit = fit_bgnbd(compressed, retry, start=bgnbd_start)
+        bgnbd_penalizer = retry
+        bgnbd_fit.message = (
+            f"with penalizer {settings.bgnbd_penalizer:g}: {first_message}; refitted with "
+            f"penalizer {retry:g}" + (f": {bgnbd_fit.message}" if bgnbd_fit.message else "")
+        )
+        params = params or at_bound(bgnbd_fit, settings)
     spend, spend_fit = fit_gamma_gamma(
         spend_data, settings.gamma_gamma_penalizer, start=spend_start
     )
@@ -424,47 +614,81 @@ def score_customers(
     if params is not None and settings.backtest_holdout_days > 0:
         backtest = run_backtest(conn, as_of, settings)
         timings["back-test"], mark = time.perf_counter() - mark, time.perf_counter()
-    bgnbd_fit.model_fit_id = _record_fit(
-        conn, bgnbd_fit, as_of, settings, settings.bgnbd_penalizer, window, backtest
-    )
-    spend_fit.model_fit_id = _record_fit(
-        conn, spend_fit, as_of, settings, settings.gamma_gamma_penalizer, window
-    )
 
     stale_reasons = []
-    model_fit_id = bgnbd_fit.model_fit_id
     is_stale = params is None  # scores from an older model than today's data
     if params is None:
         previous = _previous_fit(conn, "bgnbd")
         if previous is None:
+            _record_fit(conn, bgnbd_fit, as_of, settings, bgnbd_penalizer, window)
             raise ScoringError(
                 f"the BG/NBD fit failed ({bgnbd_fit.message}) and there is no previous model: "
                 "no scores written"
             )
-        model_fit_id, stored = previous
+        kept_fit_id, stored = previous
         params = bgnbd.BgNbdParams(**stored)
-        stale_reasons.append(f"BG/NBD fit failed ({bgnbd_fit.message}); model {model_fit_id} kept")
+        bgnbd_fit.fallback = f"previous_fit {kept_fit_id}"
+        stale_reasons.append(f"BG/NBD fit failed ({bgnbd_fit.message}); model {kept_fit_id} kept")
+    bgnbd_fit.degenerate_reason = degeneracy(params, compressed, settings)
+    bgnbd_fit.is_degenerate = bgnbd_fit.degenerate_reason is not None
+    bgnbd_fit.churn_band_source = "own_gap" if bgnbd_fit.is_degenerate else "p_alive"
+    if bgnbd_fit.is_degenerate:
+        log.warning(
+            "BG/NBD fit is degenerate (%s): churn bands come from each customer's own gap",
+            bgnbd_fit.degenerate_reason,
+        )
+
+    # The monetary model stands alone: failed or unusable, it falls back without touching
+    # the BG/NBD scores.
+    if spend is not None and not np.isfinite(spend.population_mean()):
+        spend_fit.message = f"q = {spend.q:.4g} <= 1: no finite population mean spend; not used" + (
+            f" ({spend_fit.message})" if spend_fit.message else ""
+        )
+        spend = None
     if spend is None:
-        previous = _previous_fit(conn, "gamma_gamma")
+        previous = (
+            _previous_fit(conn, "gamma_gamma")
+            if settings.spend_fallback == "previous_fit"
+            else None
+        )
         if previous is not None:
             spend = bgnbd.GammaGammaParams(**previous[1])
-            stale_reasons.append(f"Gamma-Gamma fit failed; model {previous[0]} kept")
+            spend_fit.fallback = f"previous_fit {previous[0]}"
+            stale_reasons.append(f"Gamma-Gamma not usable; model {previous[0]} kept")
         else:
-            stale_reasons.append("no Gamma-Gamma model: expected value is the own mean")
+            spend_fit.fallback = "own_mean"
+            stale_reasons.append(
+                f"Gamma-Gamma not usable ({spend_fit.message}): expected value is the own mean"
+            )
     stale_reason = "; ".join(stale_reasons) or None
+
+    bgnbd_fit.model_fit_id = _record_fit(
+        conn, bgnbd_fit, as_of, settings, bgnbd_penalizer, window, backtest
+    )
+    spend_fit.model_fit_id = _record_fit(
+        conn, spend_fit, as_of, settings, settings.gamma_gamma_penalizer, window
+    )
+    model_fit_id = bgnbd_fit.model_fit_id
+    if bgnbd_fit.fallback:
+        model_fit_id = int(bgnbd_fit.fallback.split()[-1])
 
     scored = _write_scores(
         conn, as_of, settings, compressed, params, spend, model_fit_id, is_stale, stale_reason,
-        summary_table, timings,
+        summary_table, timings, bgnbd_fit.churn_band_source,
     )  # fmt: skip
+    band_counts = dict(
+        conn.execute(
+            "select churn_risk_band, count(*) from winback.customer_scores group by 1 order by 1"
+        ).fetchall()
+    )
     log.info(
-        "scored %d customers with BG/NBD %s (LL %.1f) in %.1fs",
+        "scored %d customers with BG/NBD %s (LL %.1f) in %.1fs; bands %s from %s",
         scored, params.as_dict(), bgnbd_fit.log_likelihood or float("nan"),
-        time.perf_counter() - started,
+        time.perf_counter() - started, band_counts, bgnbd_fit.churn_band_source,
     )  # fmt: skip
     return ScoringResult(
         as_of, scored, bgnbd_fit, spend_fit, is_stale, stale_reason, backtest,
-        time.perf_counter() - started, timings,
+        time.perf_counter() - started, timings, bgnbd_fit.churn_band_source, band_counts,
     )  # fmt: skip
 
 
@@ -525,7 +749,7 @@ def _cents(expression: str) -> str:
 
 def _write_scores(
     conn, as_of, settings, grid, params, spend, model_fit_id, is_stale, stale_reason,
-    summary_table, timings,
+    summary_table, timings, band_source="p_alive",
 ) -> int:  # fmt: skip
     """Replace the scores in one transaction: readers see the old or the new, never half.
 
@@ -534,9 +758,8 @@ def _write_scores(
     writes `customer_scores` itself, so no per-customer row crosses the connection.
     """
     if spend is not None and not np.isfinite(spend.population_mean()):
-        raise ScoringError(
-            f"Gamma-Gamma q = {spend.q:.4g} <= 1 has no finite population mean: "
-            "refusing to write scores"
+        raise ScoringError(  # score_customers never passes one: a guard for other callers
+            f"Gamma-Gamma q = {spend.q:.4g} <= 1 has no finite population mean"
         )
     total_rows = len(grid)
     mark = time.perf_counter()
@@ -572,7 +795,7 @@ def _write_scores(
                    %(as_of)s::date + g.days_to_next_purchase,
                    {_cents("v.order_value")},
                    {_cents("g.discounted_purchases * v.order_value")},
-                   {CHURN_RISK_BAND_SQL}, %(model_fit_id)s, %(is_stale)s, %(stale_reason)s,
+                   {churn_band_sql(band_source)}, %(model_fit_id)s, %(is_stale)s, %(stale_reason)s,
                    %(as_of)s::date, now()
             from {summary_table} s
             join scoring_grid g on g.triple_key = {TRIPLE_KEY_SQL}
@@ -584,6 +807,7 @@ def _write_scores(
                 "is_stale": is_stale,
                 "stale_reason": stale_reason,
                 "has_spend_model": spend is not None,
+                "shop_gap_days": shop_usual_gap_days(grid, settings),
                 "population_mean": spend.population_mean() if spend is not None else 0.0,
                 **spend_params,
             },
@@ -655,6 +879,8 @@ def run_backtest(
         float
     )
     params, fit = fit_bgnbd(data, settings.bgnbd_penalizer)
+    if params is None and settings.bgnbd_retry_penalizer > 0:  # as score_customers does
+        params, fit = fit_bgnbd(data, settings.bgnbd_retry_penalizer)
     if params is None:
         return {"calibration_end": cutoff.isoformat(), "error": fit.message}
     predicted = bgnbd.conditional_expected_purchases(
@@ -684,6 +910,24 @@ def run_backtest(
     }
 
 
+def fit_alert(result: ScoringResult) -> str | None:
+    """What a person should know about today's fits (degenerate, fallen back), or None."""
+    lines = []
+    if result.bgnbd.is_degenerate:
+        lines.append(
+            f"BG/NBD fit {result.bgnbd.model_fit_id} is degenerate "
+            f"({result.bgnbd.degenerate_reason}); churn bands come from each customer's "
+            "own gap between purchases"
+        )
+    for fit in (result.bgnbd, result.gamma_gamma):
+        if fit is not None and fit.fallback:
+            lines.append(
+                f"{fit.model} fit {fit.model_fit_id} not used ({fit.message}): "
+                f"scores use {fit.fallback}"
+            )
+    return "\n".join(lines) or None
+
+
 def result_summary(result: ScoringResult) -> dict:
     """What the Airflow task keeps as its return value."""
     return {
@@ -693,6 +937,8 @@ def result_summary(result: ScoringResult) -> dict:
         "gamma_gamma": asdict(result.gamma_gamma) if result.gamma_gamma else None,
         "is_stale": result.is_stale,
         "stale_reason": result.stale_reason,
+        "churn_band_source": result.churn_band_source,
+        "band_counts": result.band_counts,
         "backtest_total": {
             k: result.backtest.get(k)
             for k in ("actual_repeat_purchases", "predicted_repeat_purchases")

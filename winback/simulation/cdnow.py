@@ -138,6 +138,7 @@ def cdnow_frames(sample: bool = False, path: Path | None = None) -> dict[str, pd
             "product_name": ["CD"],
             "category": ["music"],
             "list_price": ["0.00"],
+            "product_type": ["merchandise"],
         }
     )
     frames = {

@@ -190,6 +190,7 @@ def product_catalogue() -> pd.DataFrame:
                         "product_name": f"{category.title()} item {k + 1}",
                         "category": category,
                         "list_price": f"{price:.2f}",
+                        "product_type": "merchandise",
                         "sector": sector,
                     }
                 )

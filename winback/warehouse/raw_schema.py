@@ -106,3 +106,15 @@ def _add_missing_columns(conn: psycopg.Connection) -> None:
     conn.execute(
         "alter table raw.quarantine add column if not exists rule text not null default 'unknown'"
     )
+    # Columns the contract made optional (guest orders, no category, no country) lose
+    # their NOT NULL in a warehouse created before.
+    for raw_table in TABLES:
+        for column in raw_table.columns:
+            if not column.required and column.name not in raw_table.primary_key:
+                conn.execute(
+                    sql.SQL("alter table {}.{} alter column {} drop not null").format(
+                        sql.Identifier(RAW_SCHEMA),
+                        sql.Identifier(raw_table.name),
+                        sql.Identifier(column.name),
+                    )
+                )

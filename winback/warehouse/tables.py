@@ -43,6 +43,14 @@ create table if not exists winback.model_fits (
 );
 comment on table winback.model_fits is
     'One row per model fit: parameters, log-likelihood, data window, time, back-test.';
+-- Added for real shops' data (issue 25): the settings each fit ran with, whether the fit
+-- is degenerate (and why), what the scores used instead, and how churn bands were made.
+alter table winback.model_fits add column if not exists settings jsonb;
+alter table winback.model_fits add column if not exists is_degenerate boolean not null
+    default false;
+alter table winback.model_fits add column if not exists degenerate_reason text;
+alter table winback.model_fits add column if not exists fallback text;
+alter table winback.model_fits add column if not exists churn_band_source text;
 """
 
 # customer_features left-joins the scores, so the table exists (empty) before the first

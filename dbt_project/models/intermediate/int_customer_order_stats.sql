@@ -37,7 +37,7 @@ with {{ orders_in_scope(ref('stg_shop__orders')) }}
 completed as (
     select *
     from orders_in_scope
-    where is_completed and order_date <= {{ as_of_date() }}
+    where is_completed and not is_guest_order and order_date <= {{ as_of_date() }}
 ),
 
 -- One sort by (customer, day) feeds everything: the day rows carry what the per-customer

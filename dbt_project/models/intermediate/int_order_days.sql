@@ -10,7 +10,7 @@ with orders as (
 completed_until_run_date as (
     select *
     from orders
-    where is_completed and order_date <= {{ as_of_date() }}
+    where is_completed and not is_guest_order and order_date <= {{ as_of_date() }}
 ),
 
 final as (

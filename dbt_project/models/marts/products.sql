@@ -11,7 +11,8 @@ final as (
         product_id,
         product_name,
         category,
-        list_price
+        list_price,
+        is_merchandise
     from products
 )
 

@@ -6,6 +6,9 @@ final as (
     select
         order_id,
         customer_id,
+        -- A guest checkout: no customer account. Counted in revenue, left out of every
+        -- customer model.
+        customer_id is null as is_guest_order,
         ordered_at,
         cast(ordered_at at time zone 'UTC' as date) as order_date,
         status as order_status,
