@@ -88,12 +88,38 @@ def cmd_import_cdnow(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from winback.ingest import loader
+    from winback.ingest import landing, loader, manifest
     from winback.warehouse import db
 
+    root = landing.landing_root(args.landing)
     with db.connect() as conn:
-        report = loader.load_day(conn, Path(args.landing), args.date)
+        try:
+            report = loader.load_day(
+                conn, root, args.date, require_manifest=not args.without_manifest
+            )
+        except manifest.DeliveryRefused as refusal:
+            print(refusal, file=sys.stderr)
+            return 1
     print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Write `_manifest.json` for a day's files: the marker that says the delivery is complete."""
+    from winback.ingest import landing, loader, manifest
+
+    folder = landing.delivery_folder(landing.landing_root(args.landing), args.date)
+    try:
+        if landing.list_files(folder) is None:
+            raise manifest.DeliveryRefused(f"no folder {landing.display(folder)}: nothing to mark")
+        loader.discover_files(folder)  # only contract files may be delivered
+        written = manifest.write_manifest(folder, args.date)
+    except (manifest.DeliveryRefused, loader.ContractError) as refusal:
+        print(f"not delivered: {refusal}", file=sys.stderr)
+        return 1
+    for entry in written.files:
+        print(f"  {entry.name}: {entry.rows:,} rows, {entry.bytes:,} bytes, sha256 {entry.sha256}")
+    print(f"delivery {args.date} complete: {landing.display(folder / manifest.MANIFEST_NAME)}")
     return 0
 
 
@@ -218,7 +244,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
         folder = landing / args.date.isoformat()
-        if not folder.exists():
+        if not _delivered(folder):
             simulator.write_landing_files(simulator.simulate_shop(settings), folder)
     else:
         window_start = window.window_start
@@ -229,7 +255,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         )
         frames = simulator.simulate_shop(settings)
         first, later = demo.split_at(frames, window_start)
-        if not first_folder.exists():
+        if not _delivered(first_folder):
             simulator.write_landing_files(first, first_folder)
         if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
             return 1
@@ -264,6 +290,13 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
 
 
 DEMO_RUN_CONF = {"send_mode": "live", "allow_past_sends": True}
+
+
+def _delivered(folder: Path) -> bool:
+    """A delivery the demo wrote before, complete with its manifest (written last)."""
+    from winback.ingest import manifest
+
+    return (folder / manifest.MANIFEST_NAME).exists()
 
 
 def _demo_coupon_secret() -> str:
@@ -418,10 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     cdnow.add_argument("--landing", default=landing_default)
     cdnow.set_defaults(func=cmd_import_cdnow)
 
-    load = sub.add_parser("load", help="load a date's landing files into the raw schema")
+    load = sub.add_parser("load", help="load a date's delivery into the raw schema")
     load.add_argument("--date", type=_date, required=True)
-    load.add_argument("--landing", default=landing_default)
+    load.add_argument("--landing", default=config.LANDING_LOCATION, help="folder or s3:// URL")
+    load.add_argument(
+        "--without-manifest",
+        action="store_true",
+        help="load a hand-made folder that has no _manifest.json (a manifest present is checked)",
+    )
     load.set_defaults(func=cmd_load)
+
+    deliver = sub.add_parser(
+        "deliver", help="mark a day's files as a complete delivery: write its _manifest.json"
+    )
+    deliver.add_argument("--date", type=_date, required=True)
+    deliver.add_argument("--landing", default=config.LANDING_LOCATION, help="folder or s3:// URL")
+    deliver.set_defaults(func=cmd_deliver)
 
     dbt = sub.add_parser("dbt", help="run dbt on the warehouse (arguments passed through)")
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)

@@ -23,12 +23,36 @@ def _day(ds: str) -> date:
 
 
 def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
-    """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts)."""
-    from winback.ingest import loader
+    """Load the day's delivery into `raw` (COPY, quarantine, reconciled counts).
 
+    The delivery must match its `_manifest.json` (unless `WINBACK_REQUIRE_MANIFEST` is
+    false); the landing may be a folder or an object store (`winback.ingest.landing`).
+    """
+    from winback.ingest import landing, loader
+
+    root = landing.landing_root(landing_dir)
     with db.connect() as conn:
-        report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
+        report = loader.load_day(conn, root, _day(ds), require_manifest=config.require_manifest())
     return report.as_dict()
+
+
+def delivery_status(ds: str, landing_dir: str | None = None) -> dict:
+    """What the day's landing folder holds now, and whether its manifest marks it complete.
+
+    The first task of the daily run (`wait_for_delivery`) asks this before it defers.
+    `already_loaded` says the day was loaded before (a rerun), from `raw.load_batches`.
+    """
+    from winback.ingest import landing
+
+    status = landing.delivery_status(landing.landing_root(landing_dir), _day(ds)).as_dict()
+    with db.connect() as conn:
+        loaded = (
+            conn.execute("select to_regclass('raw.load_batches') is not null").fetchone()[0]
+            and conn.execute(
+                "select exists (select from raw.load_batches where load_date = %s)", (_day(ds),)
+            ).fetchone()[0]
+        )
+    return {**status, "already_loaded": bool(loaded)}
 
 
 def check_raw_inputs(ds: str) -> dict:

@@ -49,7 +49,7 @@ import pyarrow.csv as pcsv
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from winback.ingest import phones
+from winback.ingest import landing, manifest, phones
 from winback.ingest.contract import RAW_SCHEMA, TABLES, Column, RawTable
 from winback.warehouse import raw_schema
 
@@ -117,7 +117,8 @@ class LoadReport:
 
 
 def landing_folder(landing_root: Path, load_date: date) -> Path:
-    return Path(landing_root) / load_date.isoformat()
+    """The day's folder: a local `Path`, or an `ObjectStoragePath` (`winback.ingest.landing`)."""
+    return landing.delivery_folder(landing_root, load_date)
 
 
 def discover_files(folder: Path) -> dict[str, Path]:
@@ -126,8 +127,8 @@ def discover_files(folder: Path) -> dict[str, Path]:
         raise ContractError(f"no landing folder {folder}: nothing was delivered for that date")
     known = {t.stem: t.name for t in TABLES}
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.name.startswith(".") or path.name == manifest.MANIFEST_NAME or path.is_dir():
             continue
         if path.suffix not in SUPPORTED_SUFFIXES or path.stem not in known:
             raise ContractError(
@@ -145,8 +146,9 @@ def read_header(path: Path) -> list[str]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+        with landing.arrow_input(path) as source:
+            return list(pq.read_schema(source).names)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         return [h.strip() for h in next(csv.reader(handle), [])]
 
 
@@ -193,8 +195,15 @@ def read_batches(path: Path, columns: list[str]) -> Iterator[pa.Table]:
 
 
 def _csv_batches(path: Path, header: list[str], present: list[str]) -> Iterator[pa.RecordBatch]:
+    with landing.arrow_input(path) as source:
+        yield from _csv_source_batches(source, path, header, present)
+
+
+def _csv_source_batches(
+    source, path: Path, header: list[str], present: list[str]
+) -> Iterator[pa.RecordBatch]:
     reader = pcsv.open_csv(
-        path,
+        source,
         read_options=pcsv.ReadOptions(column_names=header, skip_rows=1, block_size=BLOCK_BYTES),
         # Quoted values may span lines (an address, a note); csv allows it, so we do.
         parse_options=pcsv.ParseOptions(newlines_in_values=True),
@@ -218,13 +227,15 @@ def _csv_batches(path: Path, header: list[str], present: list[str]) -> Iterator[
 def _parquet_batches(path: Path, present: list[str]) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=present):
-        # Typed parquet columns are checked as the text pandas writes for them.
-        frame = batch.to_pandas().astype("string").fillna("")
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(frame[c].astype(object).tolist(), pa.string()) for c in present],
-            names=present,
-        )
+    with landing.arrow_input(path) as source:
+        parquet = pq.ParquetFile(source)
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=present):
+            # Typed parquet columns are checked as the text pandas writes for them.
+            frame = batch.to_pandas().astype("string").fillna("")
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(frame[c].astype(object).tolist(), pa.string()) for c in present],
+                names=present,
+            )
 
 
 # --------------------------------------------------------------------------- reference checks
@@ -1002,9 +1013,17 @@ def _load_file(
     )
 
 
-def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> LoadReport:
-    """Load every file delivered for `load_date`; one transaction, idempotent."""
-    folder = landing_folder(landing_root, load_date)
+def load_day(
+    conn: psycopg.Connection, landing_root: Path, load_date: date, *, require_manifest: bool = False
+) -> LoadReport:
+    """Load every file delivered for `load_date`; one transaction, idempotent.
+
+    `landing_root` is a folder or an object-store location (`winback.ingest.landing`). A
+    delivery with a `_manifest.json` is loaded only when its files match it
+    (`manifest.DeliveryRefused` otherwise, before anything is read into the warehouse);
+    `require_manifest` refuses a folder without one (the daily DAG's load does).
+    """
+    folder = manifest.check_delivery(landing_root, load_date, require_manifest)
     files = discover_files(folder)
     by_name = {t.name: t for t in TABLES}
     for name, path in files.items():
