@@ -154,7 +154,7 @@ def cmd_airflow_setup(args: argparse.Namespace) -> int:
 def cmd_airflow_ui(args: argparse.Namespace) -> int:
     from winback.local import airflow_ui
 
-    return airflow_ui.serve(port=args.port, triggerer=args.triggerer)
+    return airflow_ui.serve(port=args.port, triggerer=not args.no_triggerer)
 
 
 def cmd_pipeline_stage(args: argparse.Namespace) -> int:
@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--port", type=int, default=None, help="default: $WINBACK_AIRFLOW_PORT, else 8080"
     )
-    ui.add_argument("--triggerer", action="store_true", help="also run a triggerer")
+    ui.add_argument(
+        "--no-triggerer", action="store_true", help="no triggerer (deferred tasks then wait)"
+    )
     ui.set_defaults(func=cmd_airflow_ui)
 
     for name, function, text in [

@@ -76,6 +76,9 @@ def list_files(folder: Any) -> list[Any] | None:
 
     Hidden files (`.name`, e.g. an upload tool's temporary files) are not part of a delivery.
     """
+    if is_remote(folder):
+        # fsspec caches listings per filesystem: a wait that polls must see new objects.
+        folder.fs.invalidate_cache(folder.path)
     try:
         if not folder.is_dir():
             return None
