@@ -57,7 +57,7 @@ psql: venv ## Open psql on the warehouse
 	psql "$$($(BIN)/winback db-url)"
 
 .PHONY: airflow
-airflow: venv ## Run a local Airflow (api-server, scheduler, dag-processor) on the embedded PostgreSQL
+airflow: venv ## Run a local Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded PostgreSQL
 	$(BIN)/winback airflow-setup
 	$(BIN)/winback airflow-ui
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 
 from winback import config
-from winback.ingest import loader
+from winback.ingest import loader, manifest
 from winback.local import dbt_runner, embedded_pg
 from winback.simulation import simulator
 from winback.warehouse import db
@@ -68,6 +68,9 @@ def ensure_shop(customers: int) -> Path:
     landing = BENCH_DIR / f"shop-{customers}"
     marker = landing / "generated.json"
     if marker.exists():
+        for day in (DAY, NEXT):  # a shop generated before deliveries carried their manifest
+            if not (landing / day.isoformat() / manifest.MANIFEST_NAME).exists():
+                manifest.write_manifest(landing / day.isoformat(), day)
         return landing
     shutil.rmtree(landing, ignore_errors=True)
     settings = shop_config(customers)

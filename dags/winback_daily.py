@@ -1,11 +1,14 @@
 """
 ### winback_daily
 
-Every day: load the shop's files → dbt (staging, RFM, lifecycle) → input quality gate →
-score churn and value with lifetimes → score gate → dbt customer features → campaign
-audiences → audience gate → provider sync → provider feedback → measurement of the
-campaign windows that closed today → summary. A failed gate stops the run before
-anything is sent.
+Once per shop day D, after D has ended in the shop's time zone plus the delivery delay
+(`WINBACK_SHOP_TIMEZONE`, `WINBACK_DELIVERY_DELAY`; logical date = D): wait, deferred, for
+the day's delivery to be marked complete by its `_manifest.json` (failing with an alert at
+the `WINBACK_DELIVERY_WAIT` deadline) → load the shop's files → dbt (staging, RFM,
+lifecycle) → input quality gate → score churn and value with lifetimes → score gate → dbt
+customer features → campaign audiences → audience gate → provider sync → provider
+feedback → measurement of the campaign windows that closed today → summary. A failed gate
+stops the run before anything is sent.
 
 Each task calls one function of `winback.pipeline`; this file only wires them. The sync
 is a dry run unless the `send_mode` param (default: the `WINBACK_SEND_MODE` environment
@@ -22,13 +25,15 @@ from airflow.sdk import Param, chain, dag, task
 from winback import pipeline
 from winback.delivery import send_policy
 from winback.orchestration import cosmos_config as orch
+from winback.orchestration import schedule
+from winback.orchestration.delivery_sensor import DeliverySensor
 
 FEATURE_MODELS = ["customer_features+"]
 
 
 @dag(
     dag_id="winback_daily",
-    schedule="@daily",
+    schedule=schedule.daily_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -56,6 +61,12 @@ FEATURE_MODELS = ["customer_features+"]
     },
 )
 def winback_daily():
+    wait_for_delivery = DeliverySensor(
+        task_id="wait_for_delivery",
+        doc_md="Wait in the triggerer for landing/<ds>/_manifest.json; fail with an alert at "
+        "the deadline. A backfill or a rerun of a loaded day does not wait.",
+    )
+
     @task(outlets=[orch.warehouse_asset("raw", "orders"), orch.warehouse_asset("raw", "customers")])
     def load_raw_files(ds: str | None = None) -> dict:
         """Load the logical date's landing files; broken rows go to raw.quarantine."""
@@ -121,6 +132,7 @@ def winback_daily():
         return pipeline.summarize(ds)
 
     chain(
+        wait_for_delivery,
         load_raw_files(),
         transform,
         check_raw_inputs(),

@@ -843,6 +843,7 @@ def test_the_cli_prints_a_refusal_as_one_line_and_fails(tmp_path):
             DAY.isoformat(),
             "--landing",
             str(tmp_path),
+            "--without-manifest",  # a hand-made folder (a manifest would be checked first)
         ],
         capture_output=True,
         text=True,
@@ -856,8 +857,11 @@ def test_the_cli_prints_a_refusal_as_one_line_and_fails(tmp_path):
     ]
 
 
-def test_the_airflow_task_logs_a_refusal_as_one_line_and_fails(tmp_path, caplog):
-    from winback import pipeline
+def test_the_airflow_task_logs_a_refusal_as_one_line_and_fails(tmp_path, caplog, monkeypatch):
+    from winback import config, pipeline
+
+    # A hand-made folder: the task's manifest check would refuse it first (one line too).
+    monkeypatch.setenv(config.REQUIRE_MANIFEST_ENV, "false")
 
     folder = tmp_path / DAY.isoformat()
     folder.mkdir()

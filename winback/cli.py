@@ -91,13 +91,16 @@ def cmd_import_cdnow(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from winback.ingest import loader
+    from winback.ingest import landing, loader, manifest
     from winback.warehouse import db
 
+    root = landing.landing_root(args.landing)
     with db.connect() as conn:
         try:
-            report = loader.load_day(conn, Path(args.landing), args.date)
-        except loader.ContractError as refusal:
+            report = loader.load_day(
+                conn, root, args.date, require_manifest=not args.without_manifest
+            )
+        except (loader.ContractError, manifest.DeliveryRefused) as refusal:
             # The shop's file to fix, not a bug: one line, no traceback, nothing loaded.
             print(f"winback load: refused: {refusal}", file=sys.stderr)
             return 2
@@ -111,6 +114,25 @@ def cmd_ensure_schema(args: argparse.Namespace) -> int:
     with db.connect() as conn:
         tables.ensure_schema(conn)
     print(f"schema {tables.SCHEMA}: {len(tables.TABLES)} tables in place")
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Write `_manifest.json` for a day's files: the marker that says the delivery is complete."""
+    from winback.ingest import landing, loader, manifest
+
+    folder = landing.delivery_folder(landing.landing_root(args.landing), args.date)
+    try:
+        if landing.list_files(folder) is None:
+            raise manifest.DeliveryRefused(f"no folder {landing.display(folder)}: nothing to mark")
+        loader.discover_files(folder)  # only contract files may be delivered
+        written = manifest.write_manifest(folder, args.date)
+    except (manifest.DeliveryRefused, loader.ContractError) as refusal:
+        print(f"not delivered: {refusal}", file=sys.stderr)
+        return 1
+    for entry in written.files:
+        print(f"  {entry.name}: {entry.rows:,} rows, {entry.bytes:,} bytes, sha256 {entry.sha256}")
+    print(f"delivery {args.date} complete: {landing.display(folder / manifest.MANIFEST_NAME)}")
     return 0
 
 
@@ -145,7 +167,7 @@ def cmd_airflow_setup(args: argparse.Namespace) -> int:
 def cmd_airflow_ui(args: argparse.Namespace) -> int:
     from winback.local import airflow_ui
 
-    return airflow_ui.serve(port=args.port, triggerer=args.triggerer)
+    return airflow_ui.serve(port=args.port, triggerer=not args.no_triggerer)
 
 
 def cmd_pipeline_stage(args: argparse.Namespace) -> int:
@@ -243,7 +265,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
         folder = landing / args.date.isoformat()
-        if not folder.exists():
+        if not _delivered(folder):
             simulator.write_landing_files(simulator.simulate_shop(settings), folder)
         print(f"[3/5] shop data after it, up to {args.date}: {folder}")
         if not _run_daily_dag(args.date, "demo-airflow.log"):
@@ -297,6 +319,13 @@ def _report_webhooks(providers) -> None:
         f"      feedback as signed webhooks: {stats['sent']:,} accepted by winback serve,"
         f" {stats['refused']:,} forged copies refused; stored so far: {counts}"
     )
+
+
+def _delivered(folder: Path) -> bool:
+    """A delivery the demo wrote before, complete with its manifest (written last)."""
+    from winback.ingest import manifest
+
+    return (folder / manifest.MANIFEST_NAME).exists()
 
 
 def _demo_coupon_secret() -> str:
@@ -458,14 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     cdnow.add_argument("--landing", default=landing_default)
     cdnow.set_defaults(func=cmd_import_cdnow)
 
-    load = sub.add_parser("load", help="load a date's landing files into the raw schema")
+    load = sub.add_parser("load", help="load a date's delivery into the raw schema")
     load.add_argument("--date", type=_date, required=True)
-    load.add_argument("--landing", default=landing_default)
+    load.add_argument("--landing", default=config.LANDING_LOCATION, help="folder or s3:// URL")
+    load.add_argument(
+        "--without-manifest",
+        action="store_true",
+        help="load a hand-made folder that has no _manifest.json (a manifest present is checked)",
+    )
     load.set_defaults(func=cmd_load)
 
     sub.add_parser(
         "ensure-schema", help="create the tables winback owns (schema winback) if missing"
     ).set_defaults(func=cmd_ensure_schema)
+
+    deliver = sub.add_parser(
+        "deliver", help="mark a day's files as a complete delivery: write its _manifest.json"
+    )
+    deliver.add_argument("--date", type=_date, required=True)
+    deliver.add_argument("--landing", default=config.LANDING_LOCATION, help="folder or s3:// URL")
+    deliver.set_defaults(func=cmd_deliver)
+
     dbt = sub.add_parser("dbt", help="run dbt on the warehouse (arguments passed through)")
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)
@@ -486,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument(
         "--port", type=int, default=None, help="default: $WINBACK_AIRFLOW_PORT, else 8080"
     )
-    ui.add_argument("--triggerer", action="store_true", help="also run a triggerer")
+    ui.add_argument(
+        "--no-triggerer", action="store_true", help="no triggerer (deferred tasks then wait)"
+    )
     ui.set_defaults(func=cmd_airflow_ui)
 
     for name, function, text in [

@@ -14,6 +14,8 @@ nothing here reads a committed file for a password.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 PROJECT_ROOT = Path(os.environ.get("WINBACK_PROJECT_ROOT", Path(__file__).resolve().parent.parent))
@@ -22,7 +24,11 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 DAGS_DIR = PROJECT_ROOT / "dags"
 INCLUDE_DIR = PROJECT_ROOT / "include"
 CAMPAIGNS_DIR = INCLUDE_DIR / "campaigns"
-LANDING_DIR = Path(os.environ.get("WINBACK_LANDING_DIR", STATE_DIR / "landing"))
+# Where the shop's deliveries land: a local folder (the embedded default) or an object
+# store URL (s3://bucket/prefix, gs://..., abfs://...) read through the Airflow connection
+# WINBACK_LANDING_CONN_ID. LANDING_DIR is the local default the demo and simulator write to.
+LANDING_LOCATION = os.environ.get("WINBACK_LANDING_DIR", "").strip() or str(STATE_DIR / "landing")
+LANDING_DIR = STATE_DIR / "landing" if "://" in LANDING_LOCATION else Path(LANDING_LOCATION)
 REPORTS_DIR = Path(os.environ.get("WINBACK_REPORTS_DIR", STATE_DIR / "reports"))
 
 DATABASE_URL_ENV = "WINBACK_DATABASE_URL"
@@ -46,3 +52,58 @@ def configured_database_url() -> str | None:
 # syncs from overlapping (one slot).
 WAREHOUSE_CONN_ID = "winback_warehouse"
 WAREHOUSE_WRITES_POOL = "winback_warehouse_writes"
+
+
+# The delivery contract (README "Deployment"): landing/D/ holds the shop's day D in its own
+# time zone, complete once its _manifest.json is written. The run for D starts when D has
+# ended there plus the delivery delay, and waits for the manifest up to the delivery wait.
+SHOP_TIMEZONE_ENV = "WINBACK_SHOP_TIMEZONE"
+LANDING_CONN_ID_ENV = "WINBACK_LANDING_CONN_ID"
+DELIVERY_DELAY_ENV = "WINBACK_DELIVERY_DELAY"
+DELIVERY_WAIT_ENV = "WINBACK_DELIVERY_WAIT"
+DELIVERY_POKE_ENV = "WINBACK_DELIVERY_POKE_INTERVAL"
+REQUIRE_MANIFEST_ENV = "WINBACK_REQUIRE_MANIFEST"
+
+
+def shop_timezone() -> str:
+    """The IANA time zone the shop's days are cut in (default UTC)."""
+    return os.environ.get(SHOP_TIMEZONE_ENV, "").strip() or "UTC"
+
+
+def landing_conn_id() -> str | None:
+    """The Airflow connection an object-store landing is read through (None: ambient ones)."""
+    return os.environ.get(LANDING_CONN_ID_ENV, "").strip() or None
+
+
+def delivery_delay() -> timedelta:
+    """How long after the shop's midnight the run for the day that just ended starts."""
+    return parse_duration(os.environ.get(DELIVERY_DELAY_ENV, "") or "1h30m", DELIVERY_DELAY_ENV)
+
+
+def delivery_wait() -> timedelta:
+    """How long the first task waits for a complete delivery before failing with an alert."""
+    return parse_duration(os.environ.get(DELIVERY_WAIT_ENV, "") or "6h", DELIVERY_WAIT_ENV)
+
+
+def delivery_poke_interval() -> timedelta:
+    """How often the wait looks for the delivery's manifest."""
+    return parse_duration(os.environ.get(DELIVERY_POKE_ENV, "") or "1m", DELIVERY_POKE_ENV)
+
+
+def require_manifest() -> bool:
+    """Whether the daily load refuses a folder without _manifest.json (default: it does)."""
+    value = os.environ.get(REQUIRE_MANIFEST_ENV, "").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str, name: str = "duration") -> timedelta:
+    """`1h30m`, `90m`, `6h`, `45s` (units h, m, s) as a timedelta; anything else is an error."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(f"{n}{u}" for n, u in parts) != compact:
+        raise ValueError(f"{name}: {text!r} is not a duration like 1h30m, 90m, 6h or 45s")
+    seconds = {"h": 3600, "m": 60, "s": 1}
+    return timedelta(seconds=sum(float(n) * seconds[u] for n, u in parts))

@@ -23,25 +23,49 @@ def _day(ds: str) -> date:
 
 
 def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
-    """Load the day's landing files into `raw` (COPY, quarantine, reconciled counts).
+    """Load the day's delivery into `raw` (COPY, quarantine, reconciled counts).
 
+    The delivery must match its `_manifest.json` (unless `WINBACK_REQUIRE_MANIFEST` is
+    false); the landing may be a folder or an object store (`winback.ingest.landing`).
     The first task of a run, so it also creates the tables winback owns
     (`winback.warehouse.tables`): the dbt models after it join winback.customer_scores.
     """
-    from winback.ingest import loader
+    from winback.ingest import landing, loader, manifest
     from winback.warehouse import tables
 
+    root = landing.landing_root(landing_dir)
     with db.connect() as conn:
         tables.ensure_schema(conn)
     with db.connect() as conn:
         try:
-            report = loader.load_day(conn, Path(landing_dir or config.LANDING_DIR), _day(ds))
-        except loader.ContractError as refusal:
-            # A refused file is the shop's to fix: one clear line in the task log and a
+            report = loader.load_day(
+                conn, root, _day(ds), require_manifest=config.require_manifest()
+            )
+        except (loader.ContractError, manifest.DeliveryRefused) as refusal:
+            # A refused delivery is the shop's to fix: one clear line in the task log and a
             # failed task, but no traceback (Airflow logs a SystemExit without one).
             log.error("load refused: %s", refusal)
             raise SystemExit(1) from None
     return report.as_dict()
+
+
+def delivery_status(ds: str, landing_dir: str | None = None) -> dict:
+    """What the day's landing folder holds now, and whether its manifest marks it complete.
+
+    The first task of the daily run (`wait_for_delivery`) asks this before it defers.
+    `already_loaded` says the day was loaded before (a rerun), from `raw.load_batches`.
+    """
+    from winback.ingest import landing
+
+    status = landing.delivery_status(landing.landing_root(landing_dir), _day(ds)).as_dict()
+    with db.connect() as conn:
+        loaded = (
+            conn.execute("select to_regclass('raw.load_batches') is not null").fetchone()[0]
+            and conn.execute(
+                "select exists (select from raw.load_batches where load_date = %s)", (_day(ds),)
+            ).fetchone()[0]
+        )
+    return {**status, "already_loaded": bool(loaded)}
 
 
 def check_raw_inputs(ds: str) -> dict:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from winback.ingest import quarantine
+from winback.ingest import manifest, quarantine
 from winback.ingest.contract import RAW_SCHEMA, TABLES, RawTable
 from winback.ingest.quarantine import Rejection, raw_record
 from winback.ingest.read import (  # noqa: F401 (the loader's public names)
@@ -277,14 +277,20 @@ def _load_file(
     )
 
 
-def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> LoadReport:
+def load_day(
+    conn: psycopg.Connection, landing_root: Path, load_date: date, *, require_manifest: bool = False
+) -> LoadReport:
     """Load every file delivered for `load_date`; one transaction, idempotent.
 
+    `landing_root` is a folder or an object-store location (`winback.ingest.landing`). A
+    delivery with a `_manifest.json` is loaded only when its files match it
+    (`manifest.DeliveryRefused` otherwise, before anything is read into the warehouse);
+    `require_manifest` refuses a folder without one (the daily DAG's load does).
     The day is committed here unless the caller holds a transaction open, which then
     stays the caller's to commit.
     """
     owns_transaction = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    folder = landing_folder(landing_root, load_date)
+    folder = manifest.check_delivery(landing_root, load_date, require_manifest)
     files = discover_files(folder)
     by_name = {t.name: t for t in TABLES}
     for name, path in files.items():

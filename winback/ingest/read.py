@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from winback.ingest import landing
 from winback.ingest.contract import TABLES, RawTable
 
 CHUNK_ROWS = 500_000  # parquet batches
@@ -77,7 +78,8 @@ class Block:
 
 
 def landing_folder(landing_root: Path, load_date: date) -> Path:
-    return Path(landing_root) / load_date.isoformat()
+    """The day's folder: a local `Path`, or an `ObjectStoragePath` (`winback.ingest.landing`)."""
+    return landing.delivery_folder(landing_root, load_date)
 
 
 def discover_files(folder: Path) -> dict[str, Path]:
@@ -89,11 +91,13 @@ def discover_files(folder: Path) -> dict[str, Path]:
         raise ContractError(f"no landing folder {folder}: nothing was delivered for that date")
     known = {t.stem: t.name for t in TABLES}
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+    remote = landing.is_remote(folder)
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        # The delivery's marker is checked before the load (winback.ingest.manifest).
+        if path.name.startswith(".") or path.name == landing.MANIFEST_NAME:
             continue
         named_like_input = path.suffix in SUPPORTED_SUFFIXES and path.stem in known
-        if path.is_symlink():
+        if not remote and path.is_symlink():
             # Never followed, and the target never read: it may be any file on the machine.
             raise ContractError(
                 f"{path.name}: refused, a symbolic link; put the file itself in the landing folder"
@@ -122,7 +126,10 @@ def open_source(path: Path) -> BinaryIO:
 
     A symbolic link is refused without being followed (`O_NOFOLLOW`), and so is anything
     that is not a regular file (opened non-blocking, so a named pipe cannot stall the load).
+    An object in an object store is streamed with ranged GETs (`winback.ingest.landing`).
     """
+    if landing.is_remote(path):
+        return path.open("rb", block_size=landing.REMOTE_BLOCK_BYTES)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as error:

@@ -7,7 +7,9 @@ localhost only, keeps one log file per process and can tell which one died:
 - `api-server`: the REST API, the execution API the tasks talk to, and the React UI;
 - `scheduler` (with the LocalExecutor that runs the tasks);
 - `dag-processor`: parses `dags/` into the metadata database;
-- `triggerer` only on request (`triggerer=True`): no winback task defers today.
+- `triggerer`: runs deferred tasks' triggers; winback_daily's first task
+  (`wait_for_delivery`) waits there for the day's delivery without holding a worker.
+  Started by default (`triggerer=False` leaves it out).
 
 Login goes through Airflow 3's SimpleAuthManager with one user, `admin`. The password is
 `WINBACK_AIRFLOW_ADMIN_PASSWORD` when set, otherwise one generated on first start into
@@ -287,13 +289,13 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 def start_local_airflow(
     port: int | None = None,
     *,
-    triggerer: bool = False,
+    triggerer: bool = True,
     log_dir: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
     wait: bool = True,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> LocalAirflow:
-    """Start the api-server, scheduler and dag-processor (and a triggerer if asked).
+    """Start the api-server, scheduler, dag-processor and (unless told not to) a triggerer.
 
     `port`: see `choose_port` (0 = any free port). `extra_env` adds Airflow settings, e.g.
     `AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=False` in tests. Returns once healthy (`wait`).
@@ -334,13 +336,14 @@ def start_local_airflow(
 # --------------------------------------------------------------------------- command
 
 
-def serve(port: int | None = None, triggerer: bool = False) -> int:
+def serve(port: int | None = None, triggerer: bool = True) -> int:
     """`winback airflow-ui` / `make airflow`: start, print the login, run until Ctrl-C."""
     # make and terminals stop us with SIGTERM/SIGHUP too: turn them into a clean stop.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_keyboard_interrupt)
     started = time.monotonic()
-    print("starting Airflow: api-server, scheduler, dag-processor ...", flush=True)
+    names = ", ".join([*COMPONENTS, *(["triggerer"] if triggerer else [])])
+    print(f"starting Airflow: {names} ...", flush=True)
     try:
         airflow = start_local_airflow(port, triggerer=triggerer)
     except KeyboardInterrupt:
@@ -379,9 +382,11 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m winback.local.airflow_ui", description=__doc__)
     parser.add_argument("--port", type=int, default=None, help=f"default: ${PORT_ENV} or 8080")
-    parser.add_argument("--triggerer", action="store_true", help="also run a triggerer")
+    parser.add_argument(
+        "--no-triggerer", action="store_true", help="no triggerer (deferred tasks then wait)"
+    )
     args = parser.parse_args(argv)
-    return serve(args.port, args.triggerer)
+    return serve(args.port, not args.no_triggerer)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_ENV = "WINBACK_ALERT_WEBHOOK_URL"
 SENDING_TASKS = ("sync_outbox",)
 STAGES_BEFORE_SENDING = (
+    "wait_for_delivery",
     "load_raw_files",
     "dbt_customers",
     "check_raw_inputs",

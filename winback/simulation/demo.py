@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
+from winback.ingest.landing import MANIFEST_NAME
 from winback.measurement.windows import CampaignWindow
 from winback.simulation import simulator
 
@@ -130,7 +131,8 @@ def play_campaign_window(
         f" {window_start}..{window.window_end}): {first_folder}"
     )
     first, later = split_at(simulator.simulate_shop(settings), window_start)
-    if not first_folder.exists():
+    # A delivery written before is complete once its manifest exists (written last).
+    if not (first_folder / MANIFEST_NAME).exists():
         simulator.write_landing_files(first, first_folder)
     if not run_daily(window_start):
         return False

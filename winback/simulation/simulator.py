@@ -281,6 +281,9 @@ def write_shop(
     finally:
         for writer in writers.values():
             writer.close()
+    from winback.ingest import manifest as delivery_manifest
+
+    delivery_manifest.write_manifest(folder, _folder_day(folder))  # the marker, written last
     return rows
 
 
@@ -650,8 +653,15 @@ def _inject_dirty_rows(config, rng, frames, starts: _IdStarts) -> dict[str, pd.D
     return frames
 
 
-def write_landing_files(frames: dict[str, pd.DataFrame], folder: Path, fmt: str = "csv") -> None:
-    """Write `<folder>/<table>.csv` (or .parquet), header = the contract's columns."""
+def write_landing_files(
+    frames: dict[str, pd.DataFrame], folder: Path, fmt: str = "csv", manifest: bool = True
+) -> None:
+    """Write `<folder>/<table>.csv` (or .parquet), header = the contract's columns.
+
+    As a shop's export does by the delivery contract, the `_manifest.json` naming each
+    file is written last (`manifest=False` leaves the delivery unmarked, for tests that
+    mark it later).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for raw_table in TABLES:
@@ -665,6 +675,18 @@ def write_landing_files(frames: dict[str, pd.DataFrame], folder: Path, fmt: str 
             frame.to_csv(folder / f"{raw_table.stem}.csv", index=False)
         else:
             raise ValueError(f"unknown format {fmt!r}; use csv or parquet")
+    if manifest:
+        from winback.ingest import manifest as delivery_manifest
+
+        delivery_manifest.write_manifest(folder, _folder_day(folder))
+
+
+def _folder_day(folder: Path) -> date | None:
+    """The delivery day a landing folder is named after, when it is named after one."""
+    try:
+        return date.fromisoformat(folder.name)
+    except ValueError:
+        return None
 
 
 def _unit_hash(seed: int, salt: str, customer_ids: pd.Series) -> np.ndarray:
