@@ -147,3 +147,21 @@ def test_dbt_says_why_when_the_winback_tables_are_missing(session_database):
         )
     assert result.returncode != 0
     assert "winback.warehouse.tables.ensure_schema" in result.stdout + result.stderr
+
+
+def test_a_complete_schema_is_left_alone_while_another_stage_writes(session_database):
+    """No DDL when nothing is missing: `alter table` would wait for (and block) writers."""
+    from winback.warehouse import db
+
+    with db.connect() as writer, db.connect() as other:
+        tables.ensure_schema(writer)
+        writer.commit()
+        writer.execute(
+            "insert into winback.outbox (idempotency_key, run_date, campaign_id, step_id,"
+            " customer_id, channel, payload) values ('k', '2026-11-20', 'c', 's', 'x',"
+            " 'email', '{}')"
+        )  # uncommitted: the outbox is locked for writing
+        other.execute("set lock_timeout = '2s'")
+        tables.ensure_schema(other)  # would time out on the outbox's lock if it ran DDL
+        other.rollback()
+        writer.rollback()

@@ -16,7 +16,10 @@ contract); the dbt schemas (staging, intermediate, marts) are dbt's.
 
 from __future__ import annotations
 
+import re
+
 import psycopg
+from psycopg.rows import tuple_row
 
 SCHEMA = "winback"
 
@@ -401,8 +404,38 @@ TABLES: dict[str, str] = {
 
 SCHEMA_DDL = f"create schema if not exists {SCHEMA};\n" + "".join(TABLES.values())
 
+# What SCHEMA_DDL leaves behind, to check before running it.
+_ADDED_COLUMNS = frozenset(
+    re.findall(rf"alter table {SCHEMA}\.(\w+) add column if not exists (\w+)", SCHEMA_DDL)
+)
+_INDEXES = frozenset(re.findall(r"create (?:unique )?index if not exists (\w+)", SCHEMA_DDL))
+
 
 def ensure_schema(conn: psycopg.Connection) -> None:
-    """Create schema `winback` and every table in it, and add columns an older winback
-    did not have; idempotent, one round trip."""
-    conn.execute(SCHEMA_DDL)
+    """Create schema `winback` and every table in it, and add what an older winback did
+    not have (columns, indexes); idempotent.
+
+    A warehouse that has it all is left alone, without a single DDL statement: `alter
+    table` and `create index` lock their table even when there is nothing to do, and
+    every stage calls this while other stages may be writing.
+    """
+    if not _is_complete(conn):
+        conn.execute(SCHEMA_DDL)
+
+
+def _is_complete(conn: psycopg.Connection) -> bool:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            """
+            select c.relname, a.attname
+            from pg_class c
+            join pg_namespace n on n.oid = c.relnamespace
+            left join pg_attribute a
+              on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+            where n.nspname = %s
+            """,
+            (SCHEMA,),
+        ).fetchall()
+    relations = {relation for relation, _ in rows}
+    columns = {(relation, column) for relation, column in rows}
+    return set(TABLES) <= relations and _INDEXES <= relations and _ADDED_COLUMNS <= columns
