@@ -409,6 +409,9 @@ _ADDED_COLUMNS = frozenset(
     re.findall(rf"alter table {SCHEMA}\.(\w+) add column if not exists (\w+)", SCHEMA_DDL)
 )
 _INDEXES = frozenset(re.findall(r"create (?:unique )?index if not exists (\w+)", SCHEMA_DDL))
+# Constraints a later winback redefined in place (a `do` block in the table's DDL), each
+# with a word only its current definition holds.
+_REDEFINED_CONSTRAINTS = {"message_events_event_type_check": "help_requested"}
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
@@ -436,6 +439,20 @@ def _is_complete(conn: psycopg.Connection) -> bool:
             """,
             (SCHEMA,),
         ).fetchall()
+        current = {
+            name
+            for name, definition in cur.execute(
+                "select conname, pg_get_constraintdef(oid) from pg_constraint "
+                "where connamespace = %s::regnamespace and conname = any(%s)",
+                (SCHEMA, list(_REDEFINED_CONSTRAINTS)),
+            ).fetchall()
+            if _REDEFINED_CONSTRAINTS[name] in definition
+        }
     relations = {relation for relation, _ in rows}
     columns = {(relation, column) for relation, column in rows}
-    return set(TABLES) <= relations and _INDEXES <= relations and _ADDED_COLUMNS <= columns
+    return (
+        set(TABLES) <= relations
+        and _INDEXES <= relations
+        and _ADDED_COLUMNS <= columns
+        and current == set(_REDEFINED_CONSTRAINTS)
+    )
