@@ -82,6 +82,25 @@ def test_the_exposures_read_the_marts_python_reads():
     assert {relation.split(".")[1] for relation in relations.ALL} <= read
 
 
+def test_ensure_schema_widens_the_event_types_of_an_older_warehouse(conn):
+    """A warehouse whose message_events still has the first six event types, everything
+    else complete: the check is replaced, and a STOP's START can be stored."""
+    conn.execute("drop schema if exists winback cascade")
+    tables.ensure_schema(conn)
+    conn.execute(
+        "alter table winback.message_events drop constraint message_events_event_type_check;"
+        " alter table winback.message_events add constraint message_events_event_type_check"
+        " check (event_type in ('delivered', 'opened', 'clicked', 'bounced', 'complained',"
+        " 'unsubscribed'))"
+    )
+    tables.ensure_schema(conn)
+    conn.execute(
+        "insert into winback.message_events (event_id, provider, event_type, occurred_at)"
+        " values ('e1', 'twilio', 'resubscribed', now())"
+    )
+    conn.rollback()
+
+
 def test_ensure_schema_creates_every_table_and_upgrades_an_older_one(conn):
     conn.execute("drop schema if exists winback cascade")
     # A warehouse from before journeys: the outbox without its later columns.

@@ -443,7 +443,8 @@ def _is_complete(conn: psycopg.Connection) -> bool:
             name
             for name, definition in cur.execute(
                 "select conname, pg_get_constraintdef(oid) from pg_constraint "
-                "where connamespace = %s::regnamespace and conname = any(%s)",
+                "where connamespace = (select oid from pg_namespace where nspname = %s)"
+                " and conname = any(%s)",
                 (SCHEMA, list(_REDEFINED_CONSTRAINTS)),
             ).fetchall()
             if _REDEFINED_CONSTRAINTS[name] in definition
