@@ -204,7 +204,9 @@ def require_claim(conn: psycopg.Connection, run_id: str | None) -> None:
     while journeys advance. Without a run id (the CLI, tests) only another run's claim
     refuses; with one, this run must hold it.
     """
-    ensure_claim_tables(conn)
+    # Not `ensure_claim_tables` each time: its lock would make claims wait for the audiences.
+    if conn.execute("select to_regclass('winback.warehouse_claim') is null").fetchone()[0]:
+        ensure_claim_tables(conn)
     row = conn.execute("select run_id, run_date from winback.warehouse_claim for share").fetchone()
     if row is None:
         if run_id is not None:
