@@ -31,6 +31,7 @@ import platform
 import sys
 import time
 from datetime import date, timedelta
+from pathlib import Path
 
 import psutil
 import psycopg
@@ -154,6 +155,36 @@ def markdown(result: dict) -> str:
             f"| {result['slowest_day_seconds']:.0f} s | {result['between_days_seconds']:.0f} s |",
         ]
     )
+
+
+FULL_RUN_COMMAND = "make demo && .venv/bin/python bench/bench_backfill.py --days 30"
+
+
+def markdown_section(bench_dir: Path = BENCH_DIR) -> list[str]:
+    """BENCHMARKS.md's backfill section (bench_daily.py writes the file), from the results here.
+
+    A run of fewer than 30 days is a smoke run: shown, and said to be one.
+    """
+    results = sorted(
+        (json.loads(path.read_text()) for path in bench_dir.glob("backfill-*d.json")),
+        key=lambda result: result["days"],
+    )
+    out = [
+        "## A 30-day backfill through the scheduler (`bench/bench_backfill.py`)",
+        "",
+        "The README's backfill command over the demo shop (`make demo`, 20k customers), run by",
+        "a local Airflow: scheduler with the LocalExecutor, api-server, dag-processor. Days",
+        "go one at a time in date order; each is rebuilt from the warehouse (no new files),",
+        "dry run. Wall-clock from `airflow backfill create` to the end of the last day.",
+        "",
+    ]
+    full = [r for r in results if r["days"] >= 30]
+    if not full:
+        out += [f"Not measured on a quiet machine yet: `{FULL_RUN_COMMAND}`.", ""]
+    for result in results:
+        kind = "" if result["days"] >= 30 else " (smoke run, machine shared)"
+        out += [f"Measured{kind}: `{result['from']}`..`{result['to']}`.", "", markdown(result), ""]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
