@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -82,6 +82,17 @@ def live_sends(url: str) -> int:
         ).fetchone()[0]
 
 
+def windows_measured_since(url: str, since) -> list[str]:
+    """The campaign windows whose results were (re)computed after `since`."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select distinct campaign_id, window_start, window_end from winback.campaign_results"
+            " where computed_at >= %s order by 1, 2",
+            (since,),
+        ).fetchall()
+    return [f"{campaign} {first}..{last}" for campaign, first, last in rows]
+
+
 def run(days: int, end: date, timeout: float) -> dict:
     start = end - timedelta(days=days - 1)
     source = demo_database()
@@ -115,6 +126,7 @@ def run(days: int, end: date, timeout: float) -> dict:
         command = " ".join(backfill.backfill_command(start, end))
         print(f"backfill {start}..{end} ({days} days): airflow {command}")
         created = time.monotonic()
+        created_at = datetime.now(UTC)
         backfill.create_backfill(start, end)
         runs = backfill.wait_for_backfill(airflow, start, end, timeout, poll=5)
         wall = time.monotonic() - created
@@ -127,7 +139,10 @@ def run(days: int, end: date, timeout: float) -> dict:
     if live_sends(warehouse) != live_before:
         raise SystemExit("the backfill sent live")
     per_day = [r.seconds for r in runs]
+    measured = windows_measured_since(warehouse, created_at)
+    print(f"windows measured inside the backfill: {measured or 'none'}")
     return {
+        "windows_measured": measured,
         "days": days,
         "from": start.isoformat(),
         "to": end.isoformat(),

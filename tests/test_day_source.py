@@ -26,7 +26,7 @@ ORDERED_AT = "2026-10-07T09:30:00Z"
 
 
 @pytest.fixture
-def landing(conn, tmp_path: Path) -> Path:
+def landing(conn, tmp_path: Path):
     conn.execute("drop schema if exists raw cascade")
     conn.execute("drop table if exists winback.warehouse_claim, winback.daily_runs")
     conn.commit()
@@ -37,7 +37,11 @@ def landing(conn, tmp_path: Path) -> Path:
         "orders",
         [order(o, c, ordered_at=ORDERED_AT) for o, c in (("o1", "c1"), ("o2", "c2"))],
     )
-    return tmp_path
+    yield tmp_path
+    # No claim left for the session's other tests.
+    conn.rollback()
+    conn.execute("drop table if exists winback.warehouse_claim, winback.daily_runs")
+    conn.commit()
 
 
 def batches(conn, day: date) -> list[tuple]:

@@ -23,11 +23,18 @@ from winback.warehouse import db
 DAY = date(2026, 10, 9)
 
 
+def drop_claims() -> None:
+    with db.connect() as conn:
+        conn.execute("drop table if exists winback.warehouse_claim, winback.daily_runs")
+
+
 @pytest.fixture
 def fresh(conn):
-    conn.execute("drop table if exists winback.warehouse_claim, winback.daily_runs")
-    conn.commit()
-    return conn
+    """No claim before the test, and none left after it for the session's other tests."""
+    drop_claims()
+    yield conn
+    conn.rollback()
+    drop_claims()
 
 
 def states(**by_run_id):
@@ -92,7 +99,6 @@ def test_scheduled_and_backfill_days_wait_for_the_day_before_and_refuse_after_it
 
 
 def test_two_runs_claiming_at_the_same_moment_get_one_claim(fresh):
-    fresh.close()
     barrier = threading.Barrier(8)
     results: dict[str, bool] = {}
 
@@ -118,8 +124,9 @@ def test_two_runs_claiming_at_the_same_moment_get_one_claim(fresh):
 
 
 @pytest.fixture
-def shop(conn, tmp_path):
-    shop = Shop(conn)
+def shop(fresh, tmp_path):
+    shop = Shop(fresh)
+    conn = fresh
     shop.add_many(30, prefix="quiet", rfm_segment="At risk")
     conn.commit()
     folder = tmp_path / "campaigns"
