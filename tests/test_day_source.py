@@ -131,3 +131,15 @@ def test_a_refused_delivery_gives_the_warehouse_back_and_fails(conn, landing):
     with pytest.raises(loader.ContractError, match="nothing was delivered"):
         pipeline.load_raw_files(NOTHING.isoformat(), str(landing), "scheduled", "scheduled__09")
     assert run_order.current_holder(conn) is None, "the refused day changed nothing"
+    # The delivery lands before the retry: the retry takes the warehouse back and loads it.
+    shutil.copytree(landing / DELIVERED.isoformat(), landing / NOTHING.isoformat())
+    retried = pipeline.load_raw_files(
+        NOTHING.isoformat(), str(landing), "scheduled", "scheduled__09"
+    )
+    assert retried["source"] == day_source.LOADED
+    assert run_order.current_holder(conn).run_id == "scheduled__09"
+    # Had another run taken the warehouse meanwhile, the retry would be refused.
+    run_order.release(conn, "scheduled__09")
+    assert run_order.claim(conn, DELIVERED, "backfill__08", "backfill")
+    with pytest.raises(run_order.RunOrderError, match="took the warehouse while day 2026-10-09"):
+        pipeline.load_raw_files(NOTHING.isoformat(), str(landing), "scheduled", "scheduled__09")

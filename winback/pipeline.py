@@ -68,6 +68,9 @@ def load_raw_files(
     from winback.orchestration import run_order
 
     with db.connect() as conn:
+        if run_id is not None:
+            # A retry after a refused delivery gave the warehouse back: take it again.
+            run_order.hold_again(conn, _day(ds), run_id, run_type)
         try:
             return day_source.load_or_rebuild(
                 conn,

@@ -197,6 +197,30 @@ def claim(
     return True
 
 
+def hold_again(conn: psycopg.Connection, run_date: date, run_id: str, run_type) -> None:
+    """Make sure this run still holds the warehouse, taking it back when it is free.
+
+    A retry of the load step after a refused delivery (which gave the claim back) calls
+    this first; raises `RunOrderError` when another run took the warehouse meanwhile.
+    """
+    _ensure_committed_tables(conn)
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_CLAIM_LOCK_KEY,))
+        holder = current_holder(conn)
+        if holder is not None and holder.run_id == run_id:
+            return
+        if holder is not None:
+            raise RunOrderError(
+                f"run {holder.run_id} (day {holder.run_date}) took the warehouse while day "
+                f"{run_date} waited for its delivery; rerun {run_date} once it has finished"
+            )
+        conn.execute(
+            "insert into winback.warehouse_claim (run_id, run_date, run_type) values (%s, %s, %s)",
+            (run_id, run_date, _run_type(run_type)),
+        )
+    log.info("run %s (day %s) holds the warehouse again", run_id, run_date)
+
+
 def require_claim(conn: psycopg.Connection, run_id: str | None) -> None:
     """Inside a transaction: refuse when another run holds the warehouse.
 
