@@ -210,7 +210,7 @@ class LocalAirflow:
         response = httpx.post(
             f"{self.url}/auth/token",
             json={"username": self.login.username, "password": self.login.password},
-            timeout=10,
+            timeout=30,
         )
         response.raise_for_status()
         return response.json()["access_token"]

@@ -134,7 +134,12 @@ def wait_for_backfill(
         if dead := airflow.dead():
             name = next(iter(dead))
             raise RuntimeError(f"airflow {name} exited ({dead[name]}):\n{airflow.log_tail(name)}")
-        found = runs(airflow, start, end, dag_id)
+        try:
+            found = runs(airflow, start, end, dag_id)
+        except httpx.TransportError:
+            # A busy api-server answers late; the next poll asks again.
+            time.sleep(poll)
+            continue
         if len(found) >= expected and all(r.state in FINISHED for r in found):
             return found
         time.sleep(poll)
