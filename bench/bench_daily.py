@@ -408,6 +408,9 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
             cells += [f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.1f}x"]
         out.append("| GROUP BY pass | " + " | ".join(cells) + " |")
         out.append("")
+    import bench_backfill  # the backfill through the scheduler has its own section
+
+    out += bench_backfill.markdown_section()
     path.write_text("\n".join(out))
 
 

@@ -14,6 +14,13 @@ Each task calls one function of `winback.pipeline`; this file only wires them. T
 is a dry run unless the `send_mode` param (default: the `WINBACK_SEND_MODE` environment
 variable) says `live`, and even then a backfill or a run of a past day only records what it
 would send, unless the `allow_past_sends` param is set (`winback.delivery.send_policy`).
+
+Days run in order, one at a time: `wait_for_earlier_days` claims the warehouse for the
+run once the day before has finished and no other run (a backfill day, the scheduled
+run) holds it, and `release_warehouse` gives it back; a failed day keeps it, so no later
+day advances journeys past it (`winback.orchestration.run_order`). Backfill with
+`--max-active-runs 1`. In a backfill, a day whose files were already loaded or are gone
+is rebuilt from the warehouse (`winback.ingest.day_source`).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from airflow.sdk import Param, chain, dag, task
 
 from winback import pipeline
 from winback.delivery import send_policy
+from winback.orchestration import airflow_runs, schedule
 from winback.orchestration import cosmos_config as orch
-from winback.orchestration import schedule
 from winback.orchestration.delivery_sensor import DeliverySensor
 
 FEATURE_MODELS = ["customer_features+"]
@@ -67,10 +74,27 @@ def winback_daily():
         "the deadline. A backfill or a rerun of a loaded day does not wait.",
     )
 
+    @task.sensor(
+        mode="reschedule",
+        poke_interval=orch.RUN_ORDER_POKE_SECONDS,
+        timeout=orch.RUN_ORDER_TIMEOUT_SECONDS,
+    )
+    def wait_for_earlier_days(ds: str | None = None, dag_run=None, ti=None) -> bool:
+        """Days in order, one at a time: claim the warehouse once the day before has finished
+        and no other run holds it; refuse when either failed."""
+        return pipeline.wait_for_earlier_days(
+            ds,
+            dag_run.run_id,
+            run_type=dag_run.run_type,
+            previous_run=airflow_runs.previous_run(ti),
+            run_state=airflow_runs.run_state_lookup(ti, dag_run.dag_id),
+        )
+
     @task(outlets=[orch.warehouse_asset("raw", "orders"), orch.warehouse_asset("raw", "customers")])
-    def load_raw_files(ds: str | None = None) -> dict:
-        """Load the logical date's landing files; broken rows go to raw.quarantine."""
-        return pipeline.load_raw_files(ds)
+    def load_raw_files(ds: str | None = None, dag_run=None) -> dict:
+        """Load the logical date's landing files (broken rows go to raw.quarantine); a
+        backfill day without new files is rebuilt from the warehouse."""
+        return pipeline.load_raw_files(ds, run_type=dag_run.run_type, run_id=dag_run.run_id)
 
     transform = orch.dbt_task_group("dbt_customers", exclude=FEATURE_MODELS)
 
@@ -99,6 +123,7 @@ def winback_daily():
             mode=params["send_mode"],
             allow_past_sends=params["allow_past_sends"],
             run_type=dag_run.run_type,
+            run_id=dag_run.run_id,
         )
 
     @task(retries=0)
@@ -131,8 +156,14 @@ def winback_daily():
         """Print the run's summary: rows loaded, segments, audiences, messages."""
         return pipeline.summarize(ds)
 
+    @task
+    def release_warehouse(ds: str | None = None, dag_run=None) -> dict:
+        """The day is done: the next day may claim the warehouse (a failed day keeps it)."""
+        return pipeline.release_warehouse(ds, dag_run.run_id)
+
     chain(
         wait_for_delivery,
+        wait_for_earlier_days(),
         load_raw_files(),
         transform,
         check_raw_inputs(),
@@ -145,6 +176,7 @@ def winback_daily():
         collect_feedback(),
         measure_closed_windows(),
         summarize(),
+        release_warehouse(),
     )
 
 

@@ -192,3 +192,15 @@ def test_health_needs_fresh_heartbeats_from_each_component():
     assert airflow_ui._healthy(status(fresh), components, started)
     assert not airflow_ui._healthy(status(stale), components, started)
     assert not airflow_ui._healthy(status(None), components, started)
+
+
+def test_the_local_airflow_creates_winback_dags_ready_to_run(monkeypatch):
+    """A paused DAG leaves backfill runs queued forever (the scheduler-driven backfill test
+    checks the DAG really is unpaused, and `make airflow`'s unpause step)."""
+    from winback.local import airflow_env
+
+    monkeypatch.delenv("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", raising=False)
+    assert (
+        airflow_env.airflow_environment()["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    )
+    assert set(airflow_ui.WINBACK_DAGS) == {"winback_daily", "winback_campaign_report"}

@@ -66,3 +66,16 @@ def test_parsing_the_daily_dag_is_fast(session_database):
     elapsed = time.perf_counter() - started
     # Rendered from the manifest, never `dbt ls`: a slow parse means that regressed.
     assert elapsed < 10, f"parsing took {elapsed:.1f}s"
+
+
+def test_every_task_waits_for_the_warehouse_claim_and_the_run_gives_it_back(dagbag):
+    """Days in order, one at a time: the claim comes first, its release last."""
+    dag = dagbag.dags["winback_daily"]
+    guard = dag.get_task("wait_for_earlier_days")
+    assert guard.mode == "reschedule", "waiting for the day before must not hold a worker"
+    others = {t.task_id for t in dag.tasks} - {guard.task_id}
+    assert guard.get_flat_relative_ids(upstream=False) >= others
+    release = dag.get_task("release_warehouse")
+    assert release.get_flat_relative_ids(upstream=True) >= others - {release.task_id}
+    # A failed day keeps the warehouse: the release runs only when everything succeeded.
+    assert release.trigger_rule == "all_success"

@@ -161,6 +161,14 @@ def test_celery_executor_with_redis_and_a_worker(compose):
     assert "celery worker" in compose["services"]["airflow-worker"]["command"]
 
 
+def test_the_dags_are_created_ready_to_run(compose):
+    """A paused DAG leaves a backfill's runs queued forever: the deployment unpauses."""
+    for name, service in compose["services"].items():
+        if name.startswith("airflow-"):
+            paused = service["environment"]["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"]
+            assert str(paused).lower() == "false", name
+
+
 def test_dependencies_exist_and_servers_have_healthchecks(compose):
     services = compose["services"]
     for name, service in services.items():

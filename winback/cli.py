@@ -222,6 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from winback.campaigns import personalization
     from winback.local import airflow_env, dbt_runner
     from winback.measurement import windows as measurement
+    from winback.orchestration import run_order
     from winback.simulation import return_path, simulator
     from winback.warehouse import db
 
@@ -235,6 +236,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     window = min(windows, key=lambda w: w.window_start, default=None)
     dbt_runner.write_manifest()
     airflow_env.migrate_metadata_db()
+    with db.connect() as conn:
+        # The demo replays its days from the start: a claim its own interrupted run left
+        # (`winback.orchestration.run_order`) must not hold them back.
+        if freed := run_order.release_manual_claim(conn):
+            print(f"      freed the warehouse from an interrupted run of {freed.run_date}")
     # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
     # the demo's two simulated days are replayed as if each were today: live sends with
     # allow_past_sends, which a real backfill never sets.

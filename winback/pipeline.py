@@ -22,31 +22,79 @@ def _day(ds: str) -> date:
     return date.fromisoformat(ds)
 
 
-def load_raw_files(ds: str, landing_dir: str | None = None) -> dict:
+def wait_for_earlier_days(
+    ds: str, run_id: str, run_type=None, previous_run: dict | None = None, run_state=None
+) -> bool:
+    """Claim the warehouse for this run (`winback.orchestration.run_order`).
+
+    True once this run holds it; False while the day before (scheduled, backfill) or the
+    run holding the warehouse is unfinished; raises when one of them failed.
+    `previous_run` is Airflow's previous run by logical date (`run_id`, `logical_date`,
+    `state`), `run_state(run_id)` asks Airflow for any run's state.
+    """
+    from winback.orchestration import run_order
+
+    previous = None
+    if previous_run is not None:
+        previous = run_order.PreviousRun(
+            run_id=previous_run["run_id"],
+            run_date=_day(str(previous_run["logical_date"])[:10]),
+            state=str(getattr(previous_run["state"], "value", previous_run["state"])),
+        )
+    with db.connect() as conn:
+        return run_order.claim(conn, _day(ds), run_id, run_type, previous, run_state)
+
+
+def release_warehouse(ds: str, run_id: str) -> dict:
+    """The run finished: give the warehouse to the next day."""
+    from winback.orchestration import run_order
+
+    with db.connect() as conn:
+        released = run_order.release(conn, run_id)
+    return {"run_date": ds, "run_id": run_id, "released": released}
+
+
+def load_raw_files(
+    ds: str, landing_dir: str | None = None, run_type=None, run_id: str | None = None
+) -> dict:
     """Load the day's delivery into `raw` (COPY, quarantine, reconciled counts).
 
     The delivery must match its `_manifest.json` (unless `WINBACK_REQUIRE_MANIFEST` is
     false); the landing may be a folder or an object store (`winback.ingest.landing`).
-    The first task of a run, so it also creates the tables winback owns
-    (`winback.warehouse.tables`): the dbt models after it join winback.customer_scores.
+    In a backfill, or a rerun of a day already loaded, a day without new files is rebuilt
+    from the warehouse instead, and says so (`winback.ingest.day_source`); a scheduled
+    run without its delivery fails. A refused delivery changes nothing, so the run gives
+    the warehouse back (`run_id`) before failing, with one line and no traceback: its day
+    stays failed, later days wait. The first task to write, so it also creates the tables
+    winback owns (`winback.warehouse.tables`): the dbt models after it join them.
     """
-    from winback.ingest import landing, loader, manifest
+    from winback.ingest import day_source, landing, loader, manifest
+    from winback.orchestration import run_order
     from winback.warehouse import tables
 
     root = landing.landing_root(landing_dir)
     with db.connect() as conn:
         tables.ensure_schema(conn)
     with db.connect() as conn:
+        if run_id is not None:
+            # A retry after a refused delivery gave the warehouse back: take it again.
+            run_order.hold_again(conn, _day(ds), run_id, run_type)
         try:
-            report = loader.load_day(
-                conn, root, _day(ds), require_manifest=config.require_manifest()
+            return day_source.load_or_rebuild(
+                conn,
+                root,
+                _day(ds),
+                getattr(run_type, "value", run_type),
+                require_manifest=config.require_manifest(),
             )
         except (loader.ContractError, manifest.DeliveryRefused) as refusal:
-            # A refused delivery is the shop's to fix: one clear line in the task log and a
-            # failed task, but no traceback (Airflow logs a SystemExit without one).
+            if run_id is not None:
+                conn.rollback()
+                run_order.release(conn, run_id)
+            # The shop's delivery to fix: one clear line in the task log and a failed task,
+            # but no traceback (Airflow logs a SystemExit without one).
             log.error("load refused: %s", refusal)
             raise SystemExit(1) from None
-    return report.as_dict()
 
 
 def delivery_status(ds: str, landing_dir: str | None = None) -> dict:
@@ -71,8 +119,11 @@ def delivery_status(ds: str, landing_dir: str | None = None) -> dict:
 def check_raw_inputs(ds: str) -> dict:
     """Quality gate on the day's raw data; raises (failing the task) when it does not hold."""
     from winback import quality
+    from winback.ingest import day_source
 
-    return quality.check_raw_inputs(_day(ds))
+    with db.connect() as conn:
+        delivered = bool(day_source.loaded_batches(conn, _day(ds)))
+    return quality.check_raw_inputs(_day(ds), delivered=delivered)
 
 
 def check_scores(ds: str) -> dict:
@@ -125,8 +176,12 @@ def build_audiences(
     mode: str = "dry_run",
     allow_past_sends: bool = False,
     run_type=None,
+    run_id: str | None = None,
 ) -> dict:
     """Every valid campaign's audience, eligibility filters, journeys and outbox rows.
+
+    Journeys advance only while this run holds the warehouse (`run_id`; without one, while
+    no run holds it): two overlapping runs never both advance them.
 
     An invalid campaign file, or a campaign reading a column the warehouse's features
     table lacks, is refused: nothing is enrolled or sent for it (its journeys already
@@ -142,7 +197,11 @@ def build_audiences(
     valid, refused = campaigns.load_valid_campaigns(folder)
     for name, reason in refused.items():
         log.error("campaign file %s refused, nothing is sent for it:\n%s", name, reason)
-    with db.connect() as conn:
+    from winback.orchestration import run_order
+
+    with db.connect() as conn, conn.transaction():
+        # The claim row stays locked until the audiences are committed.
+        run_order.require_claim(conn, run_id)
         valid, unreadable = audiences.refuse_unreadable(conn, valid)
         for reason in unreadable.values():
             log.error("%s", reason)

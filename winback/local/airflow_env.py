@@ -28,6 +28,9 @@ def airflow_environment() -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(config.DAGS_DIR),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(config.PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # winback's DAGs are meant to run once deployed: a paused DAG leaves a backfill's
+        # runs queued forever, with nothing saying why (`make airflow` also unpauses them).
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.airflow_database_url(),

@@ -11,6 +11,10 @@ localhost only, keeps one log file per process and can tell which one died:
   (`wait_for_delivery`) waits there for the day's delivery without holding a worker.
   Started by default (`triggerer=False` leaves it out).
 
+`make airflow` leaves winback_daily and winback_campaign_report unpaused (ready to run): new
+DAGs are created unpaused, and `serve` unpauses them through the REST API in case an older
+metadata database holds them paused.
+
 Login goes through Airflow 3's SimpleAuthManager with one user, `admin`. The password is
 `WINBACK_AIRFLOW_ADMIN_PASSWORD` when set, otherwise one generated on first start into
 `AIRFLOW_HOME/simple_auth_manager_passwords.json.generated` (AIRFLOW_HOME is under the
@@ -51,6 +55,9 @@ SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
 READY_TIMEOUT_SECONDS = 240.0
+# The DAGs `make airflow` leaves ready to run (unpaused), so a backfill or a trigger runs.
+WINBACK_DAGS = ("winback_daily", "winback_campaign_report")
+UNPAUSE_TIMEOUT_SECONDS = 180.0
 
 
 # --------------------------------------------------------------------------- settings
@@ -205,7 +212,7 @@ class LocalAirflow:
         response = httpx.post(
             f"{self.url}/auth/token",
             json={"username": self.login.username, "password": self.login.password},
-            timeout=10,
+            timeout=30,
         )
         response.raise_for_status()
         return response.json()["access_token"]
@@ -230,6 +237,39 @@ class LocalAirflow:
             f"Airflow at {self.url} not ready after {timeout:.0f}s (last health: {status}); "
             f"logs in {self.log_dir}"
         )
+
+    def unpause(
+        self, dag_ids: Iterable[str] = WINBACK_DAGS, timeout: float = UNPAUSE_TIMEOUT_SECONDS
+    ) -> dict[str, bool]:
+        """Unpause each DAG through the REST API once the dag-processor has parsed it.
+
+        New DAGs are created unpaused (`AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION`), but a
+        metadata database from an older start may hold them paused. Returns dag id ->
+        paused, as the API reports it after the change.
+        """
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.api_token()}"}
+        paused: dict[str, bool] = {}
+        for dag_id in dag_ids:
+            while True:
+                response = httpx.patch(
+                    f"{self.url}/api/v2/dags/{dag_id}",
+                    json={"is_paused": False},
+                    params={"update_mask": "is_paused"},
+                    headers=headers,
+                    timeout=30,
+                )
+                if response.status_code != 404:
+                    response.raise_for_status()
+                    paused[dag_id] = response.json()["is_paused"]
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{dag_id} not parsed after {timeout:.0f}s; see "
+                        f"{self.log_path('dag-processor')}"
+                    )
+                time.sleep(2)
+        return paused
 
     def wait(self) -> int:
         """Block until a component exits (or Ctrl-C); returns its exit code."""
@@ -363,6 +403,15 @@ def serve(port: int | None = None, triggerer: bool = True) -> int:
         else:
             print(f"  login: {login.username} / the password in {login.passwords_file}")
         print(f"  process logs: {airflow.log_dir}")
+        try:
+            airflow.unpause(WINBACK_DAGS)
+            print(f"  unpaused, ready to run: {', '.join(WINBACK_DAGS)}")
+        except (TimeoutError, httpx.HTTPError) as error:
+            print(
+                f"  could not unpause {', '.join(WINBACK_DAGS)} ({error}); run "
+                "`.venv/bin/winback airflow dags unpause winback_daily` before a backfill",
+                file=sys.stderr,
+            )
         print("  Ctrl-C stops every process.", flush=True)
         code = airflow.wait()
         name = next(iter(airflow.dead()), "?")

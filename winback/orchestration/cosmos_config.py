@@ -27,6 +27,10 @@ DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
 WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
 WAREHOUSE_WRITES_POOL = config.WAREHOUSE_WRITES_POOL
 DEFAULT_TASK_RETRIES = 2
+# winback_daily's first task waits (without holding a worker) for the day before and for
+# the run holding the warehouse; after this long it fails with an alert naming them.
+RUN_ORDER_POKE_SECONDS = 20
+RUN_ORDER_TIMEOUT_SECONDS = 6 * 3600
 
 DEFAULT_ARGS = {
     "owner": "winback",
