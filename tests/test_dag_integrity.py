@@ -69,11 +69,14 @@ def test_parsing_the_daily_dag_is_fast(session_database):
 
 
 def test_every_task_waits_for_the_warehouse_claim_and_the_run_gives_it_back(dagbag):
-    """Days in order, one at a time: the claim comes first, its release last."""
+    """Days in order, one at a time: the claim comes before every task that touches the
+    warehouse, its release last. Only the wait for the delivery, which reads the landing
+    folder, comes before it: a day whose delivery never came fails without the claim."""
     dag = dagbag.dags["winback_daily"]
     guard = dag.get_task("wait_for_earlier_days")
     assert guard.mode == "reschedule", "waiting for the day before must not hold a worker"
-    others = {t.task_id for t in dag.tasks} - {guard.task_id}
+    assert guard.get_flat_relative_ids(upstream=True) == {"wait_for_delivery"}
+    others = {t.task_id for t in dag.tasks} - {guard.task_id, "wait_for_delivery"}
     assert guard.get_flat_relative_ids(upstream=False) >= others
     release = dag.get_task("release_warehouse")
     assert release.get_flat_relative_ids(upstream=True) >= others - {release.task_id}
