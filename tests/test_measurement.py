@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 
 import pytest
@@ -28,6 +29,7 @@ def add_customer(
     stage_at_start: str,
     entered: date = START,
     stage_at_end: str | None = None,
+    campaign: str = "we_miss_you",
 ) -> None:
     conn.execute(
         "insert into raw.customers (customer_id, country, created_at, _load_date, _source_file,"
@@ -36,8 +38,8 @@ def add_customer(
     )
     conn.execute(
         "insert into winback.campaign_audiences (run_date, campaign_id, customer_id, channel,"
-        " assigned_group) values (%s, 'we_miss_you', %s, 'email', %s)",
-        (entered, cid, group),
+        " assigned_group, lifecycle_stage, entered_on) values (%s, %s, %s, 'email', %s, %s, %s)",
+        (entered, campaign, cid, group, stage_at_start, entered),
     )
     conn.execute(
         "insert into marts.customer_lifecycle_history values (%s, %s, %s)",
@@ -51,9 +53,9 @@ def add_customer(
     if group == "treatment":
         conn.execute(
             "insert into winback.outbox (idempotency_key, run_date, campaign_id, step_id,"
-            " customer_id, channel, payload) values (%s, %s, 'we_miss_you', 'first_touch', %s,"
+            " customer_id, channel, payload) values (%s, %s, %s, 'first_touch', %s,"
             " 'email', '{}')",
-            (f"k-{cid}", entered, cid),
+            (f"k-{campaign}-{cid}", entered, campaign, cid),
         )
 
 
@@ -79,7 +81,6 @@ def test_rates_uplift_revenue_and_cost(warehouse):
         add_customer(warehouse, f"t{i}", "treatment", "inactive")
     for i in range(5):
         add_customer(warehouse, f"h{i}", "holdout", "inactive")
-    add_customer(warehouse, "active_one", "treatment", "active")  # not inactive: not counted
     for i in range(4):  # 4 of 10 treatment customers came back, one with a coupon
         add_order(
             warehouse,
@@ -89,7 +90,6 @@ def test_rates_uplift_revenue_and_cost(warehouse):
             discount=5.0 if i == 0 else None,
         )
     add_order(warehouse, "h0", START + timedelta(days=3))  # 1 of 5 holdout
-    add_order(warehouse, "active_one", START + timedelta(days=3))
     warehouse.commit()
 
     results = measurement.measure_window(warehouse, "we_miss_you", START, END)
@@ -108,6 +108,105 @@ def test_rates_uplift_revenue_and_cost(warehouse):
     assert stored == len(results)
 
 
+def test_revenue_uplift_has_welch_interval_per_customer_and_net_of_incentive(warehouse):
+    for i in range(10):
+        add_customer(warehouse, f"t{i}", "treatment", "inactive")
+    for i in range(5):
+        add_customer(warehouse, f"h{i}", "holdout", "inactive")
+    for i, total in enumerate([80.0, 40.0, 60.0]):
+        add_order(warehouse, f"t{i}", START + timedelta(days=2), total=total,
+                  coupon="C" if i == 0 else None, discount=10.0 if i == 0 else None)  # fmt: skip
+    add_order(warehouse, "h0", START + timedelta(days=2), total=30.0)
+    warehouse.commit()
+    row = measurement.measure_window(warehouse, "we_miss_you", START, END)[0].row()
+    # Revenue per customer: 180/10 against 30/5; Welch's interval computed by hand.
+    treatment = [80.0, 40.0, 60.0] + [0.0] * 7
+    holdout = [30.0] + [0.0] * 4
+    from statistics import variance
+
+    from scipy.stats import t
+
+    a, b = variance(treatment) / 10, variance(holdout) / 5
+    freedom = (a + b) ** 2 / (a**2 / 9 + b**2 / 4)
+    half = t.ppf(0.975, freedom) * (a + b) ** 0.5
+    assert row["revenue_per_customer_uplift"] == pytest.approx(18 - 6)
+    assert row["revenue_per_customer_uplift_low"] == pytest.approx(12 - half)
+    assert row["revenue_per_customer_uplift_high"] == pytest.approx(12 + half)
+    assert float(row["incremental_revenue_low"]) == pytest.approx(10 * (12 - half))
+    # Net of the coupon: the treatment's revenue less its incentive cost, per customer.
+    assert row["net_value_per_customer"] == pytest.approx(17 - 6)
+    assert float(row["net_value"]) == pytest.approx(10 * 11)
+    assert float(row["net_value_low"]) < 110 < float(row["net_value_high"])
+
+
+def test_every_targeted_customer_counts_with_a_stage_at_entry_breakdown(warehouse):
+    """Customers at risk count too; the inactive part keeps the source articles' count."""
+    for i in range(6):
+        add_customer(warehouse, f"ti{i}", "treatment", "inactive", stage_at_end="active")
+        add_customer(warehouse, f"tr{i}", "treatment", "at_risk", stage_at_end="active")
+    for i in range(3):
+        add_customer(warehouse, f"hi{i}", "holdout", "inactive", stage_at_end="inactive")
+        add_customer(warehouse, f"hr{i}", "holdout", "at_risk", stage_at_end="at_risk")
+    for cid in ("ti0", "ti1", "tr0", "tr1", "tr2", "hr0"):
+        add_order(warehouse, cid, START + timedelta(days=4))
+    warehouse.commit()
+    results = measurement.measure_window(warehouse, "we_miss_you", START, END)
+    by = {(r.breakdown, r.breakdown_value): r for r in results}
+    overall = by[("overall", "all")]
+    assert (overall.treatment.customers, overall.holdout.customers) == (12, 6)
+    assert (overall.treatment.reactivated, overall.holdout.reactivated) == (5, 1)
+    inactive, at_risk = by[("stage_at_entry", "inactive")], by[("stage_at_entry", "at_risk")]
+    assert (inactive.treatment.customers, inactive.treatment.reactivated) == (6, 2)
+    assert (inactive.holdout.customers, inactive.holdout.reactivated) == (3, 0)
+    assert (at_risk.treatment.reactivated, at_risk.holdout.reactivated) == (3, 1)
+    assert at_risk.result.absolute == pytest.approx(3 / 6 - 1 / 3)
+    # "Inactive before, not inactive now" is counted among the inactive at entry only.
+    row = overall.row()
+    assert row["treatment_inactive_at_entry"] == 6
+    assert row["treatment_left_inactive_stage"] == 6
+    assert row["holdout_left_inactive_stage"] == 0
+
+
+def test_customers_who_entered_before_the_window_are_not_in_its_cohort(warehouse):
+    add_customer(warehouse, "early", "treatment", "inactive", entered=START - timedelta(days=3))
+    # Still in the audience on a day of the window, but entered before it.
+    warehouse.execute(
+        "insert into winback.campaign_audiences (run_date, campaign_id, customer_id, channel,"
+        " assigned_group, lifecycle_stage, entered_on)"
+        " values (%s, 'we_miss_you', 'early', 'email', 'treatment', 'inactive', %s)",
+        (START + timedelta(days=1), START - timedelta(days=3)),
+    )
+    add_customer(warehouse, "t0", "treatment", "inactive", entered=START + timedelta(days=2))
+    add_customer(warehouse, "h0", "holdout", "inactive")
+    warehouse.commit()
+    overall = measurement.measure_window(warehouse, "we_miss_you", START, END)[0]
+    assert overall.treatment.customers == 1
+
+
+def test_a_too_small_holdout_says_how_many_more_customers_it_needs(warehouse):
+    from winback.measurement import uplift
+
+    for i in range(300):
+        add_customer(warehouse, f"t{i}", "treatment", "inactive")
+    for i in range(3):
+        add_customer(warehouse, f"h{i}", "holdout", "inactive")
+    warehouse.commit()
+    planning = measurement.Planning(baseline_rate=0.05, minimum_uplift=0.1)
+    row = measurement.measure_window(warehouse, "we_miss_you", START, END, planning=planning)[
+        0
+    ].row()
+    share = uplift.required_holdout_share(303, 0.05, 0.1)
+    assert row["holdout_customers_needed"] == math.ceil(share * 303) - 3 > 0
+    assert row["audience_customers_needed"] is None
+    # An empty holdout is measured too: the rates are missing, the advice is not.
+    warehouse.execute("delete from winback.campaign_audiences where assigned_group = 'holdout'")
+    warehouse.commit()
+    row = measurement.measure_window(warehouse, "we_miss_you", START, END, planning=planning)[
+        0
+    ].row()
+    assert row["absolute_uplift"] is None and row["holdout_customers_needed"] > 0
+
+
 def test_orders_after_the_attribution_period_or_loaded_late_do_not_count(warehouse):
     add_customer(warehouse, "t0", "treatment", "inactive")
     add_customer(warehouse, "t1", "treatment", "inactive")
@@ -121,7 +220,7 @@ def test_orders_after_the_attribution_period_or_loaded_late_do_not_count(warehou
 
 def test_measuring_again_later_gives_the_same_numbers(warehouse):
     for i in range(6):
-        add_customer(warehouse, f"t{i}", "treatment", "inactive", stage_at_end="reactivated")
+        add_customer(warehouse, f"t{i}", "treatment", "inactive", stage_at_end="active")
     for i in range(3):
         add_customer(warehouse, f"h{i}", "holdout", "lost")
     add_order(warehouse, "t1", START + timedelta(days=2))

@@ -27,6 +27,8 @@ class RunSummary:
     ledger: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     # Windows whose attribution period ended on the run date, overall figures.
     measured_windows: list[dict] = field(default_factory=list)
+    # The program against the global control group, for the same windows.
+    global_control_windows: list[dict] = field(default_factory=list)
 
 
 def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
@@ -74,18 +76,18 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
             " where l.run_date = %s group by 1, 2, 3, 4 order by 1, 2, 3, 4",
             (run_date,),
         ).fetchall()
-    if db.relation_exists(conn, "winback.campaign_results"):
-        with conn.cursor(row_factory=dict_row) as cur:
-            summary.measured_windows = cur.execute(
-                "select campaign_id, window_start, window_end, treatment_customers,"
-                " treatment_reactivated, holdout_customers, holdout_reactivated,"
-                " absolute_uplift, absolute_uplift_low, absolute_uplift_high"
-                " from winback.campaign_results"
-                " where breakdown = 'overall'"
-                "   and window_end + attribution_days = %s"
-                " order by campaign_id, window_start",
-                (run_date,),
-            ).fetchall()
+    for table, target in (
+        ("winback.campaign_results", summary.measured_windows),
+        ("winback.global_control_results", summary.global_control_windows),
+    ):
+        if db.relation_exists(conn, table):
+            with conn.cursor(row_factory=dict_row) as cur:
+                target += cur.execute(
+                    f"select * from {table} where breakdown = 'overall'"
+                    "   and window_end + attribution_days = %s"
+                    " order by campaign_id, window_start",
+                    (run_date,),
+                ).fetchall()
     return summary
 
 
@@ -93,7 +95,55 @@ def _rate(reactivated: int, customers: int) -> str:
     return f"{reactivated:,}/{customers:,} ({reactivated / customers:.1%})" if customers else "0/0"
 
 
-def render(summary: RunSummary) -> str:
+GLOBAL_CONTROL = "global control"
+
+
+def _money(value) -> str:
+    return f"{float(value):+,.2f}"
+
+
+def _measured_lines(w: dict, treated: str, held: str, truth: dict | None) -> list[str]:
+    """One measured window: rates, rate uplift and revenue uplift with intervals, and the
+    simulator's true values beside them when the run is a simulation."""
+    name = w["campaign_id"] if treated == "treatment" else "all campaigns"
+    lines = [
+        f"  {name} {w['window_start']}..{w['window_end']}: "
+        f"{treated} {_rate(w['treatment_reactivated'], w['treatment_customers'])}, "
+        f"{held} {_rate(w['holdout_reactivated'], w['holdout_customers'])}"
+    ]
+    if w["absolute_uplift"] is not None:
+        true_rate = f"  (true {truth['rate']:+.1%})" if truth else ""
+        lines.append(
+            f"      reactivation uplift {w['absolute_uplift']:+.1%} "
+            f"[{w['absolute_uplift_low']:+.1%}, {w['absolute_uplift_high']:+.1%}]{true_rate}"
+        )
+        true_revenue = f"  (true {_money(truth['revenue'])})" if truth else ""
+        lines.append(
+            f"      revenue per {treated} customer {_money(w['revenue_per_customer_uplift'])} "
+            f"[{_money(w['revenue_per_customer_uplift_low'])}, "
+            f"{_money(w['revenue_per_customer_uplift_high'])}]{true_revenue}; "
+            f"net of incentives {_money(w['net_value_per_customer'])}"
+        )
+    else:
+        empty = held if w["treatment_customers"] else treated
+        lines.append(f"      uplift not measurable: the {empty} group is empty")
+    if w.get("holdout_customers_needed"):
+        lines.append(
+            f"      too small to show the planned uplift: about"
+            f" {w['holdout_customers_needed']:,} more {held} customers needed"
+        )
+    elif w.get("audience_customers_needed"):
+        lines.append(
+            f"      too small to show the planned uplift with any {held} share: about"
+            f" {w['audience_customers_needed']:,} more customers needed in all"
+        )
+    return lines
+
+
+def render(summary: RunSummary, truths: dict[str, dict] | None = None) -> str:
+    """The summary as text; `truths` (a simulation's) maps a campaign id, or
+    GLOBAL_CONTROL, to its true {"rate": uplift, "revenue": per customer}."""
+    truths = truths or {}
     lines = [f"winback daily run for {summary.run_date}", ""]
     read = sum(v[0] for v in summary.loaded.values())
     loaded = sum(v[1] for v in summary.loaded.values())
@@ -136,17 +186,19 @@ def render(summary: RunSummary) -> str:
         for c, ch, mode, status, n in summary.ledger
     ] or ["  (nothing to send)"]
     if summary.measured_windows:
-        lines += ["", "Campaign windows measured today (inactive at the start, bought again):"]
+        lines += [
+            "",
+            "Campaign windows measured today (everyone the campaign targeted, treatment against"
+            " holdout; reactivated = bought again by the window end + attribution):",
+        ]
         for w in summary.measured_windows:
-            uplift = (
-                f"uplift {w['absolute_uplift']:+.1%} "
-                f"[{w['absolute_uplift_low']:+.1%}, {w['absolute_uplift_high']:+.1%}]"
-                if w["absolute_uplift"] is not None
-                else "uplift not measurable (an empty group)"
-            )
-            lines.append(
-                f"  {w['campaign_id']} {w['window_start']}..{w['window_end']}: "
-                f"treatment {_rate(w['treatment_reactivated'], w['treatment_customers'])}, "
-                f"holdout {_rate(w['holdout_reactivated'], w['holdout_customers'])}, {uplift}"
-            )
+            lines += _measured_lines(w, "treatment", "holdout", truths.get(w["campaign_id"]))
+    if summary.global_control_windows:
+        lines += [
+            "",
+            "Program against the global control group (everyone who entered any campaign;"
+            " the control receives no winback message at all):",
+        ]
+        for w in summary.global_control_windows:
+            lines += _measured_lines(w, "program", "control", truths.get(GLOBAL_CONTROL))
     return "\n".join(lines)

@@ -57,13 +57,7 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
             )
         attribution_days = results[0]["attribution_days"]
         measured_on = end + timedelta(days=attribution_days)
-        params = {
-            "campaign": campaign_id,
-            "start": start,
-            "end": end,
-            "measured_on": measured_on,
-            "inactive": list(measurement.INACTIVE_STAGES),
-        }
+        params = measurement.cohort_params(campaign_id, start, end, measured_on)
         with conn.transaction():
             cur.execute("drop table if exists cohort")
             cur.execute(measurement.cohort_sql(conn), params)
