@@ -310,3 +310,48 @@ def test_the_interval_covers_the_simulated_truth(conn):
     assert mean == pytest.approx(0.04, abs=0.01)
     null = measurement_validation.coverage(conn, range(100, 120), customers=2000, uplift=0.0)
     assert sum(r.excludes_zero for r in null) <= 3
+
+
+def test_the_program_is_measured_against_the_global_control(warehouse):
+    from winback import summary
+    from winback.measurement import global_control
+
+    for campaign in ("we_miss_you", "sms_reactivation"):
+        for i in range(8):
+            add_customer(warehouse, f"{campaign}-t{i}", "treatment", "inactive", campaign=campaign)
+        for i in range(2):
+            add_customer(warehouse, f"{campaign}-h{i}", "holdout", "at_risk", campaign=campaign)
+        for i in range(5):
+            add_customer(
+                warehouse, f"{campaign}-g{i}", "global_control", "inactive", campaign=campaign
+            )
+    # A customer in two campaigns' audiences in the window counts once, from the first.
+    warehouse.execute(
+        "insert into winback.campaign_audiences (run_date, campaign_id, customer_id, channel,"
+        " assigned_group, lifecycle_stage) values (%s, 'later_one', 'we_miss_you-t0', 'sms',"
+        " 'treatment', 'active')",
+        (START + timedelta(days=3),),
+    )
+    for cid in ("we_miss_you-t0", "we_miss_you-t1", "sms_reactivation-h0", "we_miss_you-g0"):
+        add_order(warehouse, cid, START + timedelta(days=6), total=40.0)
+    warehouse.commit()
+    campaign_row = measurement.measure_window(warehouse, "we_miss_you", START, END)[0]
+    assert campaign_row.treatment.customers == 8  # the control is in neither campaign group
+    results = global_control.measure_program_window(warehouse, START, END, 14)
+    by = {(r.breakdown, r.breakdown_value): r for r in results}
+    overall = by[("overall", "all")]
+    assert (overall.treatment.customers, overall.treatment.reactivated) == (20, 3)
+    assert (overall.holdout.customers, overall.holdout.reactivated) == (10, 1)
+    assert overall.result.absolute == pytest.approx(3 / 20 - 1 / 10)
+    assert overall.revenue.difference == pytest.approx(120 / 20 - 40 / 10)
+    assert by[("stage_at_entry", "at_risk")].holdout.customers == 0  # only the program's
+    stored = global_control.load(warehouse, START, END)
+    assert stored[0]["treatment_customers"] == 20 and stored[0]["campaign_id"] == "all campaigns"
+    warehouse.commit()
+    text = summary.render(
+        summary.collect(warehouse, END + timedelta(days=14)),
+        truths={summary.GLOBAL_CONTROL: {"rate": 0.04, "revenue": 1.5}},
+    )
+    assert "Program against the global control group" in text
+    assert "program 3/20 (15.0%), control 1/10 (10.0%)" in text
+    assert "(true +4.0%)" in text and "(true +1.50)" in text

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from winback import config
 from winback.campaigns import journeys
 from winback.campaigns.campaign_files import Campaign
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
@@ -46,7 +47,8 @@ create table if not exists winback.campaign_audiences (
     campaign_id text not null,
     customer_id text not null,
     channel text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
+    assigned_group text not null
+        check (assigned_group in ('treatment', 'holdout', 'global_control')),
     rfm_segment text,
     lifecycle_stage text,
     built_at timestamptz not null default now(),
@@ -82,6 +84,49 @@ create table if not exists winback.outbox (
 comment on table winback.outbox is
     'Messages to send; one row per (campaign, step, customer, channel), ever.';
 """
+
+# The global control group (issue 17): a stable share of all customers who receive no
+# winback message at all. They go through every campaign like anyone else (audience,
+# eligibility, priority, journey clock) with the group 'global_control', which is held out
+# like a campaign holdout, so the program can be measured against them.
+GLOBAL_CONTROL_DDL = """
+create table if not exists winback.global_control (
+    customer_id text primary key,
+    stratum text not null,
+    is_control boolean not null,
+    assigned_on date not null,
+    share double precision not null
+);
+comment on table winback.global_control is
+    'Every customer''s global-control assignment, made once (stable hash, balanced within '
+    'each RFM segment) and never moved: the control receives no winback message at all.';
+do $$
+begin
+    if exists (
+        select 1 from pg_constraint
+        where conname = 'journey_state_assigned_group_check'
+          and pg_get_constraintdef(oid) not like '%global_control%'
+    ) then
+        alter table winback.journey_state drop constraint journey_state_assigned_group_check;
+        alter table winback.journey_state add constraint journey_state_assigned_group_check
+            check (assigned_group in ('treatment', 'holdout', 'global_control'));
+    end if;
+    if exists (
+        select 1 from pg_constraint
+        where conname = 'campaign_audiences_assigned_group_check'
+          and pg_get_constraintdef(oid) not like '%global_control%'
+    ) then
+        alter table winback.campaign_audiences
+            drop constraint campaign_audiences_assigned_group_check;
+        alter table winback.campaign_audiences
+            add constraint campaign_audiences_assigned_group_check
+            check (assigned_group in ('treatment', 'holdout', 'global_control'));
+    end if;
+end $$;
+"""
+# Hashed with the customer id as a campaign id is; no campaign id has a colon.
+GLOBAL_CONTROL_KEY = "winback:global_control"
+GLOBAL_CONTROL_STRATUM = "rfm_segment"
 
 
 @dataclass(frozen=True)
@@ -150,6 +195,52 @@ def ensure_app_schema(conn: psycopg.Connection) -> None:
     conn.execute(APP_SCHEMA_DDL)
     conn.execute(journeys.JOURNEY_DDL)
     conn.execute(journeys.OUTBOX_COLUMNS_DDL)
+    conn.execute(GLOBAL_CONTROL_DDL)
+
+
+def assign_global_control(cur, run_date: date, share: float) -> int:
+    """Assign every customer not yet assigned to the global control group or not.
+
+    As campaign holdouts are: within each stratum (RFM segment when first seen), new
+    customers in hash order fill the control up to `share` of everyone ever assigned in
+    that stratum, so shares are exact even for small strata; stored once, never moved.
+    Returns how many customers were assigned.
+    """
+    cur.execute(
+        sql.SQL(
+            """
+            with newcomers as (
+                select f.customer_id,
+                       coalesce(f.{stratum}::text, 'unknown') as stratum,
+                       md5(%(key)s || ':' || f.customer_id) as assignment_hash
+                from {features} f
+                where not exists (
+                    select 1 from winback.global_control g where g.customer_id = f.customer_id)
+            ),
+            earlier as (
+                select stratum, count(*) as total, count(*) filter (where is_control) as held
+                from winback.global_control group by stratum
+            ),
+            ranked as (
+                select n.*,
+                       row_number() over (partition by n.stratum
+                                          order by n.assignment_hash, n.customer_id) as place,
+                       count(*) over (partition by n.stratum) as entering,
+                       coalesce(p.total, 0) as total,
+                       coalesce(p.held, 0) as held
+                from newcomers n left join earlier p using (stratum)
+            )
+            insert into winback.global_control
+                (customer_id, stratum, is_control, assigned_on, share)
+            select customer_id, stratum,
+                   place <= round(%(share)s * (total + entering)) - held,
+                   %(run_date)s, %(share)s
+            from ranked
+            """
+        ).format(stratum=sql.Identifier(GLOBAL_CONTROL_STRATUM), features=sql.SQL(FEATURES)),
+        {"key": GLOBAL_CONTROL_KEY, "share": share, "run_date": run_date},
+    )
+    return cur.rowcount
 
 
 def audience_sql(campaign: Campaign) -> tuple[sql.Composable, dict]:
@@ -250,18 +341,23 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
     cur.execute(
         sql.SQL(
             """
-            with entrants as (
+            with newcomers as (
                 select c.customer_id, {stratum} as stratum,
-                       md5(%(campaign)s || ':' || c.customer_id) as assignment_hash
+                       md5(%(campaign)s || ':' || c.customer_id) as assignment_hash,
+                       coalesce(g.is_control, false) as is_global_control
                 from candidates c
+                left join winback.global_control g on g.customer_id = c.customer_id
                 where not exists (
                     select 1 from winback.journey_state j
                     where j.campaign_id = %(campaign)s and j.customer_id = c.customer_id)
             ),
+            -- The campaign's holdout is drawn from the customers outside the global control.
+            entrants as (select * from newcomers where not is_global_control),
             earlier as (
                 select stratum, count(*) as total,
                        count(*) filter (where assigned_group = 'holdout') as held
-                from winback.journey_state where campaign_id = %(campaign)s
+                from winback.journey_state
+                where campaign_id = %(campaign)s and assigned_group <> 'global_control'
                 group by stratum
             ),
             ranked as (
@@ -280,6 +376,10 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
                         then 'holdout' else 'treatment' end,
                    stratum, %(run_date)s, %(run_date)s
             from ranked
+            union all
+            select %(campaign)s, customer_id, 'global_control', stratum, %(run_date)s,
+                   %(run_date)s
+            from newcomers where is_global_control
             returning customer_id
             """
         ).format(stratum=stratum),
@@ -367,6 +467,8 @@ def build_audiences(
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        assigned = assign_global_control(cur, run_date, config.global_control_share())
+        log.info("global control: %d customers assigned today", assigned)
         caps = journeys.CapLedger.load(cur, run_date, lookback)
         messages = journeys.MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:

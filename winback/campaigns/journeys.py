@@ -56,7 +56,8 @@ JOURNEY_DDL = """
 create table if not exists winback.journey_state (
     campaign_id text not null,
     customer_id text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
+    assigned_group text not null
+        check (assigned_group in ('treatment', 'holdout', 'global_control')),
     stratum text not null,
     entered_on date not null,
     next_step integer not null default 0,
@@ -692,7 +693,9 @@ def advance(
                 else:
                     counts.condition_met += 1
                     variant = choose_variant(campaign.id, step, customer_id)
-                    if journey["assigned_group"] == "holdout":
+                    # Only the treatment is ever sent anything: the holdout and the
+                    # global control are recorded as held out.
+                    if journey["assigned_group"] != "treatment":
                         counts.held_out += 1
                         record(customer_id, step.id, "held_out", variant)
                     else:

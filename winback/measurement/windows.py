@@ -106,6 +106,14 @@ alter table winback.campaign_results
     add column if not exists holdout_inactive_at_entry integer,
     add column if not exists holdout_customers_needed integer,
     add column if not exists audience_customers_needed integer;
+-- The program against the global control group (winback.measurement.global_control): the
+-- same columns, treatment_* for the program and holdout_* for the control. A column added
+-- to campaign_results above must be added here too.
+create table if not exists winback.global_control_results
+    (like winback.campaign_results including all);
+comment on table winback.global_control_results is
+    'Every campaign together against the global control group, per window: treatment_* '
+    'columns are the program (everyone outside the control), holdout_* the control.';
 """
 
 # Everyone who entered the audience in the window, once, with what they were at entry.
