@@ -300,16 +300,22 @@ def test_windows_close_once_their_attribution_period_has_passed():
     ]
 
 
-def test_the_interval_covers_the_simulated_truth(conn):
-    """A small version of bench/validate_uplift_coverage.py (which runs 100 seeds)."""
+def test_the_intervals_cover_the_simulated_truth(conn):
+    """A small version of bench/validate_uplift_coverage.py (which runs 100 seeds): every
+    example campaign and the global control, rate and revenue, against the exact truth."""
     from winback.simulation import measurement_validation
 
-    results = measurement_validation.coverage(conn, range(20), customers=2000, uplift=0.04)
-    assert sum(r.covers_truth for r in results) >= 17
-    mean = sum(r.measured_uplift for r in results) / len(results)
-    assert mean == pytest.approx(0.04, abs=0.01)
-    null = measurement_validation.coverage(conn, range(100, 120), customers=2000, uplift=0.0)
-    assert sum(r.excludes_zero for r in null) <= 3
+    estimates = measurement_validation.coverage(conn, range(3), customers=1000)
+    names = {e.name for e in estimates}
+    assert names == {*measurement_validation.example_holdout_shares(), "global control"}
+    assert len(estimates) == 3 * len(names) * 2
+    assert sum(e.covers_truth for e in estimates) >= 0.85 * len(estimates)
+    truth = sum(e.truth for e in estimates if e.metric == "rate") / (3 * len(names))
+    measured = sum(e.measured for e in estimates if e.metric == "rate") / (3 * len(names))
+    assert measured == pytest.approx(truth, abs=0.01)
+    null = measurement_validation.coverage(conn, range(100, 103), customers=1000, uplifts={})
+    assert all(e.truth == 0 for e in null)
+    assert sum(e.excludes_zero for e in null) <= 0.15 * len(null)
 
 
 def test_the_program_is_measured_against_the_global_control(warehouse):

@@ -215,6 +215,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
     from winback.simulation import demo, simulator
     from winback.warehouse import db
 
+    truths: dict[str, dict[str, float]] = {}
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
         folder = landing / args.date.isoformat()
@@ -237,10 +238,15 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
             targets = demo.audience_targets(conn, window_start)
         later = demo.add_campaign_responses(later, targets, window, settings)
         simulator.write_landing_files(later, landing / args.date.isoformat())
+        truths = demo.simulation_truths(frames["orders"], targets, windows, window, settings)
+        uplifts = ", ".join(
+            f"{c} +{settings.campaign_uplifts.get(c, settings.campaign_uplift):.0%}"
+            for c in sorted(set(targets["campaign_id"]))
+        )
         print(
-            f"      the window's {len(targets):,} targeted customers respond with a true uplift"
-            f" of {settings.campaign_uplift:.1%} over a baseline of"
-            f" {settings.baseline_reactivation:.1%}"
+            f"      the window's {len(targets):,} targeted customers respond over a baseline of"
+            f" {settings.baseline_reactivation:.1%} with each campaign's true uplift in"
+            f" comeback chance for the treated: {uplifts}; the global control gets none"
         )
     print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
     if not _run_daily_dag(args.date, "demo-airflow.log"):
@@ -252,7 +258,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member writes"
     )
     with db.connect() as conn:
-        print(summary.render(summary.collect(conn, args.date)))
+        print(summary.render(summary.collect(conn, args.date), truths))
         print("[5/5] campaign reports")
         for window in windows:
             data = report.load(conn, window.campaign_id, window.window_start, window.window_end)

@@ -7,12 +7,13 @@ window that closes on the demo date:
    daily DAG runs for that day: it loads it, builds the models and the audiences, and
    records what it would send.
 2. The simulator then makes the audience of that day respond: a treatment customer comes
-   back with a known uplift over an identical holdout customer
-   (`simulator.simulate_campaign_responses`).
+   back with their campaign's known uplift over an identical holdout or global-control
+   customer (`simulator.simulate_campaign_responses`), so each campaign's true uplift, and
+   the program's against the global control, are known (`simulation_truths`).
 3. `landing/<demo date>/` holds everything after the window start (new customers, orders,
    events) plus those responses. The DAG runs for the demo date: the window's attribution
    period ends that day, so it measures the window into `winback.campaign_results`, and
-   the measured uplift can be set against the true one.
+   the summary prints each measured uplift beside the true one.
 
 A row whose timestamps cannot be read goes with the first part, where the loader
 quarantines it; every row lands in exactly one part.
@@ -20,7 +21,7 @@ quarantines it; every row lands in exactly one part.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pandas as pd
 import psycopg
@@ -75,13 +76,41 @@ def split_at(
 
 
 def audience_targets(conn: psycopg.Connection, run_date: date) -> pd.DataFrame:
-    """Who entered a campaign on `run_date`, treatment and holdout, one row per customer."""
+    """Who entered a campaign on `run_date` (treatment, holdout and global control), one
+    row per customer, with the campaign."""
     rows = conn.execute(
-        "select distinct on (customer_id) customer_id, assigned_group "
+        "select distinct on (customer_id) customer_id, assigned_group, campaign_id "
         "from winback.campaign_audiences where run_date = %s order by customer_id, campaign_id",
         (run_date,),
     ).fetchall()
-    return pd.DataFrame(rows, columns=["customer_id", "group"])
+    return pd.DataFrame(rows, columns=["customer_id", "group", "campaign_id"])
+
+
+def simulation_truths(
+    orders: pd.DataFrame,
+    targets: pd.DataFrame,
+    windows: list[CampaignWindow],
+    window: CampaignWindow,
+    settings: simulator.SimulationConfig,
+) -> dict[str, dict[str, float]]:
+    """The true uplift, rate and revenue per customer, of each campaign measured today and
+    of the program against the global control (`simulator.true_uplifts`).
+
+    `orders` are the shop's own simulated orders: who bought anyway in a campaign's
+    measurement period is reactivated with or without it. Responses are drawn for
+    `window`, the one the demo simulates.
+    """
+    measured = {w.campaign_id: w for w in windows}
+    parts = []
+    for campaign_id, rows in targets.groupby("campaign_id"):
+        own = measured.get(campaign_id, window)
+        buyers = simulator.natural_buyers(
+            orders, own.window_start, own.window_end + timedelta(days=own.attribution_days)
+        )
+        parts.append(simulator.true_effects(rows, window.window_start, settings, buyers))
+    if not parts:
+        return {}
+    return simulator.true_uplifts(pd.concat(parts, ignore_index=True))
 
 
 def add_campaign_responses(
