@@ -267,6 +267,12 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
     warehouse.commit()
     measurement.measure_window(warehouse, "we_miss_you", START, END)
     data = report.load(warehouse, "we_miss_you", START, END)
+    assert data.program == []  # the global control panel says it was not measured
+    from winback.measurement import global_control
+
+    global_control.measure_program_window(warehouse, START, END, 14)
+    data = report.load(warehouse, "we_miss_you", START, END)
+    assert data.program[0]["campaign_id"] == "all campaigns"
     assert data.treatment_curve[-1] == pytest.approx(2 / 8)
     assert data.holdout_curve[-1] == pytest.approx(1 / 4)
     assert data.treatment_curve[3] == 0 and data.treatment_curve[4] == pytest.approx(1 / 8)
@@ -278,6 +284,11 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
     assert "data:image/png;base64," in html_path.read_text()
     text = report.render_text(data)
     assert "overall: all" in text and "2/8" in text.replace(" ", "")
+    assert "stage_at_entry: inactive" in text and "revenue/customer [95% CI]" in text
+    assert "all campaigns against the global control group" in text
+    page = html_path.read_text()
+    assert "stage_at_entry: inactive" in page and "revenue uplift per customer" in page
+    assert "All campaigns against the global control group" in page
 
 
 def test_a_window_that_was_not_measured_says_so(warehouse):

@@ -161,15 +161,19 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from winback.measurement import report
+    from winback.measurement import global_control, report
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
-        if args.measure:
+        if args.measure:  # as the winback_campaign_report DAG does: the campaign, the program
             measurement.measure_window(
                 conn, args.campaign, args.date_from, args.date_to, args.attribution_days
             )
+            global_control.measure_program_window(
+                conn, args.date_from, args.date_to, args.attribution_days
+            )
+            conn.commit()
         data = report.load(conn, args.campaign, args.date_from, args.date_to)
     print(report.render_text(data))
     if args.html:

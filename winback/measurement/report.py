@@ -1,10 +1,13 @@
 """A campaign window's report: an HTML page with charts, a PNG of the main chart, and text.
 
 The charts: cumulative reactivation over the window for treatment versus holdout, the
-uplift with its 95% interval (overall and per breakdown), and the funnel
-sent → delivered → opened → clicked → purchased. Numbers come from
-`winback.campaign_results` (run `measurement.measure_window` first); the curves and the
-funnel from the same cohort definition.
+reactivation uplift and the revenue uplift per targeted customer, each with its 95%
+interval (overall and per breakdown: channel, stage at entry, step, variant), the funnel
+sent → delivered → opened → clicked → purchased, and the global-control panel: every
+campaign together against the global control group over the same window. Numbers come
+from `winback.campaign_results` and `winback.global_control_results` (run
+`measurement.measure_window` and `global_control.measure_program_window` first); the
+curves and the funnel from the same cohort definition.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from winback import config
+from winback.measurement import global_control
 from winback.measurement import windows as measurement
 from winback.warehouse import db
 
@@ -37,6 +41,8 @@ class ReportData:
     treatment_curve: list[float]
     holdout_curve: list[float]
     funnel: dict[str, int]
+    # The program against the global control over the same window ([] if not measured).
+    program: list[dict] = field(default_factory=list)
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
@@ -101,6 +107,7 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
         curves["treatment"],
         curves["holdout"],
         funnel,
+        global_control.load(conn, start, end),
     )
 
 
@@ -150,15 +157,35 @@ def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, 
     }
 
 
+def _interval_panel(axis, rows: list[dict], column: str, scale: float, title: str) -> None:
+    """Point estimates with their 95% intervals, one row per breakdown value."""
+    given = bool(rows)
+    rows = [r for r in rows if r[column] is not None and r[f"{column}_low"] is not None]
+    labels = [f"{r['breakdown']}: {r['breakdown_value']}" for r in rows]
+    values = [scale * float(r[column]) for r in rows]
+    lows = [scale * (float(r[column]) - float(r[f"{column}_low"])) for r in rows]
+    highs = [scale * (float(r[f"{column}_high"]) - float(r[column])) for r in rows]
+    positions = list(range(len(rows)))[::-1]
+    axis.errorbar(values, positions, xerr=[lows, highs], fmt="o", color="#2ca02c", capsize=4)
+    axis.axvline(0, color="black", linewidth=1)
+    axis.set_yticks(positions, labels)
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="x")
+    if not rows:
+        reason = "not measurable: an empty group" if given else "not measured"
+        axis.text(0.5, 0.5, reason, transform=axis.transAxes, ha="center")
+
+
 def _figure(data: ReportData):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (curve_axis, uplift_axis, funnel_axis) = plt.subplots(
-        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [2.2, 1.4, 1.4]}
+    figure, axes = plt.subplots(
+        2, 3, figsize=(17, 9.6), gridspec_kw={"width_ratios": [2.2, 1.4, 1.4]}
     )
+    (curve_axis, uplift_axis, funnel_axis), (revenue_axis, program_axis, program_revenue) = axes
     curve_axis.step(
         data.curve_days,
         [100 * v for v in data.treatment_curve],
@@ -177,24 +204,38 @@ def _figure(data: ReportData):
     )
     curve_axis.axvline(data.window_end, color="grey", linestyle="--", linewidth=1)
     curve_axis.text(data.window_end, 0, " window end", color="grey", va="bottom")
-    curve_axis.set_title("Inactive customers reactivated (cumulative %)")
+    curve_axis.set_title("Targeted customers reactivated (cumulative %)")
     curve_axis.set_ylabel("% of group")
     curve_axis.legend(loc="upper left")
     curve_axis.grid(alpha=0.3)
     for label in curve_axis.get_xticklabels():
         label.set_rotation(30)
 
-    rows = [r for r in data.results if r["absolute_uplift"] is not None]
-    labels = [f"{r['breakdown']}: {r['breakdown_value']}" for r in rows]
-    values = [100 * r["absolute_uplift"] for r in rows]
-    lows = [100 * (r["absolute_uplift"] - r["absolute_uplift_low"]) for r in rows]
-    highs = [100 * (r["absolute_uplift_high"] - r["absolute_uplift"]) for r in rows]
-    positions = list(range(len(rows)))[::-1]
-    uplift_axis.errorbar(values, positions, xerr=[lows, highs], fmt="o", color="#2ca02c", capsize=4)
-    uplift_axis.axvline(0, color="black", linewidth=1)
-    uplift_axis.set_yticks(positions, labels)
-    uplift_axis.set_title("Uplift, percentage points (95% CI)")
-    uplift_axis.grid(alpha=0.3, axis="x")
+    _interval_panel(
+        uplift_axis, data.results, "absolute_uplift", 100, "Reactivation uplift, pp (95% CI)"
+    )
+    _interval_panel(
+        revenue_axis,
+        data.results,
+        "revenue_per_customer_uplift",
+        1,
+        "Revenue uplift per targeted customer, EUR (95% CI)",
+    )
+    program_rows = [r for r in data.program if r["breakdown"] in ("overall", "stage_at_entry")]
+    _interval_panel(
+        program_axis,
+        program_rows,
+        "absolute_uplift",
+        100,
+        "All campaigns vs global control:\nreactivation uplift, pp (95% CI)",
+    )
+    _interval_panel(
+        program_revenue,
+        program_rows,
+        "revenue_per_customer_uplift",
+        1,
+        "All campaigns vs global control:\nrevenue per customer, EUR (95% CI)",
+    )
 
     counts = [data.funnel[s] for s in FUNNEL_STEPS]
     funnel_axis.barh(list(FUNNEL_STEPS)[::-1], counts[::-1], color="#9467bd")
@@ -232,40 +273,82 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
-def _html(data: ReportData, image_base64: str) -> str:
-    headers = [
-        "breakdown",
-        "treatment",
-        "holdout",
-        "treatment rate",
-        "holdout rate",
-        "uplift (pp)",
-        "95% CI",
-        "incremental revenue",
-        "incentive cost",
-        "net value",
-    ]
+def _interval_text(row: dict, column: str, scale: float = 1, digits: int = 2) -> str:
+    low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+    if low is None or high is None:
+        return "–"
+    return f"{scale * float(low):+.{digits}f} to {scale * float(high):+.{digits}f}"
+
+
+def _value_text(value, scale: float = 1, digits: int = 2) -> str:
+    return "–" if value is None else f"{scale * float(value):+,.{digits}f}"
+
+
+def _advice(row: dict, held: str = "holdout") -> str:
+    """How many more customers a too-small group needs, or nothing."""
+    if row.get("holdout_customers_needed"):
+        return f"about {row['holdout_customers_needed']:,} more {held} customers needed"
+    if row.get("audience_customers_needed"):
+        return f"about {row['audience_customers_needed']:,} more customers needed in all"
+    return ""
+
+
+def _table_rows(results: list[dict], held: str) -> str:
     body = []
-    for r in data.results:
-        ci = (
-            f"{100 * r['absolute_uplift_low']:.2f} to {100 * r['absolute_uplift_high']:.2f}"
-            if r["absolute_uplift_low"] is not None
-            else "–"
-        )
+    for r in results:
         cells = [
             f"{r['breakdown']}: {r['breakdown_value']}",
             f"{r['treatment_reactivated']:,} / {r['treatment_customers']:,}",
             f"{r['holdout_reactivated']:,} / {r['holdout_customers']:,}",
             _percent(r["treatment_rate"]),
             _percent(r["holdout_rate"]),
-            "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:.2f}",
-            ci,
+            _value_text(r["absolute_uplift"], 100),
+            _interval_text(r, "absolute_uplift", 100),
+            _value_text(r["revenue_per_customer_uplift"]),
+            _interval_text(r, "revenue_per_customer_uplift"),
             f"{float(r['incremental_revenue'] or 0):,.2f}",
             f"{float(r['incentive_cost'] or 0):,.2f}",
             f"{float(r['net_value'] or 0):,.2f}",
+            _interval_text(r, "net_value"),
+            _advice(r, held),
         ]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "".join(body)
+
+
+def _headers(treated: str, held: str) -> str:
+    headers = [
+        "breakdown",
+        treated,
+        held,
+        f"{treated} rate",
+        f"{held} rate",
+        "uplift (pp)",
+        "95% CI",
+        "revenue uplift per customer",
+        "95% CI",
+        "incremental revenue",
+        "incentive cost",
+        "net value",
+        "95% CI",
+        "sample size",
+    ]
+    return "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+
+
+def _html(data: ReportData, image_base64: str) -> str:
     title = html.escape(f"{data.campaign_id}: {data.window_start} to {data.window_end}")
+    measured_on = data.window_end + timedelta(days=data.attribution_days)
+    if data.program:
+        program = f"""<h2>All campaigns against the global control group</h2>
+<p>Everyone who entered any campaign in the window, counted once: the program (every customer
+outside the global control, campaign holdouts included) against the global control, which
+receives no winback message at all.</p>
+<table>{_headers("program", "control")}
+{_table_rows(data.program, "control")}
+</table>"""
+    else:
+        program = "<p>The program was not measured against the global control for this window.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>winback · {title}</title>
 <style>
@@ -276,16 +359,55 @@ td:first-child, th:first-child {{ text-align: left; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{title}</h1>
-<p>Customers inactive at the window start who entered the campaign; reactivated = a
-completed order by {data.window_end + timedelta(days=data.attribution_days)}
-({data.attribution_days} days of attribution). The holdout received nothing.</p>
-<img alt="reactivation curves, uplift and funnel" src="data:image/png;base64,{image_base64}">
-<table><tr>{"".join(f"<th>{h}</th>" for h in headers)}</tr>
-{"".join(body)}
+<p>Everyone the campaign targeted: the customers who entered its audience in the window,
+whatever their lifecycle stage (see the stage-at-entry rows); reactivated = a completed
+order from entry to {measured_on} ({data.attribution_days} days of attribution). The
+holdout received nothing. Rate intervals: Newcombe's hybrid score; revenue and net value
+intervals: Welch's (see docs/measurement.md).</p>
+<img alt="reactivation curves, uplift, revenue, funnel and global control"
+ src="data:image/png;base64,{image_base64}">
+<table>{_headers("treatment", "holdout")}
+{_table_rows(data.results, "holdout")}
 </table>
 <p>Funnel: {" → ".join(f"{k} {v:,}" for k, v in data.funnel.items())}</p>
+{program}
 </body></html>
 """
+
+
+def _text_rows(results: list[dict], held: str) -> list[str]:
+    lines = []
+    for r in results:
+        ci = (
+            f"{100 * r['absolute_uplift_low']:+.2f}..{100 * r['absolute_uplift_high']:+.2f}"
+            if r["absolute_uplift_low"] is not None
+            else "–"
+        )
+        uplift_pp = "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:+.2f}"
+        revenue = (
+            f"{float(r['revenue_per_customer_uplift']):+.2f}"
+            f" [{float(r['revenue_per_customer_uplift_low']):+.2f},"
+            f" {float(r['revenue_per_customer_uplift_high']):+.2f}]"
+            if r.get("revenue_per_customer_uplift") is not None
+            else "–"
+        )
+        lines.append(
+            f"{(r['breakdown'] + ': ' + r['breakdown_value'])[:25]:<26}"
+            f"{r['treatment_reactivated']:>6,}/{r['treatment_customers']:<9,}"
+            f"{r['holdout_reactivated']:>5,}/{r['holdout_customers']:<8,}"
+            f"{uplift_pp:>11}{ci:>20}{revenue:>28}{float(r['net_value'] or 0):>13,.2f}"
+        )
+        advice = _advice(r, held)
+        if advice:
+            lines.append(f"{'':<26}too small to show the planned uplift: {advice}")
+    return lines
+
+
+def _text_header(treated: str, held: str) -> str:
+    return (
+        f"{'breakdown':<26}{treated:>16}{held:>14}{'uplift pp':>11}{'95% CI':>20}"
+        f"{'revenue/customer [95% CI]':>28}{'net value':>13}"
+    )
 
 
 def render_text(data: ReportData) -> str:
@@ -293,21 +415,16 @@ def render_text(data: ReportData) -> str:
         f"{data.campaign_id}  {data.window_start} .. {data.window_end}"
         f"  (+{data.attribution_days} days attribution)",
         "",
-        f"{'breakdown':<26}{'treatment':>16}{'holdout':>14}{'uplift pp':>11}{'95% CI':>20}"
-        f"{'net value':>13}",
+        _text_header("treatment", "holdout"),
+        *_text_rows(data.results, "holdout"),
+        "",
+        "funnel: " + " → ".join(f"{k} {v:,}" for k, v in data.funnel.items()),
     ]
-    for r in data.results:
-        ci = (
-            f"{100 * r['absolute_uplift_low']:+.2f}..{100 * r['absolute_uplift_high']:+.2f}"
-            if r["absolute_uplift_low"] is not None
-            else "–"
-        )
-        uplift_pp = "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:+.2f}"
-        lines.append(
-            f"{(r['breakdown'] + ': ' + r['breakdown_value'])[:25]:<26}"
-            f"{r['treatment_reactivated']:>6,}/{r['treatment_customers']:<9,}"
-            f"{r['holdout_reactivated']:>5,}/{r['holdout_customers']:<8,}"
-            f"{uplift_pp:>11}{ci:>20}{float(r['net_value'] or 0):>13,.2f}"
-        )
-    lines += ["", "funnel: " + " → ".join(f"{k} {v:,}" for k, v in data.funnel.items())]
+    if data.program:
+        lines += [
+            "",
+            "all campaigns against the global control group (no winback message at all):",
+            _text_header("program", "control"),
+            *_text_rows(data.program, "control"),
+        ]
     return "\n".join(lines)
