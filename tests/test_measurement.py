@@ -372,3 +372,42 @@ def test_the_program_is_measured_against_the_global_control(warehouse):
     assert "Program against the global control group" in text
     assert "program 3/20 (15.0%), control 1/10 (10.0%)" in text
     assert "(true +4.0%)" in text and "(true +1.50)" in text
+
+
+def test_bad_arguments_are_refused_in_one_line_and_the_stored_result_is_kept(warehouse, capsys):
+    from winback import cli
+
+    add_customer(warehouse, "t0", "treatment", "inactive")
+    add_customer(warehouse, "h0", "holdout", "inactive")
+    add_order(warehouse, "t0", START + timedelta(days=2))
+    warehouse.commit()
+    window = ["--from", str(START), "--to", str(END)]
+    assert cli.main(["measure", "we_miss_you", *window]) == 0
+
+    def stored():
+        return warehouse.execute(
+            "select attribution_days, treatment_reactivated, computed_at"
+            " from winback.campaign_results where breakdown = 'overall'"
+        ).fetchall()
+
+    good = stored()
+    warehouse.rollback()  # end this connection's transaction: the CLI uses its own
+    capsys.readouterr()
+    for argv, reason in [
+        (["measure", "we_miss_you", *window, "--attribution-days", "-5"], "attribution days"),
+        (["report", "we_miss_you", *window, "--attribution-days", "-5", "--measure"],
+         "attribution days"),
+        (["measure", "we_miss_you", "--from", str(END), "--to", str(START)], "ends"),
+        (["measure", "no_such_campaign", *window], "no campaign 'no_such_campaign'"),
+        (["report", "no_such_campaign", *window], "no campaign"),
+    ]:  # fmt: skip
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err, err
+    assert stored() == good
+    warehouse.rollback()
+    with pytest.raises(ValueError, match="attribution days"):
+        measurement.measure_window(warehouse, "we_miss_you", START, END, -1)
+    # Another valid attribution period replaces the result, and says what it replaced.
+    assert cli.main(["measure", "we_miss_you", *window, "--attribution-days", "7"]) == 0
+    assert "measured with 14 days of attribution, by one with 7" in capsys.readouterr().err

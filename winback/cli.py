@@ -148,14 +148,37 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure_checked(conn, args: argparse.Namespace):
+    """Measure the window of `args`, or None after printing why its arguments are refused;
+    says so when the stored result it replaces had another attribution period."""
+    from winback.measurement import windows as measurement
+
+    window = (args.campaign, args.date_from, args.date_to)
+    try:
+        measurement.check_arguments(conn, *window, args.attribution_days)
+    except ValueError as refused:
+        print(f"winback {args.command}: {refused}", file=sys.stderr)
+        return None
+    before = measurement.stored_attribution_days(conn, "winback.campaign_results", *window)
+    results = measurement.measure_window(conn, *window, args.attribution_days)
+    if before is not None and before != args.attribution_days:
+        print(
+            f"replaced the stored result of {args.campaign} {args.date_from}..{args.date_to},"
+            f" measured with {before} days of attribution, by one with {args.attribution_days}",
+            file=sys.stderr,
+        )
+    conn.commit()
+    return results
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
-        results = measurement.measure_window(
-            conn, args.campaign, args.date_from, args.date_to, args.attribution_days
-        )
+        results = _measure_checked(conn, args)
+    if results is None:
+        return 2
     print(json.dumps(measurement.summary_dict(results), indent=2, default=str))
     return 0
 
@@ -167,14 +190,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with db.connect() as conn:
         if args.measure:  # as the winback_campaign_report DAG does: the campaign, the program
-            measurement.measure_window(
-                conn, args.campaign, args.date_from, args.date_to, args.attribution_days
-            )
+            if _measure_checked(conn, args) is None:
+                return 2
             global_control.measure_program_window(
                 conn, args.date_from, args.date_to, args.attribution_days
             )
             conn.commit()
-        data = report.load(conn, args.campaign, args.date_from, args.date_to)
+        try:
+            measurement.check_arguments(
+                conn, args.campaign, args.date_from, args.date_to, args.attribution_days
+            )
+            data = report.load(conn, args.campaign, args.date_from, args.date_to)
+        except (ValueError, LookupError) as refused:
+            print(f"winback report: {refused}", file=sys.stderr)
+            return 2
     print(report.render_text(data))
     if args.html:
         html_path, png_path = report.write(data, Path(args.html))

@@ -43,10 +43,9 @@ def measure_program_window(
     attribution_days: int = measurement.DEFAULT_ATTRIBUTION_DAYS,
 ) -> list[measurement.WindowResult]:
     """Measure the program against the global control for one window (replacing it)."""
-    if window_end < window_start:
-        raise ValueError(f"window end {window_end} is before its start {window_start}")
+    measurement.check_arguments(conn, None, window_start, window_end, attribution_days)
     measured_on = window_end + timedelta(days=attribution_days)
-    conn.execute(measurement.RESULTS_DDL)
+    measurement.ensure_results_schema(conn)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("drop table if exists cohort")
         cur.execute(
@@ -65,7 +64,7 @@ def measure_program_window(
 
 def load(conn: psycopg.Connection, window_start: date, window_end: date) -> list[dict]:
     """The stored rows of a window (overall first), or [] when it was not measured."""
-    conn.execute(measurement.RESULTS_DDL)
+    measurement.ensure_results_schema(conn)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             f"select * from {TABLE} where window_start = %s and window_end = %s"

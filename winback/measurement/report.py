@@ -48,7 +48,7 @@ class ReportData:
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
     from winback.delivery import sync
 
-    conn.execute(measurement.RESULTS_DDL)
+    measurement.ensure_results_schema(conn)
     sync.ensure_schema(conn)  # the funnel reads the send ledger and provider feedback
     with conn.cursor(row_factory=dict_row) as cur:
         results = cur.execute(

@@ -382,8 +382,23 @@ def breakdown_results(
 
 
 def store_results(cur, table: str, key: tuple, results: list[WindowResult]) -> None:
-    """Replace the window's stored rows in `table` by `results`."""
-    campaign_id, window_start, window_end = key[:3]
+    """Replace the window's stored rows in `table` by `results` (saying so in the log
+    when the stored ones had another attribution period)."""
+    campaign_id, window_start, window_end, attribution_days = key
+    before = cur.execute(
+        f"select max(attribution_days) as days from {table}"
+        " where campaign_id = %s and window_start = %s and window_end = %s",
+        (campaign_id, window_start, window_end),
+    ).fetchone()
+    if before and before["days"] is not None and before["days"] != attribution_days:
+        log.warning(
+            "%s %s..%s: replacing a result measured with %d days of attribution by one with %d",
+            campaign_id,
+            window_start,
+            window_end,
+            before["days"],
+            attribution_days,
+        )
     cur.execute(
         f"delete from {table} where campaign_id = %s and window_start = %s and window_end = %s",
         (campaign_id, window_start, window_end),
@@ -395,6 +410,72 @@ def store_results(cur, table: str, key: tuple, results: list[WindowResult]) -> N
         cur.execute(f"insert into {table} ({columns}) values ({placeholders})", row)
 
 
+MAX_ATTRIBUTION_DAYS = 365  # as the winback_campaign_report DAG's param
+
+
+def ensure_results_schema(conn: psycopg.Connection) -> None:
+    """Create or complete the results tables, and only then: an `alter table` takes an
+    exclusive lock, which would wait for (and block) every reader of the results."""
+    from winback.warehouse import db
+
+    complete = db.relation_exists(conn, "winback.global_control_results") and _has_column(
+        conn, "winback", "global_control_results", "audience_customers_needed"
+    )
+    if not complete:
+        conn.execute(RESULTS_DDL)
+
+
+def check_arguments(
+    conn: psycopg.Connection,
+    campaign_id: str | None,
+    window_start: date,
+    window_end: date,
+    attribution_days: int,
+) -> None:
+    """Refuse, in one line, a window that cannot be measured: the rules of the campaign
+    files and the report DAG's params (attribution from 0 to 365 days, a window that ends
+    on or after its start, a campaign that exists in the files or the audiences)."""
+    problems = []
+    if not 0 <= attribution_days <= MAX_ATTRIBUTION_DAYS:
+        problems.append(
+            f"attribution days must be 0 to {MAX_ATTRIBUTION_DAYS}, not {attribution_days}"
+        )
+    if window_end < window_start:
+        problems.append(f"the window ends ({window_end}) before it starts ({window_start})")
+    if campaign_id is not None and not _campaign_exists(conn, campaign_id):
+        problems.append(f"no campaign {campaign_id!r} in the campaign files or the audiences")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _campaign_exists(conn: psycopg.Connection, campaign_id: str) -> bool:
+    from winback.campaigns import campaign_files
+    from winback.warehouse import db
+
+    valid, _refused = campaign_files.load_valid_campaigns()
+    if any(c.id == campaign_id for c in valid):
+        return True
+    return db.relation_exists(conn, "winback.campaign_audiences") and bool(
+        conn.execute(
+            "select 1 from winback.campaign_audiences where campaign_id = %s limit 1",
+            (campaign_id,),
+        ).fetchone()
+    )
+
+
+def stored_attribution_days(
+    conn: psycopg.Connection, table: str, campaign_id: str, window_start: date, window_end: date
+) -> int | None:
+    """The attribution period of a window's stored result, or None when there is none."""
+    ensure_results_schema(conn)
+    row = conn.execute(
+        f"select max(attribution_days) from {table}"
+        " where campaign_id = %s and window_start = %s and window_end = %s",
+        (campaign_id, window_start, window_end),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def measure_window(
     conn: psycopg.Connection,
     campaign_id: str,
@@ -403,12 +484,14 @@ def measure_window(
     attribution_days: int = DEFAULT_ATTRIBUTION_DAYS,
     planning: Planning | None = None,
 ) -> list[WindowResult]:
-    """Measure one window and store it in `winback.campaign_results` (replacing it)."""
-    if window_end < window_start:
-        raise ValueError(f"window end {window_end} is before its start {window_start}")
+    """Measure one window and store it in `winback.campaign_results` (replacing it).
+
+    Bad arguments are refused before anything is replaced (`check_arguments`).
+    """
+    check_arguments(conn, campaign_id, window_start, window_end, attribution_days)
     planning = planning or Planning.of(campaign_id)
     measured_on = window_end + timedelta(days=attribution_days)
-    conn.execute(RESULTS_DDL)
+    ensure_results_schema(conn)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("drop table if exists cohort")
         cur.execute(
