@@ -276,19 +276,55 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
     assert data.treatment_curve[-1] == pytest.approx(2 / 8)
     assert data.holdout_curve[-1] == pytest.approx(1 / 4)
     assert data.treatment_curve[3] == 0 and data.treatment_curve[4] == pytest.approx(1 / 8)
+    # A dry run sent nothing: its intents are "would send", and the mode says so.
     assert data.funnel == {
-        "sent": 8, "delivered": 2, "opened": 1, "clicked": 1, "purchased": 2,
+        "would send": 8, "delivered": 2, "opened": 1, "clicked": 1, "purchased": 2,
     }  # fmt: skip
+    assert data.mode == "dry run: nothing was sent"
     html_path, png_path = report.write(data, tmp_path)
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in html_path.read_text()
     text = report.render_text(data)
+    assert "funnel: would send 8 → delivered 2" in text and "mode: dry run" in text
+    assert "sent 8" not in text.replace("would send 8", "")
     assert "overall: all" in text and "2/8" in text.replace(" ", "")
     assert "stage_at_entry: inactive" in text and "revenue/customer [95% CI]" in text
     assert "all campaigns against the global control group" in text
     page = html_path.read_text()
     assert "stage_at_entry: inactive" in page and "revenue uplift per customer" in page
     assert "All campaigns against the global control group" in page
+
+
+def test_a_live_window_counts_only_what_the_provider_acknowledged(warehouse):
+    from winback.measurement import report
+
+    for i in range(4):
+        add_customer(warehouse, f"t{i}", "treatment", "inactive")
+    add_customer(warehouse, "h0", "holdout", "inactive")
+    for status, customers in (("acknowledged", ("t0", "t1")), ("rejected", ("t2",)),
+                              ("unclear", ("t3",))):  # fmt: skip
+        warehouse.execute(
+            "insert into winback.send_ledger (idempotency_key, mode, status, provider, run_date)"
+            " select idempotency_key, 'live', %s, 'smtp', run_date from winback.outbox"
+            " where customer_id = any(%s)",
+            (status, list(customers)),
+        )
+    # Shop-side tracking is not a provider's delivery report: it does not count.
+    warehouse.execute(
+        "insert into raw.engagement_events (event_id, customer_id, channel, event_type,"
+        " occurred_at, campaign_id, _load_date, _source_file, _source_line)"
+        " values ('x1', 't2', 'email', 'delivered', %s, 'we_miss_you', %s, 'f', 1)",
+        (START, START),
+    )
+    warehouse.commit()
+    measurement.measure_window(warehouse, "we_miss_you", START, END)
+    data = report.load(warehouse, "we_miss_you", START, END)
+    assert data.mode == "live"
+    from winback import summary
+
+    assert summary.send_mode([("c", "email", "dry_run", "would_send", 3)]).startswith("dry run")
+    assert summary.send_mode([("c", "email", "live", "acknowledged", 3)]).startswith("live")
+    assert data.funnel["sent"] == 2 and data.funnel["delivered"] == 0
 
 
 def test_a_window_that_was_not_measured_says_so(warehouse):
@@ -369,9 +405,11 @@ def test_the_program_is_measured_against_the_global_control(warehouse):
         summary.collect(warehouse, END + timedelta(days=14)),
         truths={summary.GLOBAL_CONTROL: {"rate": 0.04, "revenue": 1.5}},
     )
+    assert "Send mode: nothing to send today" in text
     assert "Program against the global control group" in text
     assert "program 3/20 (15.0%), control 1/10 (10.0%)" in text
-    assert "(true +4.0%)" in text and "(true +1.50)" in text
+    assert "reactivation uplift +5.0 pp" in text
+    assert "(true +4.0 pp)" in text and "(true +1.50)" in text
 
 
 def test_bad_arguments_are_refused_in_one_line_and_the_stored_result_is_kept(warehouse, capsys):

@@ -98,6 +98,23 @@ def _rate(reactivated: int, customers: int) -> str:
 GLOBAL_CONTROL = "global control"
 
 
+def send_mode(ledger: list[tuple[str, str, str, str, int]]) -> str:
+    """The run's mode in words, from its ledger rows: a dry run's intents were not sent."""
+    modes = {mode for _c, _ch, mode, _s, n in ledger if n}
+    if modes == {"live"}:
+        return "live (sent: what the providers acknowledged)"
+    if modes == {"dry_run"}:
+        return "dry run: nothing was sent; would_send rows are intents"
+    if modes:
+        return "live and dry run"
+    return "nothing to send today"
+
+
+def _points(value) -> str:
+    """A difference of two rates, in percentage points."""
+    return f"{100 * float(value):+.1f} pp"
+
+
 def _money(value) -> str:
     return f"{float(value):+,.2f}"
 
@@ -112,10 +129,11 @@ def _measured_lines(w: dict, treated: str, held: str, truth: dict | None) -> lis
         f"{held} {_rate(w['holdout_reactivated'], w['holdout_customers'])}"
     ]
     if w["absolute_uplift"] is not None:
-        true_rate = f"  (true {truth['rate']:+.1%})" if truth else ""
+        true_rate = f"  (true {_points(truth['rate'])})" if truth else ""
         lines.append(
-            f"      reactivation uplift {w['absolute_uplift']:+.1%} "
-            f"[{w['absolute_uplift_low']:+.1%}, {w['absolute_uplift_high']:+.1%}]{true_rate}"
+            f"      reactivation uplift {_points(w['absolute_uplift'])} "
+            f"[{_points(w['absolute_uplift_low'])}, {_points(w['absolute_uplift_high'])}]"
+            f"{true_rate}"
         )
         true_revenue = f"  (true {_money(truth['revenue'])})" if truth else ""
         lines.append(
@@ -180,7 +198,8 @@ def render(summary: RunSummary, truths: dict[str, dict] | None = None) -> str:
         )
     if not summary.campaigns:
         lines.append("  (none)")
-    lines += ["", "Send ledger (live: acknowledged by the provider; dry run: would_send):"]
+    lines += ["", f"Send mode: {send_mode(summary.ledger)}"]
+    lines += ["Send ledger (live: acknowledged by the provider; dry run: would_send):"]
     lines += [
         f"  {c:<24} {ch:<7} {mode:<8} {status:<13} {n:>8,}"
         for c, ch, mode, status, n in summary.ledger

@@ -27,8 +27,6 @@ from winback.measurement import global_control
 from winback.measurement import windows as measurement
 from winback.warehouse import db
 
-FUNNEL_STEPS = ("sent", "delivered", "opened", "clicked", "purchased")
-
 
 @dataclass
 class ReportData:
@@ -43,6 +41,8 @@ class ReportData:
     funnel: dict[str, int]
     # The program against the global control over the same window ([] if not measured).
     program: list[dict] = field(default_factory=list)
+    # How the window's messages went out: live, a dry run (nothing sent), or nothing.
+    mode: str = "nothing sent"
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
@@ -84,7 +84,7 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
                     "select assigned_group, count(*) as n from cohort group by 1"
                 ).fetchall()
             )
-            funnel = _funnel(cur, campaign_id, start, measured_on)
+            mode, funnel = _funnel(cur, campaign_id, start, measured_on)
             cur.execute("drop table cohort")
     days = [start + timedelta(days=i) for i in range((measured_on - start).days + 1)]
     curves = {}
@@ -108,48 +108,62 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
         curves["holdout"],
         funnel,
         global_control.load(conn, start, end),
+        mode,
     )
 
 
-def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, int]:
-    sent = cur.execute(
-        "select count(distinct o.customer_id) as n from winback.outbox o"
-        " join cohort c using (customer_id)"
-        " join winback.send_ledger l on l.idempotency_key = o.idempotency_key"
-        " where o.campaign_id = %s and l.status in ('acknowledged', 'sent', 'would_send')",
-        (campaign_id,),
-    ).fetchone()["n"]
-    # Engagement comes from the providers' feedback (winback.message_events, per message of
-    # the window, whenever it arrived) and from the shop's own tracking
-    # (raw.engagement_events, within the window); a customer counts once.
-    provider_events = (
-        " union select m.event_type, m.customer_id from winback.message_events m"
-        " join winback.outbox o on o.idempotency_key = m.idempotency_key"
-        " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
-        " and o.run_date <= %(measured_on)s"
-        if db.relation_exists(cur.connection, "winback.message_events")
-        else ""
-    )
-    events = dict(
-        (r["event_type"], r["n"])
+def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> tuple[str, dict[str, int]]:
+    """(the run's mode, the treatment funnel).
+
+    Only what the providers acknowledged is "sent"; a dry run's intents are "would send",
+    never "sent". Delivered, opened and clicked count only the providers' own events
+    (`winback.message_events`), per message of the window whenever they arrived; a
+    customer counts once.
+    """
+    sends = {
+        r["mode"]: r["n"]
         for r in cur.execute(
-            "select events.event_type, count(distinct events.customer_id) as n from ("
-            " select case e.event_type when 'open' then 'opened' when 'click' then 'clicked'"
-            " else e.event_type end as event_type, e.customer_id"
-            " from raw.engagement_events e"
-            " where e.campaign_id = %(campaign)s and e.occurred_at >= %(start)s"
-            " and e.occurred_at < %(measured_on)s::date + 1"
-            f"{provider_events}"
-            ") events join cohort c on c.customer_id = events.customer_id"
-            " and c.assigned_group = 'treatment' group by 1",
-            {"campaign": campaign_id, "start": start, "measured_on": measured_on},
+            "select l.mode, count(distinct o.customer_id) as n from winback.outbox o"
+            " join cohort c using (customer_id)"
+            " join winback.send_ledger l on l.idempotency_key = o.idempotency_key"
+            " where o.campaign_id = %s and ((l.mode = 'live' and l.status = 'acknowledged')"
+            " or (l.mode = 'dry_run' and l.status = 'would_send')) group by 1",
+            (campaign_id,),
         ).fetchall()
-    )
+    }
+    if sends.get("live") and sends.get("dry_run"):
+        mode = "live (an earlier dry run also recorded intents)"
+    elif sends.get("live"):
+        mode = "live"
+    elif sends.get("dry_run"):
+        mode = "dry run: nothing was sent"
+    else:
+        mode = "nothing sent"
+    events = {}
+    if db.relation_exists(cur.connection, "winback.message_events"):
+        events = {
+            r["event_type"]: r["n"]
+            for r in cur.execute(
+                "select m.event_type, count(distinct m.customer_id) as n"
+                " from winback.message_events m"
+                " join winback.outbox o on o.idempotency_key = m.idempotency_key"
+                " join cohort c on c.customer_id = m.customer_id"
+                " and c.assigned_group = 'treatment'"
+                " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
+                " and o.run_date <= %(measured_on)s group by 1",
+                {"campaign": campaign_id, "start": start, "measured_on": measured_on},
+            ).fetchall()
+        }
     purchased = cur.execute(
         "select count(*) as n from cohort where assigned_group = 'treatment' and is_reactivated"
     ).fetchone()["n"]
-    return {
-        "sent": sent,
+    first = (
+        {"sent": sends.get("live", 0)}
+        if sends.get("live") or not sends.get("dry_run")
+        else {"would send": sends["dry_run"]}
+    )
+    return mode, {
+        **first,
         "delivered": events.get("delivered", 0),
         "opened": events.get("opened", 0),
         "clicked": events.get("clicked", 0),
@@ -237,11 +251,11 @@ def _figure(data: ReportData):
         "All campaigns vs global control:\nrevenue per customer, EUR (95% CI)",
     )
 
-    counts = [data.funnel[s] for s in FUNNEL_STEPS]
-    funnel_axis.barh(list(FUNNEL_STEPS)[::-1], counts[::-1], color="#9467bd")
+    steps, counts = list(data.funnel), list(data.funnel.values())
+    funnel_axis.barh(steps[::-1], counts[::-1], color="#9467bd")
     for y, count in enumerate(counts[::-1]):
         funnel_axis.text(count, y, f" {count:,}", va="center")
-    funnel_axis.set_title("Treatment funnel (customers)")
+    funnel_axis.set_title(f"Treatment funnel (customers), {data.mode}")
     figure.suptitle(
         f"{data.campaign_id}: {data.window_start} to {data.window_end} "
         f"(+{data.attribution_days} days attribution)"
@@ -369,7 +383,9 @@ intervals: Welch's (see docs/measurement.md).</p>
 <table>{_headers("treatment", "holdout")}
 {_table_rows(data.results, "holdout")}
 </table>
-<p>Funnel: {" → ".join(f"{k} {v:,}" for k, v in data.funnel.items())}</p>
+<p>Mode: {html.escape(data.mode)}. Funnel: {
+        html.escape(" → ".join(f"{k} {v:,}" for k, v in data.funnel.items()))
+    } (delivered, opened and clicked: the providers' own events).</p>
 {program}
 </body></html>
 """
@@ -418,6 +434,7 @@ def render_text(data: ReportData) -> str:
         _text_header("treatment", "holdout"),
         *_text_rows(data.results, "holdout"),
         "",
+        f"mode: {data.mode}",
         "funnel: " + " → ".join(f"{k} {v:,}" for k, v in data.funnel.items()),
     ]
     if data.program:
