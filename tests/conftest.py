@@ -205,8 +205,9 @@ def daily_dag_run(session_database, tmp_path_factory) -> DailyDagRun:
     with using_database(create_database("daily_dag")) as url:
         dbt_runner.write_manifest()
         airflow_env.migrate_metadata_db()
-        assert demo.play_campaign_window(
+        played = demo.play_campaign_window(
             settings, window, landing, run_daily, lambda: psycopg.connect(url)
         )
+        assert played is not None, "a day of the campaign window failed"
     log_path = logs / f"winback_daily_{day}.log"
     return DailyDagRun(day, landing, log_path, url, window)

@@ -186,6 +186,15 @@ def holdout(share: float, stratify_by: str = "rfm_segment") -> dict:
     return {"share": share, "stratify_by": stratify_by}
 
 
+@pytest.fixture(autouse=True)
+def without_global_control(monkeypatch):
+    """Campaign mechanics are counted here without the global control group, which
+    tests/test_global_control.py covers (test_journeys.py imports this fixture too)."""
+    from winback import config
+
+    monkeypatch.setenv(config.GLOBAL_CONTROL_SHARE_ENV, "0")
+
+
 @pytest.fixture
 def shop(conn):
     return Shop(conn)

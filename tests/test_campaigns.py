@@ -219,10 +219,10 @@ def test_a_template_that_shows_a_missing_value_fails_validation(tmp_path):
 
 
 def test_a_missing_value_never_prints_as_none_and_a_variant_falls_back(conn):
-    from winback.campaigns import journeys, personalization
+    from winback.campaigns import messages, personalization
 
     assert personalization.render("Hi {{ first_name }}!", {"first_name": None}) == "Hi !"
-    builder = journeys.MessageBuilder(conn, date(2026, 11, 20))
+    builder = messages.MessageBuilder(conn, date(2026, 11, 20))
     context = {"last_purchased_category": None, "first_name": "Ada"}
     variant = "Still thinking of {{ last_purchased_category }}?"
     step_text = "{{ first_name }}, we miss you"

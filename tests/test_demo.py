@@ -54,3 +54,26 @@ def test_responses_of_the_targets_are_added_to_the_later_part():
     responses = combined["orders"].tail(added)
     assert set(responses["customer_id"]) <= set(targets["customer_id"])
     assert len(combined["order_lines"]) - len(later["order_lines"]) == added
+
+
+def test_the_demo_knows_each_campaigns_true_uplift_and_the_global_controls():
+    frames = _shop()
+    first, _later = demo.split_at(frames, CUT)
+    ids = first["customers"]["customer_id"].head(600).reset_index(drop=True)
+    targets = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "campaign_id": ["we_miss_you", "sms_reactivation", "loyalty_points"] * 200,
+            "group": (["treatment"] * 8 + ["holdout", "global_control"]) * 60,
+        }
+    )
+    windows = [
+        measurement.CampaignWindow(c, CUT, date(2026, 11, 6), 14)
+        for c in ("we_miss_you", "sms_reactivation")
+    ]
+    settings = simulator.SimulationConfig(baseline_reactivation=0.05)
+    truths = demo.simulation_truths(frames["orders"], targets, windows, windows[0], settings)
+    assert set(truths) == {"we_miss_you", "sms_reactivation", "loyalty_points", "global control"}
+    # Larger true uplift in the simulator, larger truth (the same customers' draws).
+    assert 0 < truths["we_miss_you"]["rate"] < truths["sms_reactivation"]["rate"]
+    assert truths["sms_reactivation"]["revenue"] > 0

@@ -68,9 +68,9 @@ def test_the_window_closing_on_the_run_date_is_measured_against_its_holdout(dail
         ).fetchall()
     by_breakdown = {(r[0], r[1]): r[2:] for r in rows}
     treated, held, treated_back, held_back = by_breakdown[("overall", "all")]
-    # The cohort is who entered on the window's first day and was inactive then.
-    assert 0 < treated <= dict(entered)["treatment"]
-    assert 0 < held <= dict(entered)["holdout"]
+    # The cohort is everyone who entered on the window's first day, whatever their stage.
+    assert 0 < treated == dict(entered)["treatment"]
+    assert 0 < held == dict(entered)["holdout"]
     assert treated_back > 0, "the simulator's treatment customers came back"
     assert treated_back / treated > held_back / held
     assert ("channel", "email") in by_breakdown

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from test_audiences import Shop
+from test_audiences import Shop, without_global_control  # noqa: F401 (an autouse fixture)
 
 from winback import config
 from winback.campaigns import campaign_files as campaigns

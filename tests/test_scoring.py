@@ -258,6 +258,7 @@ def test_a_search_that_does_not_converge_keeps_the_previous_model(summary_table,
     settings = scoring.ScoringSettings(backtest_holdout_days=0)
     first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
     monkeypatch.setattr(bgnbd, "CONVERGED_GRADIENT", 0.0)  # no search can reach it
+    monkeypatch.setattr(bgnbd, "ACCEPTED_GRADIENT", 0.0)
     second = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
     assert not second.bgnbd.converged and "did not converge" in second.bgnbd.message
     assert second.is_stale and f"model {first.bgnbd.model_fit_id} kept" in second.stale_reason

@@ -124,6 +124,48 @@ def test_campaign_responses_carry_the_known_uplift():
     assert days.min() >= date(2026, 9, 1) and days.max() < date(2026, 10, 1)
 
 
+def test_each_campaign_has_its_own_true_uplift_and_the_truth_is_exact():
+    config = simulator.SimulationConfig(
+        seed=5, baseline_reactivation=0.05, campaign_uplifts={"a": 0.02, "b": 0.12}
+    )
+    n = 40000
+    targets = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "campaign_id": np.where(np.arange(n) // 10 % 2 == 0, "a", "b"),
+            "group": np.select(
+                [np.arange(n) % 10 == 1, np.arange(n) % 10 == 3],
+                ["holdout", "global_control"],
+                "treatment",
+            ),
+        }
+    )
+    start = date(2026, 9, 1)
+    orders = simulator.simulate_campaign_responses(targets, start, 30, config)["orders"]
+    back = targets["customer_id"].isin(set(orders["customer_id"]))
+    for campaign_id, uplift in (("a", 0.02), ("b", 0.12)):
+        mine = targets["campaign_id"] == campaign_id
+        treated = back[mine & (targets["group"] == "treatment")].mean()
+        held = back[mine & (targets["group"] != "treatment")].mean()
+        assert treated - held == pytest.approx(uplift, abs=0.012)
+    # The truth: who bought anyway is reactivated with or without the campaign.
+    natural = set(targets["customer_id"].iloc[::7])
+    effects = simulator.true_effects(targets, start, config, natural)
+    lifted = effects["revenue_effect"] > 0
+    assert not (effects["rate_effect"].astype(bool) & effects["customer_id"].isin(natural)).any()
+    # A treated customer lifted by the campaign is exactly one who came back.
+    treated = effects["group"] == "treatment"
+    assert back[treated & lifted].all()
+    assert not (back[~treated & lifted]).any()
+    truths = simulator.true_uplifts(effects)
+    assert truths["a"]["rate"] == pytest.approx(0.02 * 6 / 7, abs=0.006)
+    assert truths["b"]["rate"] == pytest.approx(0.12 * 6 / 7, abs=0.01)
+    assert truths["b"]["revenue"] == pytest.approx(0.12 * 65, rel=0.1)  # values 30 to 100
+    # The program: 8 of the 9 non-control entrants of each campaign are treated.
+    expected = (8 / 9) * effects["rate_effect"].mean()
+    assert truths["global control"]["rate"] == pytest.approx(expected)
+
+
 def test_write_shop_in_one_chunk_writes_what_simulate_shop_returns(tmp_path):
     settings = simulator.SimulationConfig(customers=600, seed=4, as_of=AS_OF, dirty_rate=0.01)
     rows = simulator.write_shop(settings, tmp_path, chunk_customers=1000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,24 @@ def test_the_required_share_actually_has_the_power():
         for _ in range(300)
     )
     assert 0.72 <= detected / 300 <= 0.9
+
+
+def test_sample_shortfall_uses_the_power_helper():
+    # Large enough: no advice.
+    assert uplift.sample_shortfall(4000, 1000, 0.05, 0.03) is None
+    # A tiny holdout: the holdout the audience needs, less the one it has.
+    short = uplift.sample_shortfall(3000, 20, 0.05, 0.03)
+    share = uplift.required_holdout_share(3020, 0.05, 0.03)
+    assert short.holdout == math.ceil(share * 3020) - 20 and short.audience is None
+    # Too small an audience for any split: the smallest audience an even split measures.
+    short = uplift.sample_shortfall(40, 10, 0.05, 0.03)
+    assert short.holdout is None
+    assert uplift.required_holdout_share(50 + short.audience, 0.05, 0.03) is not None
+    assert uplift.required_holdout_share(50 + short.audience - 1, 0.05, 0.03) is None
+
+
+def test_mean_difference_with_a_group_without_revenue_is_not_certain():
+    result = uplift.mean_difference([50.0, 0.0, 0.0, 0.0], [0.0] * 4)
+    assert result.difference == 12.5
+    assert result.interval.low < 0 < result.interval.high
+    assert uplift.mean_difference([0.0] * 3, [0.0] * 3).interval == uplift.Interval(0, 0)

@@ -187,29 +187,62 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure_checked(conn, args: argparse.Namespace):
+    """Measure the window of `args`, or None after printing why its arguments are refused;
+    says so when the stored result it replaces had another attribution period."""
+    from winback.measurement import windows as measurement
+
+    window = (args.campaign, args.date_from, args.date_to)
+    try:
+        measurement.check_arguments(conn, *window, args.attribution_days)
+    except ValueError as refused:
+        print(f"winback {args.command}: {refused}", file=sys.stderr)
+        return None
+    before = measurement.stored_attribution_days(conn, "winback.campaign_results", *window)
+    results = measurement.measure_window(conn, *window, args.attribution_days)
+    if before is not None and before != args.attribution_days:
+        print(
+            f"replaced the stored result of {args.campaign} {args.date_from}..{args.date_to},"
+            f" measured with {before} days of attribution, by one with {args.attribution_days}",
+            file=sys.stderr,
+        )
+    conn.commit()
+    return results
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
-        results = measurement.measure_window(
-            conn, args.campaign, args.date_from, args.date_to, args.attribution_days
-        )
+        results = _measure_checked(conn, args)
+    if results is None:
+        return 2
     print(json.dumps(measurement.summary_dict(results), indent=2, default=str))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from winback.measurement import report
+    from winback.measurement import global_control, report
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
-        if args.measure:
-            measurement.measure_window(
+        if args.measure:  # as the winback_campaign_report DAG does: the campaign, the program
+            if _measure_checked(conn, args) is None:
+                return 2
+            global_control.measure_program_window(
+                conn, args.date_from, args.date_to, args.attribution_days
+            )
+            conn.commit()
+        try:
+            measurement.check_arguments(
                 conn, args.campaign, args.date_from, args.date_to, args.attribution_days
             )
-        data = report.load(conn, args.campaign, args.date_from, args.date_to)
+            data = report.load(conn, args.campaign, args.date_from, args.date_to)
+        except (ValueError, LookupError) as refused:
+            print(f"winback report: {refused}", file=sys.stderr)
+            return 2
     print(report.render_text(data))
     if args.html:
         html_path, png_path = report.write(data, Path(args.html))
@@ -268,6 +301,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
     from winback.simulation import demo, simulator
     from winback.warehouse import db
 
+    truths: dict[str, dict[str, float]] = {}
     if window is None:
         print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
         folder = landing / args.date.isoformat()
@@ -286,8 +320,12 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
             _report_webhooks(providers)
             return True
 
-        if not demo.play_campaign_window(settings, window, landing, run_daily, db.connect, print):
+        played = demo.play_campaign_window(
+            settings, window, landing, run_daily, db.connect, print, windows
+        )
+        if played is None:
             return 1
+        truths = played
     print("[4/5] summary")
     stats = providers.stats()
     print(
@@ -295,7 +333,7 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member writes"
     )
     with db.connect() as conn:
-        print(summary.render(summary.collect(conn, args.date)))
+        print(summary.render(summary.collect(conn, args.date), truths))
         print("[5/5] campaign reports")
         for window in windows:
             data = report.load(conn, window.campaign_id, window.window_start, window.window_end)

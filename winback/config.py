@@ -107,3 +107,24 @@ def parse_duration(text: str, name: str = "duration") -> timedelta:
         raise ValueError(f"{name}: {text!r} is not a duration like 1h30m, 90m, 6h or 45s")
     seconds = {"h": 3600, "m": 60, "s": 1}
     return timedelta(seconds=sum(float(n) * seconds[u] for n, u in parts))
+
+
+# The global control group: this share of all customers receives no winback message at
+# all, so the program's total effect can be measured against it. Shares above a half would
+# leave the program the smaller group.
+GLOBAL_CONTROL_SHARE_ENV = "WINBACK_GLOBAL_CONTROL_SHARE"
+DEFAULT_GLOBAL_CONTROL_SHARE = 0.05
+
+
+def global_control_share() -> float:
+    """The configured global control share, checked: 0 (no control group) to 0.5."""
+    text = os.environ.get(GLOBAL_CONTROL_SHARE_ENV, "").strip()
+    if not text:
+        return DEFAULT_GLOBAL_CONTROL_SHARE
+    try:
+        share = float(text)
+    except ValueError:
+        raise ValueError(f"{GLOBAL_CONTROL_SHARE_ENV}={text!r} is not a number") from None
+    if not 0 <= share <= 0.5:
+        raise ValueError(f"{GLOBAL_CONTROL_SHARE_ENV}={text} must be between 0 and 0.5")
+    return share

@@ -240,6 +240,7 @@ def collect_feedback(ds: str) -> dict:
 def measure_closed_windows(ds: str) -> dict:
     """Measure every campaign window whose attribution period ended on this day."""
     from winback.campaigns import campaign_files as campaigns
+    from winback.measurement import global_control
     from winback.measurement import windows as measurement
 
     # An invalid campaign file stops its own sends, not the measurement of the others.
@@ -256,6 +257,12 @@ def measure_closed_windows(ds: str) -> dict:
                 window.attribution_days,
             )
             measured.append(measurement.summary_dict(results))
+        # The program against the global control, once per distinct window closing today.
+        for start, end, attribution_days in sorted(
+            {(w.window_start, w.window_end, w.attribution_days) for w in windows}
+        ):
+            results = global_control.measure_program_window(conn, start, end, attribution_days)
+            measured.append(measurement.summary_dict(results))
         conn.commit()
     return {"measured": measured}
 
@@ -263,13 +270,15 @@ def measure_closed_windows(ds: str) -> dict:
 def report_window(
     campaign_id: str, window_start: str, window_end: str, attribution_days: int
 ) -> dict:
-    """Measure one window and write its HTML report and PNG chart."""
-    from winback.measurement import report
+    """Measure one window (and the program against the global control over it) and write
+    its HTML report and PNG chart."""
+    from winback.measurement import global_control, report
     from winback.measurement import windows as measurement
 
     start, end = _day(window_start), _day(window_end)
     with db.connect() as conn:
         measurement.measure_window(conn, campaign_id, start, end, attribution_days)
+        global_control.measure_program_window(conn, start, end, attribution_days)
         conn.commit()
         data = report.load(conn, campaign_id, start, end)
     html_path, png_path = report.write(data)

@@ -39,6 +39,8 @@ class RunSummary:
     lifecycle_thresholds: list[tuple[str, int]] = field(default_factory=list)
     # (campaign, why it enrolled nobody today) for every campaign not active today.
     inactive_campaigns: list[tuple[str, str]] = field(default_factory=list)
+    # The program against the global control group, for the same windows.
+    global_control_windows: list[dict] = field(default_factory=list)
 
 
 def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
@@ -121,18 +123,18 @@ def collect(conn: psycopg.Connection, run_date: date) -> RunSummary:
             " where l.run_date = %s group by 1, 2, 3, 4 order by 1, 2, 3, 4",
             (run_date,),
         ).fetchall()
-    if db.relation_exists(conn, "winback.campaign_results"):
-        with conn.cursor(row_factory=dict_row) as cur:
-            summary.measured_windows = cur.execute(
-                "select campaign_id, window_start, window_end, treatment_customers,"
-                " treatment_reactivated, holdout_customers, holdout_reactivated,"
-                " absolute_uplift, absolute_uplift_low, absolute_uplift_high"
-                " from winback.campaign_results"
-                " where breakdown = 'overall'"
-                "   and window_end + attribution_days = %s"
-                " order by campaign_id, window_start",
-                (run_date,),
-            ).fetchall()
+    for table, target in (
+        ("winback.campaign_results", summary.measured_windows),
+        ("winback.global_control_results", summary.global_control_windows),
+    ):
+        if db.relation_exists(conn, table):
+            with conn.cursor(row_factory=dict_row) as cur:
+                target += cur.execute(
+                    f"select * from {table} where breakdown = 'overall'"
+                    "   and window_end + attribution_days = %s"
+                    " order by campaign_id, window_start",
+                    (run_date,),
+                ).fetchall()
     return summary
 
 
@@ -160,7 +162,73 @@ def _rate(reactivated: int, customers: int) -> str:
     return f"{reactivated:,}/{customers:,} ({reactivated / customers:.1%})" if customers else "0/0"
 
 
-def render(summary: RunSummary) -> str:
+GLOBAL_CONTROL = "global control"
+
+
+def send_mode(ledger: list[tuple[str, str, str, str, int]]) -> str:
+    """The run's mode in words, from its ledger rows: a dry run's intents were not sent."""
+    modes = {mode for _c, _ch, mode, _s, n in ledger if n}
+    if modes == {"live"}:
+        return "live (sent: what the providers acknowledged)"
+    if modes == {"dry_run"}:
+        return "dry run: nothing was sent; would_send rows are intents"
+    if modes:
+        return "live and dry run"
+    return "nothing to send today"
+
+
+def _points(value) -> str:
+    """A difference of two rates, in percentage points."""
+    return f"{100 * float(value):+.1f} pp"
+
+
+def _money(value) -> str:
+    return f"{float(value):+,.2f}"
+
+
+def _measured_lines(w: dict, treated: str, held: str, truth: dict | None) -> list[str]:
+    """One measured window: rates, rate uplift and revenue uplift with intervals, and the
+    simulator's true values beside them when the run is a simulation."""
+    name = w["campaign_id"] if treated == "treatment" else "all campaigns"
+    lines = [
+        f"  {name} {w['window_start']}..{w['window_end']}: "
+        f"{treated} {_rate(w['treatment_reactivated'], w['treatment_customers'])}, "
+        f"{held} {_rate(w['holdout_reactivated'], w['holdout_customers'])}"
+    ]
+    if w["absolute_uplift"] is not None:
+        true_rate = f"  (true {_points(truth['rate'])})" if truth else ""
+        lines.append(
+            f"      reactivation uplift {_points(w['absolute_uplift'])} "
+            f"[{_points(w['absolute_uplift_low'])}, {_points(w['absolute_uplift_high'])}]"
+            f"{true_rate}"
+        )
+        true_revenue = f"  (true {_money(truth['revenue'])})" if truth else ""
+        lines.append(
+            f"      revenue per {treated} customer {_money(w['revenue_per_customer_uplift'])} "
+            f"[{_money(w['revenue_per_customer_uplift_low'])}, "
+            f"{_money(w['revenue_per_customer_uplift_high'])}]{true_revenue}; "
+            f"net of incentives {_money(w['net_value_per_customer'])}"
+        )
+    else:
+        empty = held if w["treatment_customers"] else treated
+        lines.append(f"      uplift not measurable: the {empty} group is empty")
+    if w.get("holdout_customers_needed"):
+        lines.append(
+            f"      too small to show the planned uplift: about"
+            f" {w['holdout_customers_needed']:,} more {held} customers needed"
+        )
+    elif w.get("audience_customers_needed"):
+        lines.append(
+            f"      too small to show the planned uplift with any {held} share: about"
+            f" {w['audience_customers_needed']:,} more customers needed in all"
+        )
+    return lines
+
+
+def render(summary: RunSummary, truths: dict[str, dict] | None = None) -> str:
+    """The summary as text; `truths` (a simulation's) maps a campaign id, or
+    GLOBAL_CONTROL, to its true {"rate": uplift, "revenue": per customer}."""
+    truths = truths or {}
     lines = [f"winback daily run for {summary.run_date}", ""]
     read = sum(v[0] for v in summary.loaded.values())
     loaded = sum(v[1] for v in summary.loaded.values())
@@ -221,6 +289,7 @@ def render(summary: RunSummary) -> str:
         )
     if not summary.campaigns:
         lines.append("  (none)")
+    lines += ["", f"Send mode: {send_mode(summary.ledger)}"]
     active = len(summary.campaigns) - len(
         [c for c, why in summary.inactive_campaigns if not why.startswith("refused")]
     )
@@ -229,23 +298,25 @@ def render(summary: RunSummary) -> str:
         + ("; not active:" if summary.inactive_campaigns else "")
     )
     lines += [f"    {campaign}: {why}" for campaign, why in summary.inactive_campaigns]
-    lines += ["", "Send ledger (live: acknowledged by the provider; dry run: would_send):"]
+    lines += ["Send ledger (live: acknowledged by the provider; dry run: would_send):"]
     lines += [
         f"  {c:<24} {ch:<7} {mode:<8} {status:<13} {n:>8,}"
         for c, ch, mode, status, n in summary.ledger
     ] or ["  (nothing to send)"]
     if summary.measured_windows:
-        lines += ["", "Campaign windows measured today (inactive at the start, bought again):"]
+        lines += [
+            "",
+            "Campaign windows measured today (everyone the campaign targeted, treatment against"
+            " holdout; reactivated = bought again by the window end + attribution):",
+        ]
         for w in summary.measured_windows:
-            uplift = (
-                f"uplift {w['absolute_uplift']:+.1%} "
-                f"[{w['absolute_uplift_low']:+.1%}, {w['absolute_uplift_high']:+.1%}]"
-                if w["absolute_uplift"] is not None
-                else "uplift not measurable (an empty group)"
-            )
-            lines.append(
-                f"  {w['campaign_id']} {w['window_start']}..{w['window_end']}: "
-                f"treatment {_rate(w['treatment_reactivated'], w['treatment_customers'])}, "
-                f"holdout {_rate(w['holdout_reactivated'], w['holdout_customers'])}, {uplift}"
-            )
+            lines += _measured_lines(w, "treatment", "holdout", truths.get(w["campaign_id"]))
+    if summary.global_control_windows:
+        lines += [
+            "",
+            "Program against the global control group (everyone who entered any campaign;"
+            " the control receives no winback message at all):",
+        ]
+        for w in summary.global_control_windows:
+            lines += _measured_lines(w, "program", "control", truths.get(GLOBAL_CONTROL))
     return "\n".join(lines)

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from winback import config
 from winback.campaigns import assignment, journeys
 from winback.campaigns.campaign_files import Campaign
 from winback.campaigns.caps import CapLedger
@@ -40,6 +41,14 @@ from winback.warehouse import relations, tables
 log = logging.getLogger(__name__)
 
 FEATURES = relations.CUSTOMER_FEATURES
+
+# The global control group (issue 17): a stable share of all customers who receive no
+# winback message at all. They go through every campaign like anyone else (audience,
+# eligibility, priority, journey clock) with the group 'global_control', which is held out
+# like a campaign holdout, so the program can be measured against them.
+# Hashed with the customer id as a campaign id is; no campaign id has a colon.
+GLOBAL_CONTROL_KEY = "winback:global_control"
+GLOBAL_CONTROL_STRATUM = "rfm_segment"
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,56 @@ class AudienceResult:
     completed: int = 0
     scheduled_for_quiet_hours: int = 0
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def assign_global_control(cur, run_date: date, share: float) -> int:
+    """Assign every customer not yet assigned to the global control group or not.
+
+    As campaign holdouts are: within each stratum (RFM segment when first seen), new
+    customers in hash order fill the control up to `share` of everyone ever assigned in
+    that stratum, so shares are exact even for small strata; stored once, never moved.
+    Returns how many customers were assigned.
+    """
+    cur.execute(
+        sql.SQL(
+            """
+            with newcomers as (
+                select f.customer_id,
+                       coalesce(f.{stratum}::text, 'unknown') as stratum,
+                       {assignment_hash} as assignment_hash
+                from {features} f
+                where not exists (
+                    select 1 from winback.global_control g where g.customer_id = f.customer_id)
+            ),
+            earlier as (
+                select stratum, count(*) as total, count(*) filter (where is_control) as held
+                from winback.global_control group by stratum
+            ),
+            ranked as (
+                select n.*,
+                       row_number() over (partition by n.stratum
+                                          order by n.assignment_hash, n.customer_id) as place,
+                       count(*) over (partition by n.stratum) as entering,
+                       coalesce(p.total, 0) as total,
+                       coalesce(p.held, 0) as held
+                from newcomers n left join earlier p using (stratum)
+            )
+            insert into winback.global_control
+                (customer_id, stratum, is_control, assigned_on, share)
+            select customer_id, stratum,
+                   place <= round(%(share)s * (total + entering)) - held,
+                   %(run_date)s, %(share)s
+            from ranked
+            """
+        ).format(
+            stratum=sql.Identifier(GLOBAL_CONTROL_STRATUM),
+            features=sql.SQL(FEATURES),
+            # The one assignment hash (winback.campaigns.assignment), keyed like a campaign.
+            assignment_hash=assignment.hash_sql(sql.Placeholder("key"), sql.SQL("f.customer_id")),
+        ),
+        {"key": GLOBAL_CONTROL_KEY, "share": share, "run_date": run_date},
+    )
+    return cur.rowcount
 
 
 def audience_sql(campaign: Campaign) -> tuple[sql.Composable, dict]:
@@ -191,18 +250,23 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
     cur.execute(
         sql.SQL(
             """
-            with entrants as (
+            with newcomers as (
                 select c.customer_id, {stratum} as stratum,
-                       {assignment_hash} as assignment_hash
+                       {assignment_hash} as assignment_hash,
+                       coalesce(g.is_control, false) as is_global_control
                 from candidates c
+                left join winback.global_control g on g.customer_id = c.customer_id
                 where not exists (
                     select 1 from winback.journey_state j
                     where j.campaign_id = %(campaign)s and j.customer_id = c.customer_id)
             ),
+            -- The campaign's holdout is drawn from the customers outside the global control.
+            entrants as (select * from newcomers where not is_global_control),
             earlier as (
                 select stratum, count(*) as total,
                        count(*) filter (where assigned_group = 'holdout') as held
-                from winback.journey_state where campaign_id = %(campaign)s
+                from winback.journey_state
+                where campaign_id = %(campaign)s and assigned_group <> 'global_control'
                 group by stratum
             ),
             ranked as (
@@ -221,6 +285,10 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
                         then 'holdout' else 'treatment' end,
                    stratum, %(run_date)s, %(run_date)s
             from ranked
+            union all
+            select %(campaign)s, customer_id, 'global_control', stratum, %(run_date)s,
+                   %(run_date)s
+            from newcomers where is_global_control
             returning customer_id
             """
         ).format(
@@ -337,6 +405,8 @@ def build_audiences(
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
     lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        assigned = assign_global_control(cur, run_date, config.global_control_share())
+        log.info("global control: %d customers assigned today", assigned)
         caps = CapLedger.load(cur, run_date, lookback)
         messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:

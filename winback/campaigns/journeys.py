@@ -331,7 +331,9 @@ def advance(
                 else:
                     counts.condition_met += 1
                     variant = choose_variant(campaign.id, step, customer_id)
-                    if journey["assigned_group"] == "holdout":
+                    # Only the treatment is ever sent anything: the holdout and the
+                    # global control are recorded as held out.
+                    if journey["assigned_group"] != "treatment":
                         counts.held_out += 1
                         record(customer_id, step.id, "held_out", variant)
                     else:

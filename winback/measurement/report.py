@@ -1,10 +1,13 @@
 """A campaign window's report: an HTML page with charts, a PNG of the main chart, and text.
 
 The charts: cumulative reactivation over the window for treatment versus holdout, the
-uplift with its 95% interval (overall and per breakdown), and the funnel
-sent → delivered → opened → clicked → purchased. Numbers come from
-`winback.campaign_results` (run `measurement.measure_window` first); the curves and the
-funnel from the same cohort definition.
+reactivation uplift and the revenue uplift per targeted customer, each with its 95%
+interval (overall and per breakdown: channel, stage at entry, step, variant), the funnel
+sent → delivered → opened → clicked → purchased, and the global-control panel: every
+campaign together against the global control group over the same window. Numbers come
+from `winback.campaign_results` and `winback.global_control_results` (run
+`measurement.measure_window` and `global_control.measure_program_window` first); the
+curves and the funnel from the same cohort definition.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,10 +23,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from winback import config
+from winback.measurement import global_control
 from winback.measurement import windows as measurement
 from winback.warehouse import db, tables
-
-FUNNEL_STEPS = ("sent", "delivered", "opened", "clicked", "purchased")
 
 
 @dataclass
@@ -37,6 +39,10 @@ class ReportData:
     treatment_curve: list[float]
     holdout_curve: list[float]
     funnel: dict[str, int]
+    # The program against the global control over the same window ([] if not measured).
+    program: list[dict] = field(default_factory=list)
+    # How the window's messages went out: live, a dry run (nothing sent), or nothing.
+    mode: str = "nothing sent"
 
 
 def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> ReportData:
@@ -54,13 +60,7 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
             )
         attribution_days = results[0]["attribution_days"]
         measured_on = end + timedelta(days=attribution_days)
-        params = {
-            "campaign": campaign_id,
-            "start": start,
-            "end": end,
-            "measured_on": measured_on,
-            "inactive": list(measurement.INACTIVE_STAGES),
-        }
+        params = measurement.cohort_params(campaign_id, start, end, measured_on)
         with conn.transaction():
             cur.execute("drop table if exists cohort")
             cur.execute(measurement.cohort_sql(conn), params)
@@ -81,7 +81,7 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
                     "select assigned_group, count(*) as n from cohort group by 1"
                 ).fetchall()
             )
-            funnel = _funnel(cur, campaign_id, start, measured_on)
+            mode, funnel = _funnel(cur, campaign_id, start, measured_on)
             cur.execute("drop table cohort")
     days = [start + timedelta(days=i) for i in range((measured_on - start).days + 1)]
     curves = {}
@@ -104,53 +104,87 @@ def load(conn: psycopg.Connection, campaign_id: str, start: date, end: date) -> 
         curves["treatment"],
         curves["holdout"],
         funnel,
+        global_control.load(conn, start, end),
+        mode,
     )
 
 
-def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> dict[str, int]:
-    sent = cur.execute(
-        "select count(distinct o.customer_id) as n from winback.outbox o"
-        " join cohort c using (customer_id)"
-        " join winback.send_ledger l on l.idempotency_key = o.idempotency_key"
-        " where o.campaign_id = %s and l.status in ('acknowledged', 'sent', 'would_send')",
-        (campaign_id,),
-    ).fetchone()["n"]
-    # Engagement comes from the providers' feedback (winback.message_events, per message of
-    # the window, whenever it arrived) and from the shop's own tracking
-    # (raw.engagement_events, within the window); a customer counts once.
-    provider_events = (
-        " union select m.event_type, m.customer_id from winback.message_events m"
-        " join winback.outbox o on o.idempotency_key = m.idempotency_key"
-        " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
-        " and o.run_date <= %(measured_on)s"
-        if db.relation_exists(cur.connection, "winback.message_events")
-        else ""
-    )
-    events = dict(
-        (r["event_type"], r["n"])
+def _funnel(cur, campaign_id: str, start: date, measured_on: date) -> tuple[str, dict[str, int]]:
+    """(the run's mode, the treatment funnel).
+
+    Only what the providers acknowledged is "sent"; a dry run's intents are "would send",
+    never "sent". Delivered, opened and clicked count only the providers' own events
+    (`winback.message_events`), per message of the window whenever they arrived; a
+    customer counts once.
+    """
+    sends = {
+        r["mode"]: r["n"]
         for r in cur.execute(
-            "select events.event_type, count(distinct events.customer_id) as n from ("
-            " select case e.event_type when 'open' then 'opened' when 'click' then 'clicked'"
-            " else e.event_type end as event_type, e.customer_id"
-            " from raw.engagement_events e"
-            " where e.campaign_id = %(campaign)s and e.occurred_at >= %(start)s"
-            " and e.occurred_at < %(measured_on)s::date + 1"
-            f"{provider_events}"
-            ") events join cohort c on c.customer_id = events.customer_id"
-            " and c.assigned_group = 'treatment' group by 1",
-            {"campaign": campaign_id, "start": start, "measured_on": measured_on},
+            "select l.mode, count(distinct o.customer_id) as n from winback.outbox o"
+            " join cohort c using (customer_id)"
+            " join winback.send_ledger l on l.idempotency_key = o.idempotency_key"
+            " where o.campaign_id = %s and ((l.mode = 'live' and l.status = 'acknowledged')"
+            " or (l.mode = 'dry_run' and l.status = 'would_send')) group by 1",
+            (campaign_id,),
         ).fetchall()
-    )
+    }
+    if sends.get("live") and sends.get("dry_run"):
+        mode = "live (an earlier dry run also recorded intents)"
+    elif sends.get("live"):
+        mode = "live"
+    elif sends.get("dry_run"):
+        mode = "dry run: nothing was sent"
+    else:
+        mode = "nothing sent"
+    events = {}
+    if db.relation_exists(cur.connection, "winback.message_events"):
+        events = {
+            r["event_type"]: r["n"]
+            for r in cur.execute(
+                "select m.event_type, count(distinct m.customer_id) as n"
+                " from winback.message_events m"
+                " join winback.outbox o on o.idempotency_key = m.idempotency_key"
+                " join cohort c on c.customer_id = m.customer_id"
+                " and c.assigned_group = 'treatment'"
+                " where o.campaign_id = %(campaign)s and o.run_date >= %(start)s"
+                " and o.run_date <= %(measured_on)s group by 1",
+                {"campaign": campaign_id, "start": start, "measured_on": measured_on},
+            ).fetchall()
+        }
     purchased = cur.execute(
         "select count(*) as n from cohort where assigned_group = 'treatment' and is_reactivated"
     ).fetchone()["n"]
-    return {
-        "sent": sent,
+    first = (
+        {"sent": sends.get("live", 0)}
+        if sends.get("live") or not sends.get("dry_run")
+        else {"would send": sends["dry_run"]}
+    )
+    return mode, {
+        **first,
         "delivered": events.get("delivered", 0),
         "opened": events.get("opened", 0),
         "clicked": events.get("clicked", 0),
         "purchased": purchased,
     }
+
+
+def _interval_panel(axis, rows: list[dict], column: str, scale: float, title: str) -> None:
+    """Point estimates with their 95% intervals, one row per breakdown value."""
+    given = bool(rows)
+    rows = [r for r in rows if r[column] is not None and r[f"{column}_low"] is not None]
+    labels = [f"{r['breakdown']}: {r['breakdown_value']}" for r in rows]
+    values = [scale * float(r[column]) for r in rows]
+    lows = [scale * (float(r[column]) - float(r[f"{column}_low"])) for r in rows]
+    highs = [scale * (float(r[f"{column}_high"]) - float(r[column])) for r in rows]
+    positions = list(range(len(rows)))[::-1]
+    axis.errorbar(values, positions, xerr=[lows, highs], fmt="o", color="#2ca02c", capsize=4)
+    axis.axvline(0, color="black", linewidth=1)
+    axis.set_yticks(positions, labels)
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="x")
+    if not rows:
+        reason = "not measurable: an empty group" if given else "not measured"
+        axis.text(0.5, 0.5, reason, transform=axis.transAxes, ha="center")
 
 
 def _figure(data: ReportData):
@@ -159,9 +193,10 @@ def _figure(data: ReportData):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (curve_axis, uplift_axis, funnel_axis) = plt.subplots(
-        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [2.2, 1.4, 1.4]}
+    figure, axes = plt.subplots(
+        2, 3, figsize=(17, 9.6), gridspec_kw={"width_ratios": [2.2, 1.4, 1.4]}
     )
+    (curve_axis, uplift_axis, funnel_axis), (revenue_axis, program_axis, program_revenue) = axes
     curve_axis.step(
         data.curve_days,
         [100 * v for v in data.treatment_curve],
@@ -180,30 +215,44 @@ def _figure(data: ReportData):
     )
     curve_axis.axvline(data.window_end, color="grey", linestyle="--", linewidth=1)
     curve_axis.text(data.window_end, 0, " window end", color="grey", va="bottom")
-    curve_axis.set_title("Inactive customers reactivated (cumulative %)")
+    curve_axis.set_title("Targeted customers reactivated (cumulative %)")
     curve_axis.set_ylabel("% of group")
     curve_axis.legend(loc="upper left")
     curve_axis.grid(alpha=0.3)
     for label in curve_axis.get_xticklabels():
         label.set_rotation(30)
 
-    rows = [r for r in data.results if r["absolute_uplift"] is not None]
-    labels = [f"{r['breakdown']}: {r['breakdown_value']}" for r in rows]
-    values = [100 * r["absolute_uplift"] for r in rows]
-    lows = [100 * (r["absolute_uplift"] - r["absolute_uplift_low"]) for r in rows]
-    highs = [100 * (r["absolute_uplift_high"] - r["absolute_uplift"]) for r in rows]
-    positions = list(range(len(rows)))[::-1]
-    uplift_axis.errorbar(values, positions, xerr=[lows, highs], fmt="o", color="#2ca02c", capsize=4)
-    uplift_axis.axvline(0, color="black", linewidth=1)
-    uplift_axis.set_yticks(positions, labels)
-    uplift_axis.set_title("Uplift, percentage points (95% CI)")
-    uplift_axis.grid(alpha=0.3, axis="x")
+    _interval_panel(
+        uplift_axis, data.results, "absolute_uplift", 100, "Reactivation uplift, pp (95% CI)"
+    )
+    _interval_panel(
+        revenue_axis,
+        data.results,
+        "revenue_per_customer_uplift",
+        1,
+        "Revenue uplift per targeted customer, EUR (95% CI)",
+    )
+    program_rows = [r for r in data.program if r["breakdown"] in ("overall", "stage_at_entry")]
+    _interval_panel(
+        program_axis,
+        program_rows,
+        "absolute_uplift",
+        100,
+        "All campaigns vs global control:\nreactivation uplift, pp (95% CI)",
+    )
+    _interval_panel(
+        program_revenue,
+        program_rows,
+        "revenue_per_customer_uplift",
+        1,
+        "All campaigns vs global control:\nrevenue per customer, EUR (95% CI)",
+    )
 
-    counts = [data.funnel[s] for s in FUNNEL_STEPS]
-    funnel_axis.barh(list(FUNNEL_STEPS)[::-1], counts[::-1], color="#9467bd")
+    steps, counts = list(data.funnel), list(data.funnel.values())
+    funnel_axis.barh(steps[::-1], counts[::-1], color="#9467bd")
     for y, count in enumerate(counts[::-1]):
         funnel_axis.text(count, y, f" {count:,}", va="center")
-    funnel_axis.set_title("Treatment funnel (customers)")
+    funnel_axis.set_title(f"Treatment funnel (customers), {data.mode}")
     figure.suptitle(
         f"{data.campaign_id}: {data.window_start} to {data.window_end} "
         f"(+{data.attribution_days} days attribution)"
@@ -235,40 +284,82 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
-def _html(data: ReportData, image_base64: str) -> str:
-    headers = [
-        "breakdown",
-        "treatment",
-        "holdout",
-        "treatment rate",
-        "holdout rate",
-        "uplift (pp)",
-        "95% CI",
-        "incremental revenue",
-        "incentive cost",
-        "net value",
-    ]
+def _interval_text(row: dict, column: str, scale: float = 1, digits: int = 2) -> str:
+    low, high = row.get(f"{column}_low"), row.get(f"{column}_high")
+    if low is None or high is None:
+        return "–"
+    return f"{scale * float(low):+.{digits}f} to {scale * float(high):+.{digits}f}"
+
+
+def _value_text(value, scale: float = 1, digits: int = 2) -> str:
+    return "–" if value is None else f"{scale * float(value):+,.{digits}f}"
+
+
+def _advice(row: dict, held: str = "holdout") -> str:
+    """How many more customers a too-small group needs, or nothing."""
+    if row.get("holdout_customers_needed"):
+        return f"about {row['holdout_customers_needed']:,} more {held} customers needed"
+    if row.get("audience_customers_needed"):
+        return f"about {row['audience_customers_needed']:,} more customers needed in all"
+    return ""
+
+
+def _table_rows(results: list[dict], held: str) -> str:
     body = []
-    for r in data.results:
-        ci = (
-            f"{100 * r['absolute_uplift_low']:.2f} to {100 * r['absolute_uplift_high']:.2f}"
-            if r["absolute_uplift_low"] is not None
-            else "–"
-        )
+    for r in results:
         cells = [
             f"{r['breakdown']}: {r['breakdown_value']}",
             f"{r['treatment_reactivated']:,} / {r['treatment_customers']:,}",
             f"{r['holdout_reactivated']:,} / {r['holdout_customers']:,}",
             _percent(r["treatment_rate"]),
             _percent(r["holdout_rate"]),
-            "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:.2f}",
-            ci,
+            _value_text(r["absolute_uplift"], 100),
+            _interval_text(r, "absolute_uplift", 100),
+            _value_text(r["revenue_per_customer_uplift"]),
+            _interval_text(r, "revenue_per_customer_uplift"),
             f"{float(r['incremental_revenue'] or 0):,.2f}",
             f"{float(r['incentive_cost'] or 0):,.2f}",
             f"{float(r['net_value'] or 0):,.2f}",
+            _interval_text(r, "net_value"),
+            _advice(r, held),
         ]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "".join(body)
+
+
+def _headers(treated: str, held: str) -> str:
+    headers = [
+        "breakdown",
+        treated,
+        held,
+        f"{treated} rate",
+        f"{held} rate",
+        "uplift (pp)",
+        "95% CI",
+        "revenue uplift per customer",
+        "95% CI",
+        "incremental revenue",
+        "incentive cost",
+        "net value",
+        "95% CI",
+        "sample size",
+    ]
+    return "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+
+
+def _html(data: ReportData, image_base64: str) -> str:
     title = html.escape(f"{data.campaign_id}: {data.window_start} to {data.window_end}")
+    measured_on = data.window_end + timedelta(days=data.attribution_days)
+    if data.program:
+        program = f"""<h2>All campaigns against the global control group</h2>
+<p>Everyone who entered any campaign in the window, counted once: the program (every customer
+outside the global control, campaign holdouts included) against the global control, which
+receives no winback message at all.</p>
+<table>{_headers("program", "control")}
+{_table_rows(data.program, "control")}
+</table>"""
+    else:
+        program = "<p>The program was not measured against the global control for this window.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>winback · {title}</title>
 <style>
@@ -279,16 +370,57 @@ td:first-child, th:first-child {{ text-align: left; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{title}</h1>
-<p>Customers inactive at the window start who entered the campaign; reactivated = a
-completed order by {data.window_end + timedelta(days=data.attribution_days)}
-({data.attribution_days} days of attribution). The holdout received nothing.</p>
-<img alt="reactivation curves, uplift and funnel" src="data:image/png;base64,{image_base64}">
-<table><tr>{"".join(f"<th>{h}</th>" for h in headers)}</tr>
-{"".join(body)}
+<p>Everyone the campaign targeted: the customers who entered its audience in the window,
+whatever their lifecycle stage (see the stage-at-entry rows); reactivated = a completed
+order from entry to {measured_on} ({data.attribution_days} days of attribution). The
+holdout received nothing. Rate intervals: Newcombe's hybrid score; revenue and net value
+intervals: Welch's (see docs/measurement.md).</p>
+<img alt="reactivation curves, uplift, revenue, funnel and global control"
+ src="data:image/png;base64,{image_base64}">
+<table>{_headers("treatment", "holdout")}
+{_table_rows(data.results, "holdout")}
 </table>
-<p>Funnel: {" → ".join(f"{k} {v:,}" for k, v in data.funnel.items())}</p>
+<p>Mode: {html.escape(data.mode)}. Funnel: {
+        html.escape(" → ".join(f"{k} {v:,}" for k, v in data.funnel.items()))
+    } (delivered, opened and clicked: the providers' own events).</p>
+{program}
 </body></html>
 """
+
+
+def _text_rows(results: list[dict], held: str) -> list[str]:
+    lines = []
+    for r in results:
+        ci = (
+            f"{100 * r['absolute_uplift_low']:+.2f}..{100 * r['absolute_uplift_high']:+.2f}"
+            if r["absolute_uplift_low"] is not None
+            else "–"
+        )
+        uplift_pp = "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:+.2f}"
+        revenue = (
+            f"{float(r['revenue_per_customer_uplift']):+.2f}"
+            f" [{float(r['revenue_per_customer_uplift_low']):+.2f},"
+            f" {float(r['revenue_per_customer_uplift_high']):+.2f}]"
+            if r.get("revenue_per_customer_uplift") is not None
+            else "–"
+        )
+        lines.append(
+            f"{(r['breakdown'] + ': ' + r['breakdown_value'])[:25]:<26}"
+            f"{r['treatment_reactivated']:>6,}/{r['treatment_customers']:<9,}"
+            f"{r['holdout_reactivated']:>5,}/{r['holdout_customers']:<8,}"
+            f"{uplift_pp:>11}{ci:>20}{revenue:>28}{float(r['net_value'] or 0):>13,.2f}"
+        )
+        advice = _advice(r, held)
+        if advice:
+            lines.append(f"{'':<26}too small to show the planned uplift: {advice}")
+    return lines
+
+
+def _text_header(treated: str, held: str) -> str:
+    return (
+        f"{'breakdown':<26}{treated:>16}{held:>14}{'uplift pp':>11}{'95% CI':>20}"
+        f"{'revenue/customer [95% CI]':>28}{'net value':>13}"
+    )
 
 
 def render_text(data: ReportData) -> str:
@@ -296,21 +428,17 @@ def render_text(data: ReportData) -> str:
         f"{data.campaign_id}  {data.window_start} .. {data.window_end}"
         f"  (+{data.attribution_days} days attribution)",
         "",
-        f"{'breakdown':<26}{'treatment':>16}{'holdout':>14}{'uplift pp':>11}{'95% CI':>20}"
-        f"{'net value':>13}",
+        _text_header("treatment", "holdout"),
+        *_text_rows(data.results, "holdout"),
+        "",
+        f"mode: {data.mode}",
+        "funnel: " + " → ".join(f"{k} {v:,}" for k, v in data.funnel.items()),
     ]
-    for r in data.results:
-        ci = (
-            f"{100 * r['absolute_uplift_low']:+.2f}..{100 * r['absolute_uplift_high']:+.2f}"
-            if r["absolute_uplift_low"] is not None
-            else "–"
-        )
-        uplift_pp = "–" if r["absolute_uplift"] is None else f"{100 * r['absolute_uplift']:+.2f}"
-        lines.append(
-            f"{(r['breakdown'] + ': ' + r['breakdown_value'])[:25]:<26}"
-            f"{r['treatment_reactivated']:>6,}/{r['treatment_customers']:<9,}"
-            f"{r['holdout_reactivated']:>5,}/{r['holdout_customers']:<8,}"
-            f"{uplift_pp:>11}{ci:>20}{float(r['net_value'] or 0):>13,.2f}"
-        )
-    lines += ["", "funnel: " + " → ".join(f"{k} {v:,}" for k, v in data.funnel.items())]
+    if data.program:
+        lines += [
+            "",
+            "all campaigns against the global control group (no winback message at all):",
+            _text_header("program", "control"),
+            *_text_rows(data.program, "control"),
+        ]
     return "\n".join(lines)

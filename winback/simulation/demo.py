@@ -7,12 +7,13 @@ window that closes on the demo date:
    daily DAG runs for that day: it loads it, builds the models and the audiences, and
    records what it would send.
 2. The simulator then makes the audience of that day respond: a treatment customer comes
-   back with a known uplift over an identical holdout customer
-   (`simulator.simulate_campaign_responses`).
+   back with their campaign's known uplift over an identical holdout or global-control
+   customer (`simulator.simulate_campaign_responses`), so each campaign's true uplift, and
+   the program's against the global control, are known (`simulation_truths`).
 3. `landing/<demo date>/` holds everything after the window start (new customers, orders,
    events) plus those responses. The DAG runs for the demo date: the window's attribution
    period ends that day, so it measures the window into `winback.campaign_results`, and
-   the measured uplift can be set against the true one.
+   the summary prints each measured uplift beside the true one.
 
 A row whose timestamps cannot be read goes with the first part, where the loader
 quarantines it; every row lands in exactly one part.
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -83,13 +84,41 @@ def split_at(
 
 
 def audience_targets(conn: psycopg.Connection, run_date: date) -> pd.DataFrame:
-    """Who entered a campaign on `run_date`, treatment and holdout, one row per customer."""
+    """Who entered a campaign on `run_date` (treatment, holdout and global control), one
+    row per customer, with the campaign."""
     rows = conn.execute(
-        "select distinct on (customer_id) customer_id, assigned_group "
+        "select distinct on (customer_id) customer_id, assigned_group, campaign_id "
         "from winback.campaign_audiences where run_date = %s order by customer_id, campaign_id",
         (run_date,),
     ).fetchall()
-    return pd.DataFrame(rows, columns=["customer_id", "group"])
+    return pd.DataFrame(rows, columns=["customer_id", "group", "campaign_id"])
+
+
+def simulation_truths(
+    orders: pd.DataFrame,
+    targets: pd.DataFrame,
+    windows: list[CampaignWindow],
+    window: CampaignWindow,
+    settings: simulator.SimulationConfig,
+) -> dict[str, dict[str, float]]:
+    """The true uplift, rate and revenue per customer, of each campaign measured today and
+    of the program against the global control (`simulator.true_uplifts`).
+
+    `orders` are the shop's own simulated orders: who bought anyway in a campaign's
+    measurement period is reactivated with or without it. Responses are drawn for
+    `window`, the one the demo simulates.
+    """
+    measured = {w.campaign_id: w for w in windows}
+    parts = []
+    for campaign_id, rows in targets.groupby("campaign_id"):
+        own = measured.get(campaign_id, window)
+        buyers = simulator.natural_buyers(
+            orders, own.window_start, own.window_end + timedelta(days=own.attribution_days)
+        )
+        parts.append(simulator.true_effects(rows, window.window_start, settings, buyers))
+    if not parts:
+        return {}
+    return simulator.true_uplifts(pd.concat(parts, ignore_index=True))
 
 
 def add_campaign_responses(
@@ -117,12 +146,15 @@ def play_campaign_window(
     run_daily: Callable[[date], bool],
     connect: Callable[[], AbstractContextManager[psycopg.Connection]],
     say: Callable[[str], None] = lambda text: None,
-) -> bool:
+    windows: list[CampaignWindow] | None = None,
+) -> dict[str, dict[str, float]] | None:
     """The scenario above, for the shop of `settings` and the window closing on its date.
 
     `run_daily(day)` runs the daily DAG for a day on `landing` and says whether it
     succeeded; `connect()` opens the warehouse it runs on; `say` hears the progress.
-    True when both days ran.
+    Returns the simulation's true uplifts of the `windows` measured on the last day (and
+    of the program against the global control: `simulation_truths`) once both days ran;
+    None when a day failed.
     """
     window_start, day = window.window_start, settings.as_of
     first_folder = landing / window_start.isoformat()
@@ -130,20 +162,26 @@ def play_campaign_window(
         f"[2/5] shop data up to {window_start} (start of the window"
         f" {window_start}..{window.window_end}): {first_folder}"
     )
-    first, later = split_at(simulator.simulate_shop(settings), window_start)
+    frames = simulator.simulate_shop(settings)
+    first, later = split_at(frames, window_start)
     # A delivery written before is complete once its manifest exists (written last).
     if not (first_folder / MANIFEST_NAME).exists():
         simulator.write_landing_files(first, first_folder)
     if not run_daily(window_start):
-        return False
+        return None
     with connect() as conn:
         targets = audience_targets(conn, window_start)
     later = add_campaign_responses(later, targets, window, settings)
     simulator.write_landing_files(later, landing / day.isoformat())
+    truths = simulation_truths(frames["orders"], targets, windows or [window], window, settings)
+    uplifts = ", ".join(
+        f"{c} +{settings.campaign_uplifts.get(c, settings.campaign_uplift):.0%}"
+        for c in sorted(set(targets["campaign_id"]))
+    )
     say(
-        f"      the window's {len(targets):,} targeted customers respond with a true uplift"
-        f" of {settings.campaign_uplift:.1%} over a baseline of"
-        f" {settings.baseline_reactivation:.1%}"
+        f"      the window's {len(targets):,} targeted customers respond over a baseline of"
+        f" {settings.baseline_reactivation:.1%} with each campaign's true uplift in"
+        f" comeback chance for the treated: {uplifts}; the global control gets none"
     )
     say(f"[3/5] shop data after it, up to {day}: {landing / day.isoformat()}")
-    return run_daily(day)
+    return truths if run_daily(day) else None

@@ -97,6 +97,18 @@ DIRTY_KINDS = (
 )
 
 
+# The true uplift of each example campaign (include/campaigns), in the chance that a
+# treated customer comes back: different per campaign so a mix-up would show.
+EXAMPLE_UPLIFTS = {
+    "abandoned_cart": 0.08,
+    "loyalty_points": 0.05,
+    "personal_timing": 0.06,
+    "popup_non_subscribers": 0.03,
+    "sms_reactivation": 0.07,
+    "we_miss_you": 0.04,
+}
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     customers: int = 20_000
@@ -110,7 +122,10 @@ class SimulationConfig:
     dropout_b: float = 6.0
     dirty_rate: float = 0.0
     baseline_reactivation: float = 0.04
-    campaign_uplift: float = 0.08
+    campaign_uplift: float = 0.08  # the true uplift of a campaign not in campaign_uplifts
+    # Each example campaign's true uplift in the simulated reactivation chance (the
+    # global control's follows from them: see `true_uplifts`).
+    campaign_uplifts: dict[str, float] = field(default_factory=lambda: dict(EXAMPLE_UPLIFTS))
     newsletters: int = 6
     sms_campaigns: int = 3
 
@@ -699,27 +714,52 @@ def _unit_hash(seed: int, salt: str, customer_ids: pd.Series) -> np.ndarray:
     )
 
 
+def _uplifts(targets: pd.DataFrame, config: SimulationConfig) -> np.ndarray:
+    """Each target's campaign's true uplift (`campaign_uplift` without a campaign_id)."""
+    if "campaign_id" not in targets:
+        return np.full(len(targets), config.campaign_uplift)
+    return (
+        targets["campaign_id"]
+        .map(lambda c: config.campaign_uplifts.get(c, config.campaign_uplift))
+        .to_numpy(dtype=float)
+    )
+
+
+def _response_draws(
+    targets: pd.DataFrame, window_start: date, config: SimulationConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uniform draw, order value) per target: a target comes back when its draw is below
+    its chance, and then spends its value. Both are fixed for the customer whatever their
+    group, so each customer's outcome with and without the campaign is known."""
+    salt = window_start.isoformat()
+    draw = _unit_hash(config.seed, salt, targets["customer_id"])
+    value = np.round(30 + 70 * _unit_hash(config.seed, salt + ":value", targets["customer_id"]), 2)
+    return draw, value
+
+
 def simulate_campaign_responses(
     targets: pd.DataFrame, window_start: date, window_days: int, config: SimulationConfig
 ) -> dict[str, pd.DataFrame]:
     """Orders of targeted customers who come back within the window.
 
-    `targets` has customer_id and group ('treatment' or 'holdout'). A treatment customer
-    comes back with probability baseline_reactivation + campaign_uplift, a holdout
-    customer with baseline_reactivation: the true uplift is `campaign_uplift`.
+    `targets` has customer_id, group ('treatment', 'holdout' or 'global_control') and
+    optionally campaign_id. A treatment customer comes back with probability
+    baseline_reactivation + their campaign's uplift (`campaign_uplifts`, else
+    `campaign_uplift`), anyone else with baseline_reactivation.
     """
     chance = np.where(
         targets["group"].to_numpy() == "treatment",
-        config.baseline_reactivation + config.campaign_uplift,
+        config.baseline_reactivation + _uplifts(targets, config),
         config.baseline_reactivation,
     )
     salt = window_start.isoformat()
-    returns = _unit_hash(config.seed, salt, targets["customer_id"]) < chance
+    draw, values = _response_draws(targets, window_start, config)
+    returns = draw < chance
     back = targets[returns].reset_index(drop=True)
     offset = _unit_hash(config.seed, salt + ":day", back["customer_id"])
     start = datetime.combine(window_start, time(10), UTC).timestamp()
     at = start + np.floor(offset * window_days) * SECONDS_PER_DAY
-    value = np.round(30 + 70 * _unit_hash(config.seed, salt + ":value", back["customer_id"]), 2)
+    value = values[returns]
     order_ids = "R-" + salt + "-" + back["customer_id"]
     catalogue = product_catalogue()
     orders = pd.DataFrame(
@@ -745,6 +785,69 @@ def simulate_campaign_responses(
         }
     )
     return {"orders": orders, "order_lines": lines}
+
+
+def true_effects(
+    targets: pd.DataFrame,
+    window_start: date,
+    config: SimulationConfig,
+    natural_buyers: set[str],
+) -> pd.DataFrame:
+    """What being treated does to each target, known exactly because the simulator knows
+    both of a customer's outcomes.
+
+    With the campaign a target comes back when their draw is below baseline + uplift,
+    without it below the baseline; `natural_buyers` (who bought in the measurement period
+    anyway, from the shop's own simulation) are reactivated either way. So a target's
+    effect on reactivation is 1 when their draw lies in [baseline, baseline + uplift) and
+    they are not a natural buyer, and on revenue the value of that extra order.
+    """
+    draw, value = _response_draws(targets, window_start, config)
+    lifted = (draw >= config.baseline_reactivation) & (
+        draw < config.baseline_reactivation + _uplifts(targets, config)
+    )
+    natural = targets["customer_id"].isin(natural_buyers).to_numpy()
+    effects = targets.copy()
+    effects["rate_effect"] = (lifted & ~natural).astype(float)
+    effects["revenue_effect"] = np.where(lifted, value, 0.0)
+    return effects
+
+
+def true_uplifts(effects: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The true rate and revenue-per-customer uplift each measurement estimates.
+
+    Per campaign (treatment against holdout): the mean effect over its cohort. For the
+    program against the global control: the mean, over everyone who entered (the control
+    included), of the effect times the share of their campaign's non-control entrants
+    that were treated (the program holds a campaign holdout out too). Keyed by campaign
+    id, and "global control".
+    """
+    truths: dict[str, dict[str, float]] = {}
+    treated_share: dict[str, float] = {}
+    for campaign_id, rows in effects.groupby("campaign_id"):
+        cohort = rows[rows["group"].isin(["treatment", "holdout"])]
+        if cohort.empty:
+            continue
+        treated_share[campaign_id] = float((cohort["group"] == "treatment").mean())
+        truths[campaign_id] = {
+            "rate": float(cohort["rate_effect"].mean()),
+            "revenue": float(cohort["revenue_effect"].mean()),
+        }
+    if len(effects):
+        share = effects["campaign_id"].map(treated_share).fillna(0.0).to_numpy()
+        truths["global control"] = {
+            "rate": float((share * effects["rate_effect"]).mean()),
+            "revenue": float((share * effects["revenue_effect"]).mean()),
+        }
+    return truths
+
+
+def natural_buyers(orders: pd.DataFrame, start: date, end: date) -> set[str]:
+    """Customers with a completed order dated from `start` to `end` (the shop's own)."""
+    ordered = pd.to_datetime(orders["ordered_at"], errors="coerce", utc=True, format="mixed")
+    day = ordered.dt.date
+    inside = (orders["status"] == "completed") & (day >= start) & (day <= end)
+    return set(orders.loc[inside.fillna(False), "customer_id"])
 
 
 def simulate_next_day_orders(

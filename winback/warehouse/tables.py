@@ -85,7 +85,8 @@ create table if not exists winback.campaign_audiences (
     campaign_id text not null,
     customer_id text not null,
     channel text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
+    assigned_group text not null
+        check (assigned_group in ('treatment', 'holdout', 'global_control')),
     rfm_segment text,
     lifecycle_stage text,
     built_at timestamptz not null default now(),
@@ -132,11 +133,25 @@ alter table winback.outbox add column if not exists tracked_link text;
 alter table winback.outbox add column if not exists assigned_group text;
 """
 
+GLOBAL_CONTROL = """
+create table if not exists winback.global_control (
+    customer_id text primary key,
+    stratum text not null,
+    is_control boolean not null,
+    assigned_on date not null,
+    share double precision not null
+);
+comment on table winback.global_control is
+    'Every customer''s global-control assignment, made once (stable hash, balanced within '
+    'each RFM segment) and never moved: the control receives no winback message at all.';
+"""
+
 JOURNEY_STATE = """
 create table if not exists winback.journey_state (
     campaign_id text not null,
     customer_id text not null,
-    assigned_group text not null check (assigned_group in ('treatment', 'holdout')),
+    assigned_group text not null
+        check (assigned_group in ('treatment', 'holdout', 'global_control')),
     stratum text not null,
     entered_on date not null,
     next_step integer not null default 0,
@@ -362,7 +377,36 @@ create table if not exists winback.campaign_results (
 );
 comment on table winback.campaign_results is
     'Inactive-to-active delta per campaign window against the holdout, overall and by step, '
-    'channel and variant.';
+    'channel, variant and stage at entry.';
+-- Measurement for every campaign (issue 17): revenue intervals, the inactive part of each
+-- cohort, and the sample-size advice.
+alter table winback.campaign_results add column if not exists revenue_per_customer_uplift
+    double precision;
+alter table winback.campaign_results add column if not exists revenue_per_customer_uplift_low
+    double precision;
+alter table winback.campaign_results add column if not exists revenue_per_customer_uplift_high
+    double precision;
+alter table winback.campaign_results add column if not exists incremental_revenue_low numeric;
+alter table winback.campaign_results add column if not exists incremental_revenue_high numeric;
+alter table winback.campaign_results add column if not exists net_value_per_customer
+    double precision;
+alter table winback.campaign_results add column if not exists net_value_low numeric;
+alter table winback.campaign_results add column if not exists net_value_high numeric;
+alter table winback.campaign_results add column if not exists treatment_inactive_at_entry integer;
+alter table winback.campaign_results add column if not exists holdout_inactive_at_entry integer;
+alter table winback.campaign_results add column if not exists holdout_customers_needed integer;
+alter table winback.campaign_results add column if not exists audience_customers_needed integer;
+"""
+
+# The program against the global control group (winback.measurement.global_control): the
+# same columns as campaign_results, treatment_* for the program and holdout_* for the
+# control; made after campaign_results' columns, which it copies.
+GLOBAL_CONTROL_RESULTS = """
+create table if not exists winback.global_control_results
+    (like winback.campaign_results including all);
+comment on table winback.global_control_results is
+    'Every campaign together against the global control group, per window: treatment_* '
+    'columns are the program (everyone outside the control), holdout_* the control.';
 """
 
 TASK_RUNS = """
@@ -400,9 +444,41 @@ TABLES: dict[str, str] = {
     "quality_results": QUALITY_RESULTS,
     "campaign_results": CAMPAIGN_RESULTS,
     "task_runs": TASK_RUNS,
+    "global_control": GLOBAL_CONTROL,
+    "global_control_results": GLOBAL_CONTROL_RESULTS,
 }
 
-SCHEMA_DDL = f"create schema if not exists {SCHEMA};\n" + "".join(TABLES.values())
+# A warehouse made before the global control group has the first two groups in its
+# checks: widened in place (kept apart from the tables, which must all exist first).
+ASSIGNED_GROUP_CHECKS = """
+do $$
+begin
+    if exists (
+        select 1 from pg_constraint
+        where conname = 'journey_state_assigned_group_check'
+          and pg_get_constraintdef(oid) not like '%global_control%'
+    ) then
+        alter table winback.journey_state drop constraint journey_state_assigned_group_check;
+        alter table winback.journey_state add constraint journey_state_assigned_group_check
+            check (assigned_group in ('treatment', 'holdout', 'global_control'));
+    end if;
+    if exists (
+        select 1 from pg_constraint
+        where conname = 'campaign_audiences_assigned_group_check'
+          and pg_get_constraintdef(oid) not like '%global_control%'
+    ) then
+        alter table winback.campaign_audiences
+            drop constraint campaign_audiences_assigned_group_check;
+        alter table winback.campaign_audiences
+            add constraint campaign_audiences_assigned_group_check
+            check (assigned_group in ('treatment', 'holdout', 'global_control'));
+    end if;
+end $$;
+"""
+
+SCHEMA_DDL = (
+    f"create schema if not exists {SCHEMA};\n" + "".join(TABLES.values()) + ASSIGNED_GROUP_CHECKS
+)
 
 # What SCHEMA_DDL leaves behind, to check before running it.
 _ADDED_COLUMNS = frozenset(
@@ -411,7 +487,11 @@ _ADDED_COLUMNS = frozenset(
 _INDEXES = frozenset(re.findall(r"create (?:unique )?index if not exists (\w+)", SCHEMA_DDL))
 # Constraints a later winback redefined in place (a `do` block in the table's DDL), each
 # with a word only its current definition holds.
-_REDEFINED_CONSTRAINTS = {"message_events_event_type_check": "help_requested"}
+_REDEFINED_CONSTRAINTS = {
+    "message_events_event_type_check": "help_requested",
+    "journey_state_assigned_group_check": "global_control",
+    "campaign_audiences_assigned_group_check": "global_control",
+}
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
