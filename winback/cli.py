@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -179,80 +178,141 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from winback.campaigns import campaign_files as campaigns
     from winback.campaigns import personalization
     from winback.local import airflow_env, dbt_runner
     from winback.measurement import windows as measurement
+    from winback.orchestration import progress
     from winback.simulation import sandbox, simulator
     from winback.warehouse import db
 
+    clock = progress.StageClock()
+    load_at_start = os.getloadavg()
     landing = Path(args.landing)
-    print(f"[1/5] warehouse: {db.redacted(db.database_url())}")
-    settings = simulator.SimulationConfig(
-        customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
-    )
-    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), args.date)
-    # One cut: the earliest window closing today (the demo's campaigns share their start).
-    window = min(windows, key=lambda w: w.window_start, default=None)
-    dbt_runner.write_manifest()
-    airflow_env.migrate_metadata_db()
-    # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
-    # the demo's two simulated days are replayed as if each were today: live sends with
-    # allow_past_sends, which a real backfill never sets.
-    providers = sandbox.start_sandbox(fault_rate=0.05, seed=DEMO_SEED, in_process=True)
-    os.environ.update(providers.connections_env())
-    os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
-    print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
+    with clock.stage("set-up"):
+        print(f"[1/5] warehouse: {db.redacted(db.database_url())}", flush=True)
+        settings = simulator.SimulationConfig(
+            customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
+        )
+        windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), args.date)
+        # One cut: the earliest window closing today (the demo's campaigns share their start).
+        window = min(windows, key=lambda w: w.window_start, default=None)
+        # dbt's manifest and Airflow's metadata database do not depend on the shop: both
+        # are prepared in child processes while this one simulates it.
+        background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-set-up")
+        preparing = [
+            background.submit(dbt_runner.write_manifest),
+            background.submit(airflow_env.migrate_metadata_db),
+        ]
+        background.shutdown(wait=False)
+        # The providers are the local sandbox (real HTTP and SMTP, a few injected faults),
+        # and its connections declare what it takes (sandbox.LOCAL_LIMITS), as a user
+        # declares what their provider allows. The demo's two simulated days are replayed
+        # as if each were today: live sends with allow_past_sends, which a real backfill
+        # never sets.
+        providers = sandbox.start_sandbox(fault_rate=0.05, seed=DEMO_SEED, in_process=True)
+        os.environ.update(providers.connections_env())
+        os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
+        limits = ", ".join(
+            f"{name} {v['requests_per_second']:g}/s x{v['max_concurrency']:g}"
+            for name in sandbox.LOCAL_LIMITS
+            for v in [providers.declared_limits(name)]
+        )
+        print(f"      providers: the sandbox at {providers.url} (5% injected faults)", flush=True)
+        print(f"      its connections declare: {limits}", flush=True)
     try:
-        return _demo_days(args, landing, settings, windows, window, providers)
+        return _demo_days(args, landing, settings, windows, window, providers, clock, preparing)
     finally:
         providers.stop()
+        _report_demo_timings(clock, load_at_start, args.customers)
 
 
-def _demo_days(args, landing, settings, windows, window, providers) -> int:
+def _report_demo_timings(clock, load_at_start, customers: int) -> None:
+    """Print the wall-clock per stage and keep it in `.winback/demo-timings.json`."""
+    from datetime import UTC, datetime
+
+    print("\nwall-clock per stage:")
+    for line in clock.table().splitlines():
+        print(f"  {line}")
+    load_at_end = os.getloadavg()
+    print(
+        f"  load average at start {load_at_start[0]:.2f}, at end {load_at_end[0]:.2f}"
+        f" (1 min) on {os.cpu_count()} CPUs"
+    )
+    record = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "customers": customers,
+        "cpus": os.cpu_count(),
+        "load_average_start": load_at_start,
+        "load_average_end": load_at_end,
+        "stages": clock.seconds,
+        "total_seconds": clock.total,
+    }
+    path = config.STATE_DIR / "demo-timings.json"
+    path.write_text(json.dumps(record, indent=2))
+
+
+def _demo_days(args, landing, settings, windows, window, providers, clock, preparing) -> int:
     from winback import summary
     from winback.measurement import report
     from winback.simulation import demo, simulator
     from winback.warehouse import db
 
+    def set_up_done() -> None:
+        for future in preparing:
+            future.result()  # raises what dbt parse or the Airflow migration raised
+
     if window is None:
-        print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
-        folder = landing / args.date.isoformat()
-        if not folder.exists():
-            simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+        with clock.stage("set-up"):
+            print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
+            folder = landing / args.date.isoformat()
+            if not folder.exists():
+                simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+            set_up_done()
     else:
         window_start = window.window_start
         first_folder = landing / window_start.isoformat()
-        print(
-            f"[2/5] shop data up to {window_start} (start of the window"
-            f" {window_start}..{window.window_end}): {first_folder}"
-        )
-        frames = simulator.simulate_shop(settings)
-        first, later = demo.split_at(frames, window_start)
-        if not first_folder.exists():
-            simulator.write_landing_files(first, first_folder)
-        if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
-            return 1
-        with db.connect() as conn:
-            targets = demo.audience_targets(conn, window_start)
-        later = demo.add_campaign_responses(later, targets, window, settings)
-        simulator.write_landing_files(later, landing / args.date.isoformat())
-        print(
-            f"      the window's {len(targets):,} targeted customers respond with a true uplift"
-            f" of {settings.campaign_uplift:.1%} over a baseline of"
-            f" {settings.baseline_reactivation:.1%}"
-        )
+        with clock.stage("set-up"):
+            print(
+                f"[2/5] shop data up to {window_start} (start of the window"
+                f" {window_start}..{window.window_end}): {first_folder}",
+                flush=True,
+            )
+            frames = simulator.simulate_shop(settings)
+            first, later = demo.split_at(frames, window_start)
+            if not first_folder.exists():
+                simulator.write_landing_files(first, first_folder)
+            set_up_done()
+        with clock.stage(f"DAG run {window_start}"):
+            if not _run_daily_dag(window_start, "demo-airflow-window-start.log"):
+                return 1
+        with clock.stage("responses"):
+            with db.connect() as conn:
+                targets = demo.audience_targets(conn, window_start)
+            later = demo.add_campaign_responses(later, targets, window, settings)
+            simulator.write_landing_files(later, landing / args.date.isoformat())
+            print(
+                f"      the window's {len(targets):,} targeted customers respond with a true"
+                f" uplift of {settings.campaign_uplift:.1%} over a baseline of"
+                f" {settings.baseline_reactivation:.1%}"
+            )
     print(f"[3/5] shop data after it, up to {args.date}: {landing / args.date.isoformat()}")
-    if not _run_daily_dag(args.date, "demo-airflow.log"):
-        return 1
-    print("[4/5] summary")
-    stats = providers.stats()
-    print(
-        f"      the sandbox served {stats['requests']:,} requests and accepted"
-        f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member writes"
-    )
-    with db.connect() as conn:
-        print(summary.render(summary.collect(conn, args.date)))
+    with clock.stage(f"DAG run {args.date}"):
+        if not _run_daily_dag(args.date, "demo-airflow.log"):
+            return 1
+    with clock.stage("summary"):
+        print("[4/5] summary")
+        stats = providers.stats()
+        print(
+            f"      the sandbox served {stats['requests']:,} requests and accepted"
+            f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member"
+            " writes"
+        )
+        with db.connect() as conn:
+            print(summary.render(summary.collect(conn, args.date)))
+    with clock.stage("reports"), db.connect() as conn:
         print("[5/5] campaign reports")
         for window in windows:
             data = report.load(conn, window.campaign_id, window.window_start, window.window_end)
@@ -285,26 +345,61 @@ def _demo_coupon_secret() -> str:
 def _run_daily_dag(day: date, log_name: str) -> bool:
     """`airflow dags test winback_daily` for one demo day, sending live to the sandbox.
 
-    False, with the log's tail, on failure.
+    Each task is printed as it finishes (n of N, name, seconds), with the progress the
+    tasks report themselves; everything goes to the log file. False, with the log's tail,
+    on failure.
     """
+    import time
+
     from winback.local import airflow_env
+    from winback.orchestration import progress
 
     log_path = config.STATE_DIR / log_name
-    print(f"      airflow dags test winback_daily {day} (log: {log_path})")
+    print(f"      airflow dags test winback_daily {day} (full log: {log_path})", flush=True)
+    watch = progress.DagTestProgress(lambda text: print(text, flush=True), _count_task_instances)
+    started = time.monotonic()
     with open(log_path, "w") as handle:
-        result = airflow_env.run_airflow(
+
+        def on_line(line: str) -> None:
+            handle.write(line)
+            watch.feed(line)
+
+        returncode = airflow_env.stream_airflow(
             ["dags", "test", "winback_daily", day.isoformat(), "-c", json.dumps(DEMO_RUN_CONF)],
-            check=False,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
+            on_line,
         )
     failed = _failed_tasks(log_path)
-    if result.returncode != 0 or failed:
+    if returncode != 0 or failed:
         tail = log_path.read_text(errors="replace").splitlines()[-60:]
         print("\n".join(tail), file=sys.stderr)
         print(f"winback_daily {day} failed {failed}; full log in {log_path}", file=sys.stderr)
         return False
+    slowest = ", ".join(f"{t.task_id} {progress.duration(t.seconds)}" for t in watch.slowest())
+    print(
+        f"      winback_daily {day}: {len(watch.done)} tasks in"
+        f" {progress.duration(time.monotonic() - started)}; slowest: {slowest}",
+        flush=True,
+    )
     return True
+
+
+def _count_task_instances(dag_id: str, run_id: str) -> int | None:
+    """How many tasks a run has, from Airflow's metadata database (None if not there)."""
+    import re
+
+    import psycopg
+
+    from winback.warehouse import db
+
+    url = re.sub(r"^postgresql\+\w+://", "postgresql://", db.airflow_database_url())
+    if not url.startswith("postgresql://"):
+        return None
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute(
+            "select count(*) from task_instance where dag_id = %s and run_id = %s",
+            (dag_id, run_id),
+        ).fetchone()
+    return row[0] or None
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

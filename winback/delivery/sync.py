@@ -51,6 +51,7 @@ from winback.delivery.providers import (
     is_configured,
 )
 from winback.delivery.providers.ratelimit import Limiter
+from winback.orchestration import progress
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ def run(
     by_channel: dict[str, list[dict]] = defaultdict(list)
     for row in candidates:
         by_channel[row["channel"]].append(row)
+    progress.log_send_capacity(progress.send_plans(providers, by_channel), SEND_WINDOW_HOURS)
     for channel, rows in sorted(by_channel.items()):
         provider = providers.get(channel)
         if provider is None:
@@ -428,6 +430,7 @@ async def _sync_channel(
         result.count(provider.name, "skipped", len(skipped))
     queue: asyncio.Queue = asyncio.Queue(maxsize=INTENT_CHUNK * 2)
     workers = max(1, provider.limits.max_concurrency)
+    watch = progress.SendProgress.of(provider, rows, total=len(sendable))
 
     async def produce() -> None:
         for start in range(0, len(sendable), INTENT_CHUNK):
@@ -456,12 +459,14 @@ async def _sync_channel(
                     attempts,
                 )
             result.count(provider.name, status)
+            watch.record(status)
 
     try:
         await asyncio.gather(produce(), *(work() for _ in range(workers)))
     finally:
         ledger.flush()
         await provider.aclose()
+    watch.finish()
 
 
 def _record_skipped(conn, provider: str, run_date: date, rows: list[dict]) -> None:

@@ -51,6 +51,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from winback.ingest import phones
 from winback.ingest.contract import RAW_SCHEMA, TABLES, Column, RawTable
+from winback.orchestration import progress
 from winback.warehouse import raw_schema
 
 log = logging.getLogger(__name__)
@@ -1061,6 +1062,7 @@ def load_day(conn: psycopg.Connection, landing_root: Path, load_date: date) -> L
                 report.reasons or "",
             )
             reports.append(report)
+            progress.file_loaded(len(reports), len(files), report)
     for report in reports:
         # As autovacuum would: statistics are refreshed once a tenth of the rows is new.
         if report.rows_loaded > 0.1 * rows_before.get(report.table, -1):

@@ -635,11 +635,27 @@ class _SmtpHandler:
 # --------------------------------------------------------------------------- handles
 
 
+# What this sandbox takes from one client, declared on the connections it hands out the
+# way a user declares what their provider agreed to (docs/providers.md), so the sync's
+# limiter paces the demo and the tests as it paces production. The sandbox runs in its
+# own process on the same machine: measured on two shared cores (load average ~11) it
+# served ~60 SMTP messages/s (one connection per message) and ~190 popup requests/s
+# with 16 at once; a quiet machine does several times that. A sandbox started with a
+# `rate_limit` declares that rate instead, as a provider's contract would.
+LOCAL_LIMITS: dict[str, dict[str, float]] = {
+    "smtp": {"requests_per_second": 200, "max_concurrency": 8},
+    "twilio": {"requests_per_second": 300, "max_concurrency": 8},
+    "popup": {"requests_per_second": 300, "max_concurrency": 8},
+    "mailchimp": {"requests_per_second": 50, "max_concurrency": 10},
+}
+
+
 @dataclass
 class SandboxHandle:
     url: str
     smtp_port: int | None
     _stop: object
+    rate_limit: float | None = None  # requests per second the sandbox enforces, if any
 
     def stop(self) -> None:
         self._stop()
@@ -659,8 +675,16 @@ class SandboxHandle:
     def events(self, after: int = 0) -> list[dict]:
         return self._get(f"/_sandbox/events?after={after}&limit=100000")["events"]
 
+    def declared_limits(self, provider: str) -> dict[str, float]:
+        """The `requests_per_second` and `max_concurrency` its connections declare."""
+        limits = dict(LOCAL_LIMITS[provider])
+        if self.rate_limit:
+            limits["requests_per_second"] = min(limits["requests_per_second"], self.rate_limit)
+        return limits
+
     def connections_env(self, list_id: str = "winback-list") -> dict[str, str]:
-        """`AIRFLOW_CONN_*` values that point winback's providers at this sandbox."""
+        """`AIRFLOW_CONN_*` values that point winback's providers at this sandbox, with the
+        limits it takes (`declared_limits`)."""
         settings = SandboxSettings()
         env = {
             "AIRFLOW_CONN_WINBACK_TWILIO": json.dumps(
@@ -672,6 +696,7 @@ class SandboxHandle:
                         "base_url": self.url,
                         "from": "+15005550006",
                         "status_callback": f"{self.url}/_sandbox/twilio-status",
+                        **self.declared_limits("twilio"),
                     },
                 }
             ),
@@ -679,7 +704,11 @@ class SandboxHandle:
                 {
                     "conn_type": "http",
                     "password": settings.api_key,
-                    "extra": {"base_url": self.url, "list_id": list_id},
+                    "extra": {
+                        "base_url": self.url,
+                        "list_id": list_id,
+                        **self.declared_limits("mailchimp"),
+                    },
                 }
             ),
             "AIRFLOW_CONN_WINBACK_EVENTS": json.dumps(
@@ -688,7 +717,7 @@ class SandboxHandle:
             "AIRFLOW_CONN_WINBACK_POPUP": json.dumps(
                 {
                     "conn_type": "http",
-                    "extra": {"base_url": self.url},
+                    "extra": {"base_url": self.url, **self.declared_limits("popup")},
                 }
             ),
         }
@@ -701,6 +730,7 @@ class SandboxHandle:
                     "extra": {
                         "from": "winback@shop.test",
                         "lookup_url": f"{self.url}/_sandbox/smtp-messages",
+                        **self.declared_limits("smtp"),
                     },
                 }
             )
@@ -766,7 +796,9 @@ def start_sandbox(
                 controller.stop()
 
         smtp_port = controller.port if controller else None
-        return SandboxHandle(f"http://{host}:{server.server_address[1]}", smtp_port, stop_thread)
+        return SandboxHandle(
+            f"http://{host}:{server.server_address[1]}", smtp_port, stop_thread, rate_limit
+        )
 
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
@@ -780,7 +812,7 @@ def start_sandbox(
         process.terminate()
         process.join(10)
 
-    return SandboxHandle(f"http://{host}:{http_port}", smtp_port, stop_process)
+    return SandboxHandle(f"http://{host}:{http_port}", smtp_port, stop_process, rate_limit)
 
 
 def _run_child(config: SandboxSettings, host: str, port: int, smtp: bool, ready) -> None:
