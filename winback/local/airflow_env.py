@@ -32,6 +32,9 @@ def airflow_environment() -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.airflow_database_url(),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        # cosmos keeps dbt's partial-parse file between tasks; in /tmp (its default) every
+        # checkout on the machine would share one and re-parse the project on each switch.
+        "AIRFLOW__COSMOS__CACHE_DIR": str(config.STATE_DIR / "cosmos"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         "DO_NOT_TRACK": "1",
