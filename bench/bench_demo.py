@@ -47,6 +47,9 @@ def timed(command: list[str], cwd: Path, log: Path) -> tuple[float, int]:
 
 def measure(customers: int | None, keep: bool) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="winback-demo-bench-"))
+    # As root, the embedded PostgreSQL runs as an unprivileged account that must reach
+    # the clone's .winback/pg (mkdtemp makes the folder private to its owner).
+    folder.chmod(0o755)
     clone = folder / "winback"
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
