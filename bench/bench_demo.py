@@ -64,7 +64,10 @@ def measure(customers: int | None, keep: bool) -> dict:
     if code != 0:
         raise SystemExit(f"make venv failed, see {folder / 'make-venv.log'}")
     make = ["make", "demo"] + ([f"DEMO_ARGS=--customers {customers}"] if customers else [])
-    demo_seconds, code = timed(make, clone, folder / "make-demo.log")
+    try:
+        demo_seconds, code = timed(make, clone, folder / "make-demo.log")
+    finally:  # the clone's embedded PostgreSQL, whatever happened
+        subprocess.run(["make", "db-stop"], cwd=clone, capture_output=True)
     load_end = os.getloadavg()
     if code != 0:
         raise SystemExit(f"make demo failed, see {folder / 'make-demo.log'}")
@@ -81,7 +84,6 @@ def measure(customers: int | None, keep: bool) -> dict:
         "stages": timings["stages"],
         "logs": str(folder),
     }
-    subprocess.run(["make", "db-stop"], cwd=clone, capture_output=True)
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
     return result
