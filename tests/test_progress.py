@@ -85,6 +85,14 @@ def test_send_capacity_states_time_per_provider_and_warns_past_the_send_window(c
     assert not any("popup" in text for _, text in progress_lines(caplog)), "nothing due"
 
 
+def test_an_audience_provider_states_its_changes_and_limits(caplog):
+    caplog.set_level(logging.INFO, logger=progress.log.name)
+    progress.log_audience_changes("mailchimp", 2045, RateLimits(10.0, 10))
+    assert progress_lines(caplog) == [
+        ("INFO", "audience mailchimp: 2,045 member changes due, at most 10 requests/s, 10 at once")
+    ]
+
+
 def test_send_plans_take_the_limits_each_provider_was_configured_with():
     providers = {
         "email": SmtpEmail("127.0.0.1", 25, "a@shop.test", limits=RateLimits(200.0, 8)),

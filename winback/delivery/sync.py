@@ -679,6 +679,7 @@ async def _sync_audience(
 ) -> None:
     try:
         changes, unsettled = _audience_changes(conn, name, run_date)
+        progress.log_audience_changes(name, len(changes) + len(unsettled), provider.limits)
         if unsettled:
             done = await provider.reconcile(unsettled)
             _record_audience(conn, name, [c for c in unsettled if c in done], status="synced")

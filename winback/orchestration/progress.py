@@ -133,6 +133,18 @@ def log_send_capacity(plans: Iterable[SendPlan], send_window_hours: float) -> li
     return too_slow
 
 
+def log_audience_changes(provider: str, changes: int, limits) -> None:
+    """An audience provider's changes due (adds and removes) and the limits it is sent
+    with; batched providers need far fewer requests than changes, so no time is implied."""
+    log.info(
+        "audience %s: %s member changes due, at most %g requests/s, %d at once",
+        provider,
+        f"{changes:,}",
+        limits.requests_per_second,
+        limits.max_concurrency,
+    )
+
+
 @dataclass
 class SendProgress:
     """Outcomes of one channel's sync as they come: count, rate, time left.
