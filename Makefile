@@ -34,8 +34,8 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP) ## Create the virtual environment from the lock file
 
 .PHONY: demo
-demo: venv ## Run winback_daily with `airflow dags test` on a simulated 20k-customer shop
-	$(BIN)/winback demo
+demo: venv ## Run winback_daily with `airflow dags test` on a simulated 20k-customer shop (DEMO_ARGS="--customers N")
+	$(BIN)/winback demo $(DEMO_ARGS)
 
 .PHONY: test
 test: venv browser ## Run every test: lint, unit, integration (real PostgreSQL), DAG, end to end

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -251,73 +250,128 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from winback.campaigns import campaign_files as campaigns
     from winback.campaigns import personalization
     from winback.local import airflow_env, dbt_runner
     from winback.measurement import windows as measurement
-    from winback.orchestration import run_order
-    from winback.simulation import return_path, simulator
+    from winback.orchestration import progress, run_order
+    from winback.simulation import return_path, sandbox, simulator
     from winback.warehouse import db
 
+    clock = progress.StageClock()
+    load_at_start = os.getloadavg()
     landing = Path(args.landing)
-    print(f"[1/5] warehouse: {db.redacted(db.database_url())}")
-    settings = simulator.SimulationConfig(
-        customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
-    )
-    windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), args.date)
-    # One cut: the earliest window closing today (the demo's campaigns share their start).
-    window = min(windows, key=lambda w: w.window_start, default=None)
-    dbt_runner.write_manifest()
-    airflow_env.migrate_metadata_db()
-    with db.connect() as conn:
-        # The demo replays its days from the start: a claim its own interrupted run left
-        # (`winback.orchestration.run_order`) must not hold them back.
-        if freed := run_order.release_manual_claim(conn):
-            print(f"      freed the warehouse from an interrupted run of {freed.run_date}")
+    with clock.stage("set-up"):
+        print(f"[1/5] warehouse: {db.redacted(db.database_url())}", flush=True)
+        settings = simulator.SimulationConfig(
+            customers=args.customers, seed=DEMO_SEED, as_of=args.date, dirty_rate=0.002
+        )
+        windows = measurement.campaign_windows_closing_on(campaigns.load_campaigns(), args.date)
+        # One cut: the earliest window closing today (the demo's campaigns share their start).
+        window = min(windows, key=lambda w: w.window_start, default=None)
+        # dbt's manifest and Airflow's metadata database do not depend on the shop: both
+        # are prepared in child processes while this one simulates it.
+        background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-set-up")
+        preparing = [
+            background.submit(dbt_runner.write_manifest),
+            background.submit(airflow_env.migrate_metadata_db),
+        ]
+        background.shutdown(wait=False)
+        with db.connect() as conn:
+            # The demo replays its days from the start: a claim its own interrupted run
+            # left (`winback.orchestration.run_order`) must not hold them back.
+            if freed := run_order.release_manual_claim(conn):
+                print(f"      freed the warehouse from an interrupted run of {freed.run_date}")
+        os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
+        os.environ.setdefault("WINBACK_SERVE_LOG", str(config.STATE_DIR / "demo-serve.log"))
     # The providers are the local sandbox (real HTTP and SMTP, a few injected faults), and
-    # the demo's two simulated days are replayed as if each were today: live sends with
-    # allow_past_sends, which a real backfill never sets.
-    # Feedback comes back as signed webhooks to `winback serve`, late, sometimes twice or
-    # out of order, a few first with a broken signature, as real providers send it.
-    os.environ.setdefault(personalization.COUPON_SECRET_ENV, _demo_coupon_secret())
-    os.environ.setdefault("WINBACK_SERVE_LOG", str(config.STATE_DIR / "demo-serve.log"))
-    with return_path.sandbox_with_return_path(
-        fault_rate=0.05,
-        seed=DEMO_SEED,
-        in_process=True,
-        webhook_delay=0.5,
-        webhook_duplicate_rate=0.05,
-        webhook_shuffle=True,
-        webhook_bad_signature_rate=0.02,
-    ) as providers:
-        print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
-        print(f"      return path: winback serve at {os.environ['WINBACK_PUBLIC_URL']}")
-        return _demo_days(args, landing, settings, windows, window, providers)
+    # its connections declare what it takes (sandbox.LOCAL_LIMITS), as a user declares what
+    # their provider allows. The demo's two simulated days are replayed as if each were
+    # today: live sends with allow_past_sends, which a real backfill never sets. Feedback
+    # comes back as signed webhooks to `winback serve`, late, sometimes twice or out of
+    # order, a few first with a broken signature, as real providers send it.
+    try:
+        with return_path.sandbox_with_return_path(
+            fault_rate=0.05,
+            seed=DEMO_SEED,
+            in_process=True,
+            webhook_delay=0.5,
+            webhook_duplicate_rate=0.05,
+            webhook_shuffle=True,
+            webhook_bad_signature_rate=0.02,
+        ) as providers:
+            limits = ", ".join(
+                f"{name} {v['requests_per_second']:g}/s x{v['max_concurrency']:g}"
+                for name in sandbox.LOCAL_LIMITS
+                for v in [providers.declared_limits(name)]
+            )
+            print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
+            print(f"      its connections declare: {limits}")
+            print(f"      return path: winback serve at {os.environ['WINBACK_PUBLIC_URL']}")
+            return _demo_days(args, landing, settings, windows, window, providers, clock, preparing)
+    finally:
+        _report_demo_timings(clock, load_at_start, args.customers)
 
 
-def _demo_days(args, landing, settings, windows, window, providers) -> int:
+def _report_demo_timings(clock, load_at_start, customers: int) -> None:
+    """Print the wall-clock per stage and keep it in `.winback/demo-timings.json`."""
+    from datetime import UTC, datetime
+
+    print("\nwall-clock per stage:")
+    for line in clock.table().splitlines():
+        print(f"  {line}")
+    load_at_end = os.getloadavg()
+    print(
+        f"  load average at start {load_at_start[0]:.2f}, at end {load_at_end[0]:.2f}"
+        f" (1 min) on {os.cpu_count()} CPUs"
+    )
+    record = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "customers": customers,
+        "cpus": os.cpu_count(),
+        "load_average_start": load_at_start,
+        "load_average_end": load_at_end,
+        "stages": clock.seconds,
+        "total_seconds": clock.total,
+    }
+    path = config.STATE_DIR / "demo-timings.json"
+    path.write_text(json.dumps(record, indent=2))
+
+
+def _demo_days(args, landing, settings, windows, window, providers, clock, preparing) -> int:
     from winback import summary
     from winback.measurement import report
     from winback.simulation import demo, simulator
     from winback.warehouse import db
 
+    def set_up_done() -> None:
+        for future in preparing:
+            future.result()  # raises what dbt parse or the Airflow migration raised
+
     truths: dict[str, dict[str, float]] = {}
     if window is None:
-        print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
-        folder = landing / args.date.isoformat()
-        if not _delivered(folder):
-            simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+        with clock.stage("set-up"):
+            print(f"[2/5] no campaign window closes on {args.date}: one day, nothing to measure")
+            folder = landing / args.date.isoformat()
+            if not _delivered(folder):
+                simulator.write_landing_files(simulator.simulate_shop(settings), folder)
+            set_up_done()
         print(f"[3/5] shop data after it, up to {args.date}: {folder}")
-        if not _run_daily_dag(args.date, "demo-airflow.log"):
-            return 1
+        with clock.stage(f"DAG run {args.date}"):
+            if not _run_daily_dag(args.date, "demo-airflow.log"):
+                return 1
     else:
         log_names = {window.window_start: "demo-airflow-window-start.log"}
 
         def run_daily(day: date) -> bool:
-            if not _run_daily_dag(day, log_names.get(day, "demo-airflow.log")):
-                return False
-            # The next day's journeys branch on what came back: wait for it to land.
-            _report_webhooks(providers)
+            set_up_done()  # the shop was simulated meanwhile; dbt and Airflow are ready now
+            with clock.stage(f"DAG run {day}"):
+                if not _run_daily_dag(day, log_names.get(day, "demo-airflow.log")):
+                    return False
+                # The next day's journeys branch on what came back: wait for it to land.
+                _report_webhooks(providers)
             return True
 
         played = demo.play_campaign_window(
@@ -326,14 +380,17 @@ def _demo_days(args, landing, settings, windows, window, providers) -> int:
         if played is None:
             return 1
         truths = played
-    print("[4/5] summary")
-    stats = providers.stats()
-    print(
-        f"      the sandbox served {stats['requests']:,} requests and accepted"
-        f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member writes"
-    )
-    with db.connect() as conn:
-        print(summary.render(summary.collect(conn, args.date), truths))
+    with clock.stage("summary"):
+        print("[4/5] summary")
+        stats = providers.stats()
+        print(
+            f"      the sandbox served {stats['requests']:,} requests and accepted"
+            f" {stats['messages']:,} messages and {stats['member_writes']:,} audience member"
+            " writes"
+        )
+        with db.connect() as conn:
+            print(summary.render(summary.collect(conn, args.date), truths))
+    with clock.stage("reports"), db.connect() as conn:
         print("[5/5] campaign reports")
         for window in windows:
             data = report.load(conn, window.campaign_id, window.window_start, window.window_end)
@@ -391,26 +448,61 @@ def _demo_coupon_secret() -> str:
 def _run_daily_dag(day: date, log_name: str) -> bool:
     """`airflow dags test winback_daily` for one demo day, sending live to the sandbox.
 
-    False, with the log's tail, on failure.
+    Each task is printed as it finishes (n of N, name, seconds), with the progress the
+    tasks report themselves; everything goes to the log file. False, with the log's tail,
+    on failure.
     """
+    import time
+
     from winback.local import airflow_env
+    from winback.orchestration import progress
 
     log_path = config.STATE_DIR / log_name
-    print(f"      airflow dags test winback_daily {day} (log: {log_path})")
+    print(f"      airflow dags test winback_daily {day} (full log: {log_path})", flush=True)
+    watch = progress.DagTestProgress(lambda text: print(text, flush=True), _count_task_instances)
+    started = time.monotonic()
     with open(log_path, "w") as handle:
-        result = airflow_env.run_airflow(
+
+        def on_line(line: str) -> None:
+            handle.write(line)
+            watch.feed(line)
+
+        returncode = airflow_env.stream_airflow(
             ["dags", "test", "winback_daily", day.isoformat(), "-c", json.dumps(DEMO_RUN_CONF)],
-            check=False,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
+            on_line,
         )
     failed = _failed_tasks(log_path)
-    if result.returncode != 0 or failed:
+    if returncode != 0 or failed:
         tail = log_path.read_text(errors="replace").splitlines()[-60:]
         print("\n".join(tail), file=sys.stderr)
         print(f"winback_daily {day} failed {failed}; full log in {log_path}", file=sys.stderr)
         return False
+    slowest = ", ".join(f"{t.task_id} {progress.duration(t.seconds)}" for t in watch.slowest())
+    print(
+        f"      winback_daily {day}: {len(watch.done)} tasks in"
+        f" {progress.duration(time.monotonic() - started)}; slowest: {slowest}",
+        flush=True,
+    )
     return True
+
+
+def _count_task_instances(dag_id: str, run_id: str) -> int | None:
+    """How many tasks a run has, from Airflow's metadata database (None if not there)."""
+    import re
+
+    import psycopg
+
+    from winback.warehouse import db
+
+    url = re.sub(r"^postgresql\+\w+://", "postgresql://", db.airflow_database_url())
+    if not url.startswith("postgresql://"):
+        return None
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute(
+            "select count(*) from task_instance where dag_id = %s and run_id = %s",
+            (dag_id, run_id),
+        ).fetchone()
+    return row[0] or None
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from winback.delivery.providers import (
 )
 from winback.delivery.providers.registry import audience_providers
 from winback.delivery.send import ATTEMPTS_PER_RUN, with_backoff
+from winback.orchestration import progress
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ async def sync_audience(
 
     try:
         changes, unsettled = _audience_changes(conn, name, run_date)
+        progress.log_audience_changes(name, len(changes) + len(unsettled), provider.limits)
         changes.extend(await _settle_unsettled(conn, name, provider, unsettled, result))
         for start in range(0, len(changes), AUDIENCE_SLICE):
             pending = changes[start : start + AUDIENCE_SLICE]

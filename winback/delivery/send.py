@@ -29,6 +29,7 @@ import psycopg
 from winback.delivery.ledger import LedgerWriter, SyncResult, record_skipped
 from winback.delivery.providers import MessageProvider, Outcome, OutgoingMessage, SendResult
 from winback.delivery.providers.ratelimit import Limiter
+from winback.orchestration import progress
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ChannelRun:
         self.rechecks: list[tuple[dict, Delivery]] = []
         self.send_seconds = 0.0  # time spent in provider.send, for the latency check
         self.sends = 0
+        self.watch: progress.SendProgress | None = None  # progress lines, counts only
 
     def pause(self, reason: str) -> None:
         if self.paused_because is None:
@@ -106,6 +108,8 @@ class ChannelRun:
                 delivery.unclear_since,
             )
         self.result.count(self.provider.name, status)
+        if self.watch is not None:
+            self.watch.record(status)
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         async with self.limiter:
@@ -155,6 +159,7 @@ async def sync_channel(
     if skipped:
         result.count(provider.name, "skipped", len(skipped))
     workers = max(1, provider.limits.max_concurrency)
+    state.watch = progress.SendProgress.of(provider, rows, total=len(sendable))
     try:
         await _run_pass(state, sendable, workers, record_intent=True)
         # Rows whose negative lookup becomes trustworthy soon: looked up again, then sent
@@ -176,6 +181,7 @@ async def sync_channel(
         state.ledger.flush()
         state.check_concurrency()
         await provider.aclose()
+    state.watch.finish()
 
 
 async def _run_pass(state: ChannelRun, rows: list[dict], workers: int, record_intent: bool):

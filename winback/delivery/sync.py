@@ -18,10 +18,11 @@ import psycopg
 
 from winback.delivery import feedback, ledger
 from winback.delivery.audience_mirror import audience_diff_counts, sync_audience
-from winback.delivery.ledger import SyncResult, dry_run, ensure_schema
+from winback.delivery.ledger import SEND_WINDOW_HOURS, SyncResult, dry_run, ensure_schema
 from winback.delivery.providers import AudienceProvider, MessageProvider
 from winback.delivery.providers.registry import audience_providers, message_providers
 from winback.delivery.send import sync_channel
+from winback.orchestration import progress
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def run(
     by_channel: dict[str, list[dict]] = defaultdict(list)
     for row in candidates:
         by_channel[row["channel"]].append(row)
+    progress.log_send_capacity(progress.send_plans(providers, by_channel), SEND_WINDOW_HOURS)
     for channel, rows in sorted(by_channel.items()):
         provider = providers.get(channel)
         if provider is None:

@@ -64,6 +64,7 @@ from winback.ingest.references import (
 )
 from winback.ingest.validate import check_batch, screen_batch, validate_chunk  # noqa: F401
 from winback.ingest.write import BulkTarget, is_referenced, payload, staging_ddl, upsert
+from winback.orchestration import progress
 from winback.warehouse import raw_schema
 
 log = logging.getLogger(__name__)
@@ -320,9 +321,10 @@ def load_day(
             reports.append(report)
     if owns_transaction and not conn.autocommit:
         conn.commit()
-    for report in reports:
+    for index, report in enumerate(reports, 1):
         # After the commit, so a line never reports a load that was rolled back. Counts
         # and rule names only: rows may hold personal data and never reach the logs.
+        progress.file_loaded(index, len(reports), report)
         log.info(
             "%s: read %d, loaded %d, quarantined %d %s",
             report.source_file,

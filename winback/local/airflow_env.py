@@ -35,6 +35,9 @@ def airflow_environment() -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.airflow_database_url(),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        # cosmos keeps dbt's partial-parse file between tasks; in /tmp (its default) every
+        # checkout on the machine would share one and re-parse the project on each switch.
+        "AIRFLOW__COSMOS__CACHE_DIR": str(config.STATE_DIR / "cosmos"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         "DO_NOT_TRACK": "1",
@@ -64,6 +67,26 @@ def run_airflow(args: list[str], check: bool = True, **kwargs) -> subprocess.Com
         text=True,
         **kwargs,
     )
+
+
+def stream_airflow(args: list[str], on_line) -> int:
+    """Run the airflow CLI, handing each line of its output (stdout and stderr) to
+    `on_line` as it comes; returns the exit code. Unbuffered, so a task's progress shows
+    when it happens, not when a buffer fills."""
+    airflow_home().mkdir(parents=True, exist_ok=True)
+    env = {**airflow_environment(), "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [str(airflow_executable()), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    ) as process:
+        for line in process.stdout:
+            on_line(line)
+    return process.returncode
 
 
 def migrate_metadata_db() -> None:

@@ -33,7 +33,12 @@ the handle. Meta's Custom Audience is written to files (`winback.delivery.provid
 so it needs no fake.
 """
 
-from winback.simulation.sandbox.server import SandboxHandle, serve_forever, start_sandbox
+from winback.simulation.sandbox.server import (
+    LOCAL_LIMITS,
+    SandboxHandle,
+    serve_forever,
+    start_sandbox,
+)
 from winback.simulation.sandbox.state import (
     BATCH_FAULT_KINDS,
     DEFAULT_FEEDBACK,
@@ -47,6 +52,7 @@ __all__ = [
     "BATCH_FAULT_KINDS",
     "DEFAULT_FEEDBACK",
     "FAULT_KINDS",
+    "LOCAL_LIMITS",
     "STOP_WORDS",
     "SandboxHandle",
     "SandboxSettings",

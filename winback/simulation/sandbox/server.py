@@ -154,6 +154,21 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
 # --------------------------------------------------------------------------- handles
 
 
+# What this sandbox takes from one client, declared on the connections it hands out the
+# way a user declares what their provider agreed to (docs/providers.md), so the sync's
+# limiter paces the demo and the tests as it paces production. The sandbox runs in its
+# own process on the same machine: measured on two shared cores (load average ~11) it
+# served ~60 SMTP messages/s (one connection per message) and ~190 popup requests/s
+# with 16 at once; a quiet machine does several times that. A sandbox started with a
+# `rate_limit` declares that rate instead, as a provider's contract would.
+LOCAL_LIMITS: dict[str, dict[str, float]] = {
+    "smtp": {"requests_per_second": 200, "max_concurrency": 8},
+    "twilio": {"requests_per_second": 300, "max_concurrency": 8},
+    "popup": {"requests_per_second": 300, "max_concurrency": 8},
+    "mailchimp": {"requests_per_second": 50, "max_concurrency": 10},
+}
+
+
 @dataclass
 class SandboxHandle:
     url: str
@@ -185,6 +200,18 @@ class SandboxHandle:
 
     def events(self, after: int = 0) -> list[dict]:
         return self._get(f"/_sandbox/events?after={after}&limit=100000")["events"]
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Requests per second the sandbox enforces, if any."""
+        return self.settings.rate_limit
+
+    def declared_limits(self, provider: str) -> dict[str, float]:
+        """The `requests_per_second` and `max_concurrency` its connections declare."""
+        limits = dict(LOCAL_LIMITS[provider])
+        if self.rate_limit:
+            limits["requests_per_second"] = min(limits["requests_per_second"], self.rate_limit)
+        return limits
 
     def webhook_stats(self) -> dict:
         """Webhooks sent to `winback serve`: sent, refused (forged on purpose), failed,
@@ -231,6 +258,7 @@ class SandboxHandle:
                             else f"{self.url}/_sandbox/twilio-status"
                         ),
                         "lookup_trust_seconds": settings.list_lag + 1.0,
+                        **self.declared_limits("twilio"),
                     },
                 }
             ),
@@ -238,13 +266,17 @@ class SandboxHandle:
                 {
                     "conn_type": "http",
                     "password": settings.api_key,
-                    "extra": {"base_url": self.url, "list_id": list_id},
+                    "extra": {
+                        "base_url": self.url,
+                        "list_id": list_id,
+                        **self.declared_limits("mailchimp"),
+                    },
                 }
             ),
             "AIRFLOW_CONN_WINBACK_POPUP": json.dumps(
                 {
                     "conn_type": "http",
-                    "extra": {"base_url": self.url},
+                    "extra": {"base_url": self.url, **self.declared_limits("popup")},
                 }
             ),
         }
@@ -263,6 +295,7 @@ class SandboxHandle:
                         "lookup_url": f"{self.url}/_sandbox/smtp-messages",
                         # The sandbox's search knows a message the moment it is accepted.
                         "lookup_trust_seconds": 1.0,
+                        **self.declared_limits("smtp"),
                     },
                 }
             )
