@@ -34,6 +34,8 @@ from datetime import date, datetime
 
 import psycopg
 
+from winback.warehouse import tables
+
 log = logging.getLogger(__name__)
 
 # Airflow's run states, as the Task SDK reports them.
@@ -42,28 +44,6 @@ UNFINISHED_STATES = ("queued", "running")
 _CLAIM_LOCK_KEY = 0x57494E4241434B  # "WINBACK"
 # Run types whose days form a series (Airflow's DagRunType values).
 ORDERED_RUN_TYPES = ("scheduled", "backfill")
-
-CLAIM_DDL = """
-create schema if not exists winback;
-create table if not exists winback.warehouse_claim (
-    singleton boolean primary key default true check (singleton),
-    run_id text not null,
-    run_date date not null,
-    run_type text not null,
-    claimed_at timestamptz not null default now()
-);
-comment on table winback.warehouse_claim is
-    'The run of winback_daily that holds the warehouse (at most one row).';
-create table if not exists winback.daily_runs (
-    run_id text primary key,
-    run_date date not null,
-    run_type text not null,
-    claimed_at timestamptz not null,
-    finished_at timestamptz
-);
-comment on table winback.daily_runs is
-    'Every run that held the warehouse: when it claimed it and when it finished.';
-"""
 
 
 class RunOrderError(RuntimeError):
@@ -90,7 +70,7 @@ class Holder:
 def ensure_claim_tables(conn: psycopg.Connection) -> None:
     # Two runs starting at once would race on `create table if not exists`.
     conn.execute("select pg_advisory_xact_lock(%s)", (_CLAIM_LOCK_KEY,))
-    conn.execute(CLAIM_DDL)
+    tables.ensure_schema(conn)
 
 
 def _ensure_committed_tables(conn: psycopg.Connection) -> None:

@@ -426,6 +426,31 @@ create table if not exists winback.task_runs (
 """
 
 # Table name -> its block, in creation order (the send ledger references the outbox).
+# Which run of winback_daily holds the warehouse (winback.orchestration.run_order).
+WAREHOUSE_CLAIM = """
+create table if not exists winback.warehouse_claim (
+    singleton boolean primary key default true check (singleton),
+    run_id text not null,
+    run_date date not null,
+    run_type text not null,
+    claimed_at timestamptz not null default now()
+);
+comment on table winback.warehouse_claim is
+    'The run of winback_daily that holds the warehouse (at most one row).';
+"""
+
+DAILY_RUNS = """
+create table if not exists winback.daily_runs (
+    run_id text primary key,
+    run_date date not null,
+    run_type text not null,
+    claimed_at timestamptz not null,
+    finished_at timestamptz
+);
+comment on table winback.daily_runs is
+    'Every run that held the warehouse: when it claimed it and when it finished.';
+"""
+
 TABLES: dict[str, str] = {
     "model_fits": MODEL_FITS,
     "customer_scores": CUSTOMER_SCORES,
@@ -446,6 +471,8 @@ TABLES: dict[str, str] = {
     "task_runs": TASK_RUNS,
     "global_control": GLOBAL_CONTROL,
     "global_control_results": GLOBAL_CONTROL_RESULTS,
+    "warehouse_claim": WAREHOUSE_CLAIM,
+    "daily_runs": DAILY_RUNS,
 }
 
 # A warehouse made before the global control group has the first two groups in its
