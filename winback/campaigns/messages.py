@@ -10,6 +10,7 @@ every zone the customer may be in. What to send and to whom is decided by the jo
 from __future__ import annotations
 
 import os
+import unicodedata
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -27,6 +28,14 @@ DEFAULT_SEND_HOUR = 10
 SHORT_LINK_BASE_ENV = "WINBACK_SHORT_LINK_BASE"
 DEFAULT_SHORT_LINK_BASE = "https://wb.example/s"
 PUBLIC_URL_ENV = "WINBACK_PUBLIC_URL"
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: every line break, vertical space and control character (CR, LF,
+    VT, FF, NEL, U+2028, U+2029, ...) becomes a space, and runs of spaces one. A rendered
+    subject becomes a mail header, where a line break would end the header."""
+    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    return " ".join(spaced.split())
 
 
 def short_link_base() -> str:
@@ -243,7 +252,7 @@ class MessageBuilder:
         }[step.channel]
         payload = {
             "to": to,
-            "subject": self.p.render(subject, context) if subject else None,
+            "subject": one_line(self.p.render(subject, context)) if subject else None,
             "body": self.p.render(body, context),
         }
         if step.incentive:

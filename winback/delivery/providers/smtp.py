@@ -100,8 +100,7 @@ class SmtpEmail(MessageProvider):
         email.set_content(message.body + footer)
         return email
 
-    def _send_blocking(self, message: OutgoingMessage) -> SendResult:
-        email = self._build(message)
+    def _send_blocking(self, message: OutgoingMessage, email: EmailMessage) -> SendResult:
         data_sent = False
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.limits.timeout_seconds) as smtp:
@@ -132,7 +131,18 @@ class SmtpEmail(MessageProvider):
     async def send(self, message: OutgoingMessage) -> SendResult:
         if not message.to:
             return SendResult(Outcome.REJECTED, reason="no email address")
-        return await asyncio.to_thread(self._send_blocking, message)
+        try:
+            email = self._build(message)
+            email.as_bytes()  # header values are checked when serialised, not when set
+        except (ValueError, TypeError, UnicodeError) as error:
+            # A header the email library refuses (a line break or other vertical space in a
+            # rendered subject, an address it cannot parse) is this message's failure: nothing
+            # was sent, and no later run can send it either. The reason names the class of
+            # problem only, never the value, which may hold customer data.
+            return SendResult(
+                Outcome.REJECTED, reason=f"message cannot be built: {type(error).__name__}"
+            )
+        return await asyncio.to_thread(self._send_blocking, message, email)
 
     async def lookup(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
         if not self.lookup_url:

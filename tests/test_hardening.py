@@ -1,0 +1,185 @@
+"""Hardening (issue 18): one bad row or one bad campaign never stops the day.
+
+Each test is a case an attacker or a careless operator produced: a first name with a line
+break in a live e-mail sync (real SMTP and HTTP against the provider sandbox), a campaign
+that fails at run time among campaigns that do not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_audiences import RUN, Shop, campaign, holdout
+from test_sync import add_customers, ledger_rows, reset_warehouse, twilio
+
+from winback.campaigns import audiences, messages
+from winback.delivery import sync
+from winback.delivery.providers.ratelimit import RateLimits
+from winback.delivery.providers.smtp import SmtpEmail
+from winback.simulation import sandbox
+
+# Every character Python's email library refuses in a header, as a first name would carry it.
+POISONED_FIRST_NAMES = [
+    "Eve\r\nBcc: x@y.test",
+    "Eve\nBcc: x@y.test",
+    "Eve\rX",
+    "Eve\x0bX",
+    "Eve\x0cX",
+    "Eve\x85X",
+    "Eve\u2028X",
+    "Eve\u2029X",
+    "Eve\x1cX",
+]
+
+
+def _enqueue_email(conn, customers: list[str], subjects: dict[str, str]) -> dict[str, str]:
+    """Outbox rows for `customers` with the given subjects; {customer: idempotency key}."""
+    keys = {}
+    for customer in customers:
+        i = int(customer[1:])
+        key = audiences.idempotency_key("we_miss_you", "s1", customer, "email")
+        subject = subjects.get(customer, "We miss you")
+        payload = {"to": f"user{i}@shop.test", "subject": subject, "body": "Come back!"}
+        conn.execute(
+            "insert into winback.outbox (idempotency_key, run_date, campaign_id, step_id,"
+            " customer_id, channel, payload) values (%s, %s, 'we_miss_you', 's1', %s, 'email',"
+            " %s)",
+            (key, RUN, customer, json.dumps(payload)),
+        )
+        keys[customer] = key
+    conn.commit()
+    return keys
+
+
+def _enqueue_sms(conn, customers: list[str]) -> list[str]:
+    keys = []
+    for customer in customers:
+        key = audiences.idempotency_key("we_miss_you", "s1", customer, "sms")
+        payload = {"to": f"+1650555{int(customer[1:]):04d}", "body": "Come back!"}
+        conn.execute(
+            "insert into winback.outbox (idempotency_key, run_date, campaign_id, step_id,"
+            " customer_id, channel, payload) values (%s, %s, 'we_miss_you', 's1', %s, 'sms', %s)",
+            (key, RUN, customer, json.dumps(payload)),
+        )
+        keys.append(key)
+    conn.commit()
+    return keys
+
+
+def test_a_poisoned_first_name_fails_its_row_and_every_other_message_is_sent(conn):
+    """Finding 1: outbox rows whose subject holds a line break (made before subjects were
+    collapsed, or by hand) are rejected one by one; every other e-mail goes out once, and
+    the SMS channel, synced after e-mail, runs too. An ESP lookup on a later run settles
+    them without a crash."""
+    warehouse = reset_warehouse(conn)
+    handle = sandbox.start_sandbox(seed=3)
+    try:
+        customers = add_customers(warehouse, 20)
+        poisoned = dict(
+            zip(customers[:9], (f"{n}, we miss you" for n in POISONED_FIRST_NAMES), strict=True)
+        )
+        email_keys = _enqueue_email(warehouse, customers, poisoned)
+        sms_keys = _enqueue_sms(warehouse, customers[:5])
+        esp = SmtpEmail(
+            "127.0.0.1",
+            handle.smtp_port,
+            "shop@shop.test",
+            lookup_url=f"{handle.url}/_sandbox/smtp-messages",
+            limits=RateLimits(100.0, 4, 2.0),
+        )
+        providers = {"email": esp, "sms": twilio(handle)}
+        result = sync.run(warehouse, RUN, "live", providers, {}, collect_feedback=False)
+        assert result.by_provider["smtp"] == {"acknowledged": 11, "rejected": 9}
+        assert result.by_provider["twilio"] == {"acknowledged": 5}
+        states = ledger_rows(warehouse)
+        for customer, key in email_keys.items():
+            status, _message_id, error = states[key]
+            if customer in poisoned:
+                assert status == "rejected" and error.startswith("message cannot be built")
+                assert "Eve" not in error and "x@y" not in error  # no customer data
+            else:
+                assert status == "acknowledged"
+        # The sandbox's own record: e-mail by Message-ID (the ledger's provider id), SMS by key.
+        accepted = handle.accepted()["messages_by_reference"]
+        sent_ids = [states[k][1] for c, k in email_keys.items() if c not in poisoned]
+        assert all(accepted.get(ref) == 1 for ref in sent_ids + sms_keys)
+        assert len(accepted) == len(sent_ids) + len(sms_keys)
+        # A row a killed run left `sending` is looked up, then refused again: no crash.
+        warehouse.execute(
+            "update winback.send_ledger set status = 'sending', unclear_since = now()"
+            " - interval '1 day' where status = 'rejected'"
+        )
+        warehouse.commit()
+        esp.negative_lookup_trusted_after = 0.0
+        again = sync.run(warehouse, RUN, "live", {"email": esp}, {}, collect_feedback=False)
+        assert again.by_provider["smtp"] == {"rejected": 9}
+        assert all(n == 1 for n in handle.accepted()["messages_by_reference"].values())
+    finally:
+        handle.stop()
+
+
+def test_a_provider_that_raises_fails_only_its_row(conn):
+    """An adapter bug on one message is that row's `unclear` (it may have gone out), never
+    the channel's: the other rows are sent."""
+    warehouse = reset_warehouse(conn)
+    handle = sandbox.start_sandbox(seed=4)
+    try:
+        customers = add_customers(warehouse, 6)
+        keys = _enqueue_email(warehouse, customers, {})
+        plain = SmtpEmail(
+            "127.0.0.1", handle.smtp_port, "shop@shop.test", limits=RateLimits(100.0, 2, 2.0)
+        )
+        real_send = plain.send
+
+        async def send(message):
+            if message.customer_id == customers[0]:
+                raise KeyError("a bug in the adapter")
+            return await real_send(message)
+
+        plain.send = send
+        result = sync.run(warehouse, RUN, "live", {"email": plain}, {}, collect_feedback=False)
+        assert result.by_provider["smtp"] == {"acknowledged": 5, "unclear": 1}
+        status, _id, error = ledger_rows(warehouse)[keys[customers[0]]]
+        assert status == "unclear" and error == "KeyError raised while sending"
+    finally:
+        handle.stop()
+
+
+@pytest.mark.parametrize("name", POISONED_FIRST_NAMES + ["Eve\x00X", "Eve\tX  \t"])
+def test_rendered_subjects_are_collapsed_to_one_line(name):
+    collapsed = messages.one_line(f"{name}, we miss you")
+    assert collapsed.splitlines() == [collapsed]
+    assert not any(ord(c) < 32 or c in "\x85\u2028\u2029\x7f" for c in collapsed)
+    assert collapsed.startswith("Eve") and collapsed.endswith(", we miss you")
+
+
+def test_a_built_message_for_a_poisoned_first_name_has_a_one_line_subject(conn):
+    shop = Shop(conn)
+    shop.add("eve", first_name="Eve\r\nBcc: x@y.test")
+    shop.conn.commit()
+    audiences.build_audiences(shop.conn, [campaign(holdout=holdout(0.0))], RUN)
+    [row] = shop.outbox()
+    assert row["payload"]["subject"] == "Eve Bcc: x@y.test, we miss you"
+
+
+def test_a_campaign_that_fails_at_run_time_is_refused_and_the_others_are_built(conn):
+    """Finding 5's run-time half: a shift the database cannot compute (80 x -100 years is
+    out of the timestamp range) fails its campaign alone, in its savepoint."""
+    shop = Shop(conn)
+    shop.add_many(10)
+    shop.conn.commit()
+    hostile_rule = "expected_next_order_date < run_date" + " - 100 years" * 80
+    hostile = campaign(id="hostile", priority=100, audience={"rule": hostile_rule})
+    kept = campaign(id="kept", priority=10)
+    refused: dict[str, str] = {}
+    results = audiences.build_audiences(shop.conn, [hostile, kept], RUN, refused=refused)
+    shop.conn.commit()
+    assert [r.campaign_id for r in results] == ["kept"]
+    assert list(refused) == ["hostile.yaml"] and "nothing was enrolled" in refused["hostile.yaml"]
+    assert {m["campaign_id"] for m in shop.outbox()} == {"kept"}
+    assert len(shop.outbox()) == results[0].treatment == 9
+    logged = shop.conn.execute(
+        "select distinct campaign_id from winback.audience_filter_log"
+    ).fetchall()
+    assert logged == [("kept",)]
