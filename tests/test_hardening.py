@@ -13,8 +13,10 @@ import pytest
 from test_audiences import RUN, Shop, campaign, holdout
 from test_sync import add_customers, ledger_rows, reset_warehouse, twilio
 
-from winback.campaigns import audiences, messages
+from winback import cli
+from winback.campaigns import audiences, messages, personalization
 from winback.delivery import sync
+from winback.delivery.providers import smtp as smtp_provider
 from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.smtp import SmtpEmail
 from winback.simulation import sandbox
@@ -183,3 +185,103 @@ def test_a_campaign_that_fails_at_run_time_is_refused_and_the_others_are_built(c
         "select distinct campaign_id from winback.audience_filter_log"
     ).fetchall()
     assert logged == [("kept",)]
+
+
+# --- secrets (finding 2, 3 and the Message-IDs of 7) ---------------------------------------
+
+STRONG_SECRET = "k2P9vX7qLr4mZ8sT1wY6nB3cF5hJ0dGa"  # 32 bytes, as a deployment would set
+
+
+@pytest.mark.parametrize(
+    "weak",
+    ["change-me", "CHANGE-ME", "x", "a" * 31, personalization.DEMO_COUPON_SECRET, "changeme"],
+)
+def test_live_mode_refuses_a_placeholder_short_or_demo_coupon_secret(weak, monkeypatch):
+    monkeypatch.setenv(personalization.COUPON_SECRET_ENV, weak)
+    with pytest.raises(RuntimeError, match="WINBACK_COUPON_SECRET") as refused:
+        personalization.coupon_secret("live")
+    assert weak not in str(refused.value) or weak == "x"  # the value is never quoted
+    assert personalization.coupon_secret("dry_run") == weak.encode()  # a dry run may use it
+    monkeypatch.setenv(personalization.COUPON_SECRET_ENV, STRONG_SECRET)
+    assert personalization.coupon_secret("live") == STRONG_SECRET.encode()
+
+
+def test_outbox_rows_name_their_key_and_a_live_sync_refuses_the_demo_keys(conn, monkeypatch):
+    """Finding 2: a dry-run build (the demo secret) followed by a live sync sent demo
+    coupons. Each outbox row now records its key's fingerprint, and the live sync leaves
+    the demo-made rows unsent while it sends the others."""
+    shop = Shop(conn)
+    shop.add_many(6)
+    shop.conn.commit()
+    monkeypatch.delenv(personalization.COUPON_SECRET_ENV, raising=False)
+    step = {
+        "id": "first_touch",
+        "channel": "email",
+        "subject": "{{ first_name }}, {{ coupon_discount }} off",
+        "body": "Code {{ coupon_code }}",
+        "incentive": {"coupon": {"discount_percent": 10, "valid_days": 14}},
+    }
+    demo = campaign(id="demo_made", priority=10, holdout=holdout(0.0), steps=[step])
+    audiences.build_audiences(shop.conn, [demo], RUN)  # dry run: the demo secret
+    monkeypatch.setenv(personalization.COUPON_SECRET_ENV, STRONG_SECRET)
+    live = campaign(id="live_made", priority=5, holdout=holdout(0.0))
+    shop.conn.execute("delete from winback.journey_state")  # let the same customers in again
+    audiences.build_audiences(shop.conn, [live], RUN, send_mode="live")
+    shop.conn.commit()
+    fingerprints = dict(
+        shop.conn.execute(
+            "select campaign_id, min(coupon_key_fingerprint) from winback.outbox group by 1"
+        ).fetchall()
+    )
+    assert fingerprints["demo_made"] == personalization.DEMO_KEY_FINGERPRINT
+    assert fingerprints["live_made"] == personalization.key_fingerprint(STRONG_SECRET.encode())
+    assert STRONG_SECRET not in fingerprints["live_made"]
+    assert all(row["coupon_code"] for row in shop.outbox("demo_made"))
+    handle = sandbox.start_sandbox(seed=6)
+    try:
+        smtp = SmtpEmail(
+            "127.0.0.1", handle.smtp_port, "shop@shop.test", limits=RateLimits(100.0, 4, 2.0)
+        )
+        result = sync.run(shop.conn, RUN, "live", {"email": smtp}, {}, collect_feedback=False)
+        assert result.by_provider["refused:email"] == {"made_with_demo_key": 6}
+        assert result.by_provider["smtp"] == {"acknowledged": 6}
+        sent = shop.conn.execute(
+            "select o.campaign_id, count(*) from winback.send_ledger l join winback.outbox o"
+            " using (idempotency_key) where l.mode = 'live' group by 1"
+        ).fetchall()
+        assert sent == [("live_made", 6)]
+        assert len(handle.accepted()["messages_by_reference"]) == 6
+    finally:
+        handle.stop()
+
+
+def test_smtp_message_ids_are_keyed_and_match_what_the_ledger_stores(conn, monkeypatch):
+    """Finding 7: Message-IDs were `<idempotency key@winback>`, computable from public
+    values; now an HMAC under the deployment secret, the same one the ledger keeps (the
+    SendGrid webhook links events by it)."""
+    key = audiences.idempotency_key("we_miss_you", "s1", "c1", "email")
+    monkeypatch.setenv(personalization.COUPON_SECRET_ENV, STRONG_SECRET)
+    keyed = smtp_provider.message_id(key)
+    assert key not in keyed and keyed == smtp_provider.message_id(key)
+    monkeypatch.setenv(personalization.COUPON_SECRET_ENV, STRONG_SECRET[::-1])
+    assert smtp_provider.message_id(key) != keyed
+    warehouse = reset_warehouse(conn)
+    handle = sandbox.start_sandbox(seed=7)
+    try:
+        keys = _enqueue_email(warehouse, add_customers(warehouse, 3), {})
+        smtp = SmtpEmail(
+            "127.0.0.1", handle.smtp_port, "shop@shop.test", limits=RateLimits(100.0, 2, 2.0)
+        )
+        sync.run(warehouse, RUN, "live", {"email": smtp}, {}, collect_feedback=False)
+        stored = {k: row[1] for k, row in ledger_rows(warehouse).items()}
+        assert stored == {k: smtp_provider.message_id(k) for k in keys.values()}
+        assert set(handle.accepted()["messages_by_reference"]) == set(stored.values())
+    finally:
+        handle.stop()
+
+
+def test_winback_audiences_takes_a_send_mode():
+    parser = cli.build_parser()
+    args = parser.parse_args(["audiences", "--date", "2026-11-20", "--mode", "live"])
+    assert args.mode == "live" and not args.allow_past_sends
+    assert parser.parse_args(["audiences", "--date", "2026-11-20"]).mode == "dry_run"

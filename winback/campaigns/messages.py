@@ -114,6 +114,7 @@ class MessageBuilder:
         self.conn = conn
         self.run_date = run_date
         self.secret = personalization.coupon_secret(mode)
+        self.key_fingerprint = personalization.key_fingerprint(self.secret)
         self.short_link_base = short_link_base()
         self.zones: dict[str, tuple[ZoneInfo, ...]] = {}
         self.send_hours: dict[str, int] = {}
@@ -279,6 +280,7 @@ class MessageBuilder:
             "coupon_code": context["coupon_code"],
             "coupon_expires_on": context["coupon_expires_on"],
             "tracked_link": context["tracked_link"],
+            "key_fingerprint": self.key_fingerprint,
         }
 
     def flush(self) -> None:

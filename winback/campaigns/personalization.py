@@ -155,20 +155,54 @@ def compile_template(template: str, *, autoescape: bool = False) -> jinja2.Templ
 # --- coupons ------------------------------------------------------------------------------
 
 
+# A live secret must be at least this long (HMAC-SHA256's block of entropy) and none of
+# the values people leave in place (deploy/.env.example ships `change-me`).
+MIN_SECRET_BYTES = 32
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "change_me", "secret", "password", "test", "example", "xxx"}
+)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign live codes, or None. The secret itself is never quoted."""
+    if secret.strip().lower() in PLACEHOLDER_SECRETS or "change-me" in secret.lower():
+        return "is a placeholder value"
+    if secret == DEMO_COUPON_SECRET:
+        return "is the public demo secret"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
 def coupon_secret(mode: str) -> bytes:
     """The HMAC key for coupon and link codes: `WINBACK_COUPON_SECRET`.
 
-    Live sends need it; a dry run or the demo falls back to DEMO_COUPON_SECRET.
+    Live sends need a strong one (`secret_problem`: 32 bytes or more, not a placeholder,
+    not the demo secret); a dry run or the demo falls back to DEMO_COUPON_SECRET.
     """
     secret = os.environ.get(COUPON_SECRET_ENV, "")
-    if secret:
-        return secret.encode()
     if mode == LIVE_MODE:
-        raise RuntimeError(
-            f"{COUPON_SECRET_ENV} is not set: live sends need a secret for coupon and link "
-            f"codes (set it in the environment or the deployment's .env)"
-        )
-    return DEMO_COUPON_SECRET.encode()
+        if not secret:
+            raise RuntimeError(
+                f"{COUPON_SECRET_ENV} is not set: live sends need a secret for coupon and link "
+                f"codes (set it in the environment or the deployment's .env)"
+            )
+        problem = secret_problem(secret)
+        if problem:
+            raise RuntimeError(
+                f"{COUPON_SECRET_ENV} {problem}: live sends need {MIN_SECRET_BYTES} random"
+                ' bytes or more, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+    return secret.encode() if secret else DEMO_COUPON_SECRET.encode()
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Which key made a row's codes, without revealing it: an HMAC of a fixed label under
+    the key, 16 hex digits. Stored with each outbox row (`coupon_key_fingerprint`)."""
+    return hmac.new(secret, b"winback key fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+DEMO_KEY_FINGERPRINT = key_fingerprint(DEMO_COUPON_SECRET.encode())
 
 
 def _keyed_code(secret: bytes, purpose: str, *parts: str, length: int) -> str:
