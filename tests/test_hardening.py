@@ -7,7 +7,10 @@ that fails at run time among campaigns that do not.
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import json
+from datetime import UTC, date, datetime
 
 import pytest
 from test_audiences import RUN, Shop, campaign, holdout
@@ -15,11 +18,16 @@ from test_sync import add_customers, ledger_rows, reset_warehouse, twilio
 
 from winback import cli
 from winback.campaigns import audiences, messages, personalization
+from winback.campaigns import campaign_files as campaigns
 from winback.delivery import sync
+from winback.delivery.providers import Outcome, OutgoingMessage
 from winback.delivery.providers import smtp as smtp_provider
+from winback.delivery.providers.popup import PopupCsvExport
 from winback.delivery.providers.ratelimit import RateLimits
 from winback.delivery.providers.smtp import SmtpEmail
+from winback.measurement import report
 from winback.simulation import sandbox
+from winback.warehouse import tables
 
 # Every character Python's email library refuses in a header, as a first name would carry it.
 POISONED_FIRST_NAMES = [
@@ -285,3 +293,79 @@ def test_winback_audiences_takes_a_send_mode():
     args = parser.parse_args(["audiences", "--date", "2026-11-20", "--mode", "live"])
     assert args.mode == "live" and not args.allow_past_sends
     assert parser.parse_args(["audiences", "--date", "2026-11-20"]).mode == "dry_run"
+
+
+# --- exports (finding 6, and `winback report` of 7) ---------------------------------------
+
+
+def popup_campaign(body: str) -> dict:
+    return {
+        "id": "popup_back",
+        "channels": ["popup"],
+        "holdout": holdout(0.0),
+        "steps": [{"id": "banner", "channel": "popup", "body": body}],
+    }
+
+
+def test_popup_bodies_are_html_escaped(conn):
+    shop = Shop(conn)
+    shop.add("mallory", first_name='<img src=x onerror="alert(1)">')
+    shop.conn.commit()
+    audiences.build_audiences(shop.conn, [campaign(**popup_campaign("Hi {{ first_name }}!"))], RUN)
+    [row] = shop.outbox()
+    assert row["payload"]["body"] == "Hi &lt;img src=x onerror=&#34;alert(1)&#34;&gt;!"
+
+
+def test_popup_templates_may_not_use_contact_fields():
+    for name in ("email", "phone"):
+        popup = campaign(**popup_campaign(f"Hi {{{{ {name} }}}}"))
+        [problem] = campaigns.template_problems(popup)
+        assert problem.startswith("steps.0.body: template uses unknown name " + name)
+    email_step = campaign(
+        steps=[{"id": "s", "channel": "email", "subject": "x", "body": "{{ email }}"}]
+    )
+    assert campaigns.template_problems(email_step) == []
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ['=HYPERLINK("http://evil.test","click")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"],
+)
+def test_the_popup_csv_export_never_holds_a_formula(hostile, tmp_path):
+    export = PopupCsvExport(tmp_path)
+    message = OutgoingMessage("k1", "c1", "popup_back", "popup", "c1", None, hostile)
+    assert asyncio.run(export.send(message)).outcome is Outcome.ACCEPTED
+    with open(export.path_for("popup_back"), newline="") as handle:
+        [header, row] = list(csv.reader(handle))
+    assert header[3] == "message" and row[3] == "'" + hostile
+    assert asyncio.run(export.lookup(message, datetime.now(UTC))) is not None
+    plain = OutgoingMessage("k2", "c2", "popup_back", "popup", "c2", None, "Welcome back")
+    asyncio.run(export.send(plain))
+    with open(export.path_for("popup_back"), newline="") as handle:
+        assert list(csv.reader(handle))[-1][3] == "Welcome back"
+
+
+@pytest.mark.parametrize("campaign_id", ["../x", "no_such_campaign", "../../tmp/evil"])
+def test_winback_report_refuses_unknown_campaigns_and_writes_only_in_its_folder(
+    campaign_id, conn, tmp_path, capsys
+):
+    folder = tmp_path / "reports" / "inner"
+    argv = ["report", campaign_id, "--from", "2026-10-01", "--to", "2026-10-31"]
+    code = cli.main([*argv, "--measure", "--html", str(folder)])
+    assert code == 2 and "winback report:" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*.html")) and not any(tmp_path.rglob("*.png"))
+    tables.ensure_schema(conn)
+    stored = conn.execute(
+        "select count(*) from winback.campaign_results where campaign_id = %s", (campaign_id,)
+    ).fetchone()[0]
+    assert stored == 0
+    conn.commit()
+    assert cli.main(["measure", campaign_id, "--from", "2026-10-01", "--to", "2026-10-31"]) == 2
+    with pytest.raises(ValueError, match="lower-case"):
+        report.write(
+            report.ReportData(
+                "../x", date(2026, 10, 1), date(2026, 10, 31), 14, [], [], [], [], {}
+            ),
+            folder,
+        )
+    assert not folder.exists() and not (tmp_path / "x_2026-10-01_2026-10-31.html").exists()

@@ -185,11 +185,24 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _known_campaign(conn, campaign_id: str, command: str) -> bool:
+    from winback.measurement import report
+
+    try:
+        report.check_campaign(conn, campaign_id)
+    except ValueError as error:
+        print(f"winback {command}: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
+        if not _known_campaign(conn, args.campaign, "measure"):
+            return 2
         results = measurement.measure_window(
             conn, args.campaign, args.date_from, args.date_to, args.attribution_days
         )
@@ -203,6 +216,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from winback.warehouse import db
 
     with db.connect() as conn:
+        if not _known_campaign(conn, args.campaign, "report"):
+            return 2
         if args.measure:
             measurement.measure_window(
                 conn, args.campaign, args.date_from, args.date_to, args.attribution_days

@@ -376,6 +376,11 @@ class Campaign(_Strict):
         return next(i for i, s in enumerate(self.steps) if s.id == step_id)
 
 
+# Columns that reach a customer directly: never in a popup, which any visitor of the page
+# may see and whose CSV export holds no email or phone.
+CONTACT_NAMES = frozenset({"email", "phone"})
+
+
 def template_problems(campaign: Campaign) -> list[str]:
     """Templates using unknown names, and SMS bodies too long once rendered: field: problem."""
     from winback.campaigns import personalization, rules, sms_encoding
@@ -384,10 +389,12 @@ def template_problems(campaign: Campaign) -> list[str]:
     allowed = frozenset(columns) | MESSAGE_NAMES
     problems = []
     for index, step in enumerate(campaign.steps):
+        # A popup shows on a shared page and its export promises no contact data.
+        names = allowed - CONTACT_NAMES if step.channel == "popup" else allowed
         for where, which, template in step.texts():
             field = f"steps.{index}.{where}{which}"
             try:
-                personalization.validate_template(template, allowed)
+                personalization.validate_template(template, names)
             except personalization.TemplateError as error:
                 problems.append(f"{field}: {error}")
                 continue

@@ -254,7 +254,8 @@ class MessageBuilder:
         payload = {
             "to": to,
             "subject": one_line(self.p.render(subject, context)) if subject else None,
-            "body": self.p.render(body, context),
+            # A popup body is HTML on the shop's page: escaped, like an HTML e-mail.
+            "body": self.p.render(body, context, autoescape=step.channel == "popup"),
         }
         if step.incentive:
             payload["incentive"] = {
