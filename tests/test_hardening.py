@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
+import time
 from datetime import UTC, date, datetime
 
 import pytest
+import yaml
+from psycopg import sql as psycopg_sql
 from test_audiences import RUN, Shop, campaign, holdout
 from test_sync import add_customers, ledger_rows, reset_warehouse, twilio
 
 from winback import cli
-from winback.campaigns import audiences, messages, personalization
+from winback.campaigns import audiences, messages, personalization, rules
 from winback.campaigns import campaign_files as campaigns
 from winback.delivery import sync
 from winback.delivery.providers import Outcome, OutgoingMessage
@@ -369,3 +373,104 @@ def test_winback_report_refuses_unknown_campaigns_and_writes_only_in_its_folder(
             folder,
         )
     assert not folder.exists() and not (tmp_path / "x_2026-10-01_2026-10-31.html").exists()
+
+
+# --- validation checks what runs (finding 5) ----------------------------------------------
+
+NESTED_39 = "(" * 39 + "days_since_last_order > 90" + ")" * 39
+NEAR_LIMIT = "days_since_last_order > 90" + " or days_since_last_order > 90" * 132
+HOSTILE_CAMPAIGNS = {
+    "nested_39_deep": {"audience": {"rule": NESTED_39, "rfm_segments": ["At risk"]}},
+    "near_4000_chars": {"audience": {"rule": NEAR_LIMIT, "rfm_segments": ["At risk"]}},
+    "shifts_480": {"audience": {"rule": "expected_next_order_date < run_date" + " - 1 days" * 480}},
+    "shifts_80_centuries": {
+        "audience": {"rule": "expected_next_order_date < run_date" + " - 100 years" * 80}
+    },
+    "javascript_landing": {"landing_url": "javascript:alert(document.cookie)"},
+    "nested_range": {
+        "steps": [
+            {
+                "id": "s",
+                "channel": "email",
+                "subject": "hi",
+                "body": "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in"
+                " range(1000) %}x{% endfor %}{% endfor %}{% endfor %}",
+            }
+        ]
+    },
+    "repeat_4e9": {
+        "steps": [{"id": "s", "channel": "email", "subject": "{{ 'x' * 4000000000 }}", "body": "b"}]
+    },
+}
+
+
+def test_each_hostile_part_alone_fits_the_old_bounds():
+    """The cases are the ones the issue found: each passed validation before."""
+    assert len(NESTED_39) < rules.MAX_RULE_LENGTH and len(NEAR_LIMIT) < rules.MAX_RULE_LENGTH
+    rules.compile_rule(NESTED_39)
+    rules.compile_rule(NEAR_LIMIT)
+    assert len(f"({NEAR_LIMIT}) and rfm_segment in ('At risk')") > rules.MAX_RULE_LENGTH
+
+
+def test_winback_campaigns_validate_rejects_every_hostile_campaign_file(tmp_path, capsys):
+    for name, overrides in HOSTILE_CAMPAIGNS.items():
+        document = {**_campaign_document(), "id": name, **overrides}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(document))
+    (tmp_path / "fine.yaml").write_text(yaml.safe_dump({**_campaign_document(), "id": "fine"}))
+    started = time.monotonic()
+    assert cli.main(["campaigns", "validate", "--folder", str(tmp_path)]) == 1
+    assert time.monotonic() - started < 30, "validation itself must stay quick"
+    output = capsys.readouterr()
+    text = output.out + output.err
+    for name in HOSTILE_CAMPAIGNS:
+        assert f"{name}.yaml" in text, name
+    valid, refused = campaigns.load_valid_campaigns(tmp_path)
+    assert [c.id for c in valid] == ["fine"] and set(refused) == {
+        f"{name}.yaml" for name in HOSTILE_CAMPAIGNS
+    }
+
+
+def test_a_long_shift_chain_within_bounds_compiles_flat_and_runs(conn):
+    """Shift chains are one flat expression: 300 steps compile, render and run in
+    PostgreSQL without recursion; the bound is on their total, not their number."""
+    rule = "expected_next_order_date < run_date" + " - 1 days + 1 days" * 150
+    compiled = rules.compile_rule(rule)
+    query = psycopg_sql.SQL(
+        "select count(*) from (select date '2026-11-01' as expected_next_order_date) f where {}"
+    ).format(compiled.sql)
+    [(matched,)] = conn.execute(query, {**compiled.params, "run_date": RUN}).fetchall()
+    assert matched == 1
+    with pytest.raises(rules.RuleError, match="add up to more than 100 years"):
+        rules.compile_rule("expected_next_order_date < run_date - 60 years - 60 years")
+
+
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("{{ 'x' * 4000000000 }}", "repetition"),
+        ("{% for a in range(200) %}{% for b in range(200) %}x{% endfor %}{% endfor %}", "loops"),
+        ("{{ range(100000) | list | length }}", "range()"),
+        ("{{ 'x' | center(999999999) }}", "width"),
+        ("{% set s = 'ab' %}{{ s }}", "'set' is not allowed"),
+        ("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "'macro' is not allowed"),
+    ],
+)
+def test_the_template_sandbox_bounds_loops_ranges_and_repetition(template, problem):
+    started = time.monotonic()
+    with pytest.raises(personalization.TemplateError, match=re.escape(problem)):
+        personalization.validate_template(template, {"first_name"})
+        personalization.render(template, {"first_name": "Ada"})
+    assert time.monotonic() - started < 5
+    assert personalization.render("{% for i in range(3) %}{{ i }}{% endfor %}", {}) == "012"
+
+
+def _campaign_document() -> dict:
+    return {
+        "description": "test",
+        "starts_on": "2026-01-01",
+        "ends_on": "2026-12-31",
+        "holdout": {"share": 0.1},
+        "channels": ["email"],
+        "audience": {"rfm_segments": ["At risk", "Hibernating"]},
+        "steps": [{"id": "s", "channel": "email", "subject": "Hi {{ first_name }}", "body": "b"}],
+    }
