@@ -489,6 +489,6 @@ def test_a_live_run_without_the_coupon_secret_refuses_and_writes_nothing(shop, m
         audiences.build_audiences(shop.conn, [campaign()], RUN, send_mode="live")
     shop.conn.rollback()
     assert shop.conn.execute("select to_regclass('winback.outbox')").fetchone()[0] is None
-    monkeypatch.setenv("WINBACK_COUPON_SECRET", "a-real-secret")
+    monkeypatch.setenv("WINBACK_COUPON_SECRET", "a-real-secret-of-32-bytes-or-more")
     [result] = audiences.build_audiences(shop.conn, [campaign()], RUN, send_mode="live")
     assert result.outbox_added == result.treatment > 0

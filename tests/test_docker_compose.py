@@ -179,7 +179,7 @@ def test_dependencies_exist_and_servers_have_healthchecks(compose):
     for name in ("postgres-airflow", "postgres-warehouse", "redis", "airflow-api-server",
                  "airflow-scheduler"):  # fmt: skip
         assert "healthcheck" in services[name], name
-    assert services["airflow-api-server"]["ports"] == ["8080:8080"]
+    assert services["airflow-api-server"]["ports"] == ["127.0.0.1:8080:8080"], "TLS proxy only"
 
 
 def test_the_return_path_is_a_service_of_the_same_image(compose):
@@ -232,3 +232,34 @@ def test_a_missing_secret_is_refused_as_compose_would():
 
 def test_deploy_env_is_ignored_by_git():
     assert "deploy/.env" in Path(ROOT / ".gitignore").read_text().split()
+
+
+def test_placeholder_or_short_secrets_stop_the_deployment_at_init(compose):
+    """airflow-init checks the secrets before anything else, and every service of the image
+    waits for it: the example file's `change-me` values never reach a running service."""
+    from winback import deploy_secrets
+
+    init = compose["services"]["airflow-init"]["command"][-1]
+    assert init.strip().startswith("winback check-secrets &&")
+    image = compose["services"]["airflow-init"]["image"]
+    for name, service in compose["services"].items():
+        if service.get("image") == image and name != "airflow-init":
+            rule = service["depends_on"]["airflow-init"]["condition"]
+            assert rule == "service_completed_successfully", name
+    found = deploy_secrets.problems(example_env())
+    assert set(deploy_secrets.REQUIRED) <= {line.split()[0] for line in found}
+    assert all("change-me" not in line for line in found), "values are never printed"
+    strong = {name: "s3cr3t-" + "x" * 40 for name in deploy_secrets.REQUIRED}
+    assert deploy_secrets.problems(strong) == []
+    assert deploy_secrets.problems({**strong, "AIRFLOW_JWT_SECRET": "short"}) == [
+        "AIRFLOW_JWT_SECRET is shorter than 32 bytes"
+    ]
+    assert deploy_secrets.problems({**strong, "WINBACK_MAILCHIMP_WEBHOOK_SECRET": "change-me"})
+
+
+def test_the_api_server_listens_on_localhost_unless_told_otherwise():
+    env = example_env()
+    assert env["AIRFLOW_API_BIND"] == "127.0.0.1"
+    env.pop("AIRFLOW_API_BIND")
+    defaulted = yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+    assert defaulted["services"]["airflow-api-server"]["ports"] == ["127.0.0.1:8080:8080"]

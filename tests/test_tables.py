@@ -127,13 +127,14 @@ def test_ensure_schema_creates_every_table_and_upgrades_an_older_one(conn):
             " and table_name = 'outbox' order by ordinal_position"
         )
     ]
-    assert outbox_columns[-6:] == [
+    assert outbox_columns[-7:] == [
         "send_at",
         "variant",
         "coupon_code",
         "coupon_expires_on",
         "tracked_link",
         "assigned_group",
+        "coupon_key_fingerprint",
     ]
     conn.rollback()
 

@@ -172,8 +172,28 @@ def cmd_airflow_ui(args: argparse.Namespace) -> int:
 def cmd_pipeline_stage(args: argparse.Namespace) -> int:
     from winback import pipeline
 
-    result = getattr(pipeline, args.stage_function)(args.date.isoformat())
+    options = {
+        name: getattr(args, name) for name in ("mode", "allow_past_sends") if hasattr(args, name)
+    }
+    result = getattr(pipeline, args.stage_function)(args.date.isoformat(), **options)
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_check_secrets(args: argparse.Namespace) -> int:
+    from winback import deploy_secrets
+
+    found = deploy_secrets.problems()
+    for line in found:
+        print(f"winback check-secrets: {line}", file=sys.stderr)
+    if found:
+        print(
+            'generate each with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            " (the Fernet key with Fernet.generate_key(), see deploy/.env.example)",
+            file=sys.stderr,
+        )
+        return 1
+    print("winback check-secrets: every secret is set, long enough and not a placeholder")
     return 0
 
 
@@ -209,11 +229,24 @@ def _measure_checked(conn, args: argparse.Namespace):
     return results
 
 
+def _known_campaign(conn, campaign_id: str, command: str) -> bool:
+    from winback.measurement import report
+
+    try:
+        report.check_campaign(conn, campaign_id)
+    except ValueError as error:
+        print(f"winback {command}: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from winback.measurement import windows as measurement
     from winback.warehouse import db
 
     with db.connect() as conn:
+        if not _known_campaign(conn, args.campaign, "measure"):
+            return 2
         results = _measure_checked(conn, args)
     if results is None:
         return 2
@@ -227,6 +260,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from winback.warehouse import db
 
     with db.connect() as conn:
+        if not _known_campaign(conn, args.campaign, "report"):
+            return 2
         if args.measure:  # as the winback_campaign_report DAG does: the campaign, the program
             if _measure_checked(conn, args) is None:
                 return 2
@@ -675,7 +710,18 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         stage = sub.add_parser(name, help=text)
         stage.add_argument("--date", type=_date, required=True)
+        if name == "audiences":
+            # Live codes need a strong WINBACK_COUPON_SECRET; a dry run's are demo codes,
+            # which a live sync refuses to send.
+            stage.add_argument("--mode", choices=["dry_run", "live"], default="dry_run")
+            stage.add_argument(
+                "--allow-past-sends", action="store_true", help="let a past date build live codes"
+            )
         stage.set_defaults(func=cmd_pipeline_stage, stage_function=function)
+
+    sub.add_parser(
+        "check-secrets", help="refuse placeholder or short deployment secrets (Compose's init)"
+    ).set_defaults(func=cmd_check_secrets)
 
     sync = sub.add_parser("sync", help="sync the outbox to the providers (dry run by default)")
     sync.add_argument("--date", type=_date, required=True)

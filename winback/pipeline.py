@@ -207,7 +207,9 @@ def build_audiences(
             log.error("%s", reason)
         refused.update(unreadable)
         decision = send_decision(ds, mode, allow_past_sends, run_type)
-        results = audiences.build_audiences(conn, valid, _day(ds), send_mode=decision.mode)
+        results = audiences.build_audiences(
+            conn, valid, _day(ds), send_mode=decision.mode, refused=refused
+        )
     return {"campaigns": [asdict(r) for r in results], "refused": refused}
 
 

@@ -393,10 +393,14 @@ def build_audiences(
     campaigns: list[Campaign],
     run_date: date,
     send_mode: str = "dry_run",
+    refused: dict[str, str] | None = None,
 ) -> list[AudienceResult]:
     """Enrol every active campaign's audience and advance every journey for `run_date`.
 
-    Highest priority first, all in one transaction: a failure leaves no half-built day.
+    Highest priority first, in one transaction, each campaign in its own savepoint: a
+    campaign that fails at run time (a rule the database cannot evaluate, a template that
+    cannot render) is rolled back alone, logged as an error and named with its reason in
+    `refused` (when given); nothing is enrolled or sent for it today and the others go on.
     `send_mode="live"` refuses to mint coupon and link codes without
     `WINBACK_COUPON_SECRET` (a dry run falls back to the documented demo secret).
     """
@@ -410,27 +414,54 @@ def build_audiences(
         caps = CapLedger.load(cur, run_date, lookback)
         messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
-            channel = ",".join(campaign.channels)
-            result = AudienceResult(campaign.id, channel)
-            cur.execute(
-                "delete from winback.audience_filter_log where run_date = %s and campaign_id = %s",
-                (run_date, campaign.id),
-            )
-            position = 0
-            if campaign.is_active(run_date):
-                position = enrol(cur, campaign, run_date, result)
-            else:
-                log.info("%s: not active on %s, no one enters", campaign.id, run_date)
-            advanced = journeys.advance(conn, campaign, run_date, caps, messages)
-            _log_steps(cur, campaign, run_date, position, advanced)
-            result.outbox_added = advanced.outbox_added
-            result.exited = advanced.exited
-            result.completed = advanced.completed
-            result.scheduled_for_quiet_hours = advanced.scheduled_for_quiet_hours
-            result.steps = {k: vars(v) for k, v in advanced.steps.items() if v.due}
-            if campaign.is_active(run_date) or advanced.advanced:
+            try:
+                with conn.transaction():  # a savepoint: this campaign's rows, or none
+                    result = _build_campaign(cur, conn, campaign, run_date, caps, messages)
+            except Exception as error:  # noqa: BLE001  one campaign's failure, not the day's
+                first_line = (str(error).splitlines() or [""])[0][:200]
+                reason = (
+                    f"campaign {campaign.id}: failed on {run_date} ({type(error).__name__}:"
+                    f" {first_line}); nothing was enrolled or sent for it today, its journeys"
+                    " wait, and the other campaigns ran"
+                )
+                log.error("%s", reason)
+                if refused is not None:
+                    refused[f"{campaign.id}.yaml"] = reason
+                # The failed campaign's caps and prepared inputs were rolled back with it:
+                # count again from what the kept campaigns wrote.
+                caps = CapLedger.load(cur, run_date, lookback)
+                messages = MessageBuilder(conn, run_date, send_mode)
+                continue
+            if result is not None:
                 results.append(result)
     return results
+
+
+def _build_campaign(
+    cur, conn, campaign: Campaign, run_date: date, caps: CapLedger, messages: MessageBuilder
+) -> AudienceResult | None:
+    """One campaign's entry and journeys for `run_date`; None when it did nothing today."""
+    channel = ",".join(campaign.channels)
+    result = AudienceResult(campaign.id, channel)
+    cur.execute(
+        "delete from winback.audience_filter_log where run_date = %s and campaign_id = %s",
+        (run_date, campaign.id),
+    )
+    position = 0
+    if campaign.is_active(run_date):
+        position = enrol(cur, campaign, run_date, result)
+    else:
+        log.info("%s: not active on %s, no one enters", campaign.id, run_date)
+    advanced = journeys.advance(conn, campaign, run_date, caps, messages)
+    _log_steps(cur, campaign, run_date, position, advanced)
+    result.outbox_added = advanced.outbox_added
+    result.exited = advanced.exited
+    result.completed = advanced.completed
+    result.scheduled_for_quiet_hours = advanced.scheduled_for_quiet_hours
+    result.steps = {k: vars(v) for k, v in advanced.steps.items() if v.due}
+    if campaign.is_active(run_date) or advanced.advanced:
+        return result
+    return None
 
 
 def campaign_counts(conn: psycopg.Connection, run_date: date) -> list[dict]:

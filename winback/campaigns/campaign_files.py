@@ -139,6 +139,21 @@ class Audience(_Strict):
             raise ValueError("an audience needs a rule, rfm_segments or lifecycle_stages")
         return self
 
+    @model_validator(mode="after")
+    def _expression_compiles(self) -> Audience:
+        """The whole expression, as the run compiles it: the shortcuts add a level of
+        nesting and length to the rule, which alone may just fit the bounds."""
+        from winback.campaigns import rules
+
+        try:
+            compiled = rules.compile_rule(self.expression())
+            compiled.sql.as_string(None)  # the SQL the run sends renders, without recursion
+        except rules.RuleError as error:
+            raise ValueError(f"invalid audience (rule and shortcuts together): {error}") from None
+        except RecursionError:
+            raise ValueError("invalid audience: the rule is too deeply built to run") from None
+        return self
+
     def expression(self) -> str:
         """The whole audience as one rule expression (shortcuts included)."""
         parts = []
@@ -335,6 +350,18 @@ class Campaign(_Strict):
     measurement_window_days: int | None = Field(default=None, ge=1)
     attribution_days: int | None = Field(default=None, ge=1)
 
+    @field_validator("landing_url")
+    @classmethod
+    def _landing_url_is_a_web_page(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("landing_url must be an http or https address with a host")
+        if any(c.isspace() or ord(c) < 32 for c in value):
+            raise ValueError("landing_url may not hold spaces or control characters")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
         if self.ends_on < self.starts_on:
@@ -376,6 +403,13 @@ class Campaign(_Strict):
         return next(i for i, s in enumerate(self.steps) if s.id == step_id)
 
 
+MAX_RENDERED_CHARACTERS = 100_000  # a long HTML e-mail is a few tens of thousands
+
+# Columns that reach a customer directly: never in a popup, which any visitor of the page
+# may see and whose CSV export holds no email or phone.
+CONTACT_NAMES = frozenset({"email", "phone"})
+
+
 def template_problems(campaign: Campaign) -> list[str]:
     """Templates using unknown names, and SMS bodies too long once rendered: field: problem."""
     from winback.campaigns import personalization, rules, sms_encoding
@@ -384,23 +418,29 @@ def template_problems(campaign: Campaign) -> list[str]:
     allowed = frozenset(columns) | MESSAGE_NAMES
     problems = []
     for index, step in enumerate(campaign.steps):
+        # A popup shows on a shared page and its export promises no contact data.
+        names = allowed - CONTACT_NAMES if step.channel == "popup" else allowed
         for where, which, template in step.texts():
             field = f"steps.{index}.{where}{which}"
             try:
-                personalization.validate_template(template, allowed)
+                personalization.validate_template(template, names)
             except personalization.TemplateError as error:
                 problems.append(f"{field}: {error}")
                 continue
             problem = missing_value_problem(campaign, step, columns, template)
             if problem:
                 problems.append(f"{field}: {problem}")
-            if step.channel == "sms" and which == "body":
-                context = longest_sms_context(campaign, step, columns)
-                try:
-                    text = personalization.render(template, context)
+            # Rendered as the run renders it (the same bounded sandbox), against long sample
+            # values: a template that validates renders for every customer, quickly.
+            context = longest_sms_context(campaign, step, columns)
+            try:
+                text = personalization.render(template, context, autoescape=step.channel == "popup")
+                if len(text) > MAX_RENDERED_CHARACTERS:
+                    raise ValueError(f"renders to more than {MAX_RENDERED_CHARACTERS} characters")
+                if step.channel == "sms" and which == "body":
                     sms_encoding.check_sms(text, max_parts=campaign.max_sms_parts)
-                except ValueError as error:  # TemplateError is a ValueError too
-                    problems.append(f"{field}: {error}")
+            except ValueError as error:  # TemplateError is a ValueError too
+                problems.append(f"{field}: {error}")
     return problems
 
 

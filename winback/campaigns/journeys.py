@@ -427,8 +427,9 @@ def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
         """
         insert into winback.outbox
             (idempotency_key, run_date, campaign_id, step_id, customer_id, channel, payload,
-             send_at, variant, coupon_code, coupon_expires_on, tracked_link, assigned_group)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'treatment')
+             send_at, variant, coupon_code, coupon_expires_on, tracked_link, assigned_group,
+             coupon_key_fingerprint)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'treatment', %s)
         on conflict do nothing
         """,
         [
@@ -445,6 +446,7 @@ def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
                 message.get("coupon_code"),
                 message.get("coupon_expires_on"),
                 message.get("tracked_link"),
+                message.get("key_fingerprint"),
             )
             for campaign, step, customer_id, variant, message in messages
         ],

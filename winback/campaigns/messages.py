@@ -10,6 +10,7 @@ every zone the customer may be in. What to send and to whom is decided by the jo
 from __future__ import annotations
 
 import os
+import unicodedata
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -27,6 +28,14 @@ DEFAULT_SEND_HOUR = 10
 SHORT_LINK_BASE_ENV = "WINBACK_SHORT_LINK_BASE"
 DEFAULT_SHORT_LINK_BASE = "https://wb.example/s"
 PUBLIC_URL_ENV = "WINBACK_PUBLIC_URL"
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: every line break, vertical space and control character (CR, LF,
+    VT, FF, NEL, U+2028, U+2029, ...) becomes a space, and runs of spaces one. A rendered
+    subject becomes a mail header, where a line break would end the header."""
+    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    return " ".join(spaced.split())
 
 
 def short_link_base() -> str:
@@ -105,6 +114,7 @@ class MessageBuilder:
         self.conn = conn
         self.run_date = run_date
         self.secret = personalization.coupon_secret(mode)
+        self.key_fingerprint = personalization.key_fingerprint(self.secret)
         self.short_link_base = short_link_base()
         self.zones: dict[str, tuple[ZoneInfo, ...]] = {}
         self.send_hours: dict[str, int] = {}
@@ -227,14 +237,16 @@ class MessageBuilder:
             context["bonus_points"] = step.incentive.bonus_points
         return context
 
-    def _render_or_fall_back(self, template, fallback, context) -> str | None:
+    def _render_or_fall_back(
+        self, template, fallback, context, *, autoescape: bool = False
+    ) -> str | None:
         """The variant's text; the step's own when a missing value would show in it (a
         variant naming a category the shop does not have), never a placeholder."""
         if not template:
             return None
-        text = self.p.render(template, context)
+        text = self.p.render(template, context, autoescape=autoescape)
         if fallback and fallback != template and self.p.missing_value_problem(text):
-            return self.p.render(fallback, context)
+            return self.p.render(fallback, context, autoescape=autoescape)
         return text
 
     def build(
@@ -253,8 +265,15 @@ class MessageBuilder:
         }[step.channel]
         payload = {
             "to": to,
-            "subject": self._render_or_fall_back(subject, step.subject, context),
-            "body": self._render_or_fall_back(body, step.body, context),
+            "subject": (
+                one_line(self._render_or_fall_back(subject, step.subject, context))
+                if subject
+                else None
+            ),
+            # A popup body is HTML on the shop's page: escaped, like an HTML e-mail.
+            "body": self._render_or_fall_back(
+                body, step.body, context, autoescape=step.channel == "popup"
+            ),
         }
         if step.incentive:
             payload["incentive"] = {
@@ -280,6 +299,7 @@ class MessageBuilder:
             "coupon_code": context["coupon_code"],
             "coupon_expires_on": context["coupon_expires_on"],
             "tracked_link": context["tracked_link"],
+            "key_fingerprint": self.key_fingerprint,
         }
 
     def flush(self) -> None:

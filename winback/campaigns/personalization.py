@@ -20,6 +20,7 @@ value a parameter; relations are passed as `psycopg.sql` objects, never as text.
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import hashlib
 import hmac
@@ -34,7 +35,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jinja2
 import psycopg
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from psycopg import sql
 
 from winback.warehouse import relations, tables
@@ -73,8 +75,73 @@ def _blank_for_none(value: object) -> object:
     return "" if value is None else value
 
 
+# Bounds on what one render may do, so a template that validates renders in milliseconds
+# for every customer: Jinja's own sandbox allows range(100000), nested loops over it, and
+# 'x' * 4000000000, any of which stops the run (or validation itself).
+MAX_RANGE = 1000  # items of one range()
+MAX_ITERATIONS = 10_000  # range items stepped through in one render, all loops together
+MAX_REPEAT = 20_000  # characters or items a * may make
+MAX_EXPONENT = 64
+_iterations_left: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "template_iterations_left", default=MAX_ITERATIONS
+)
+
+
+def _counted(items: range):
+    for item in items:
+        left = _iterations_left.get()
+        if left <= 0:
+            raise SecurityError(f"the template loops more than {MAX_ITERATIONS} times")
+        _iterations_left.set(left - 1)
+        yield item
+
+
+def _bounded_range(*args: int):
+    items = range(*args)
+    if len(items) > MAX_RANGE:
+        raise SecurityError(f"range() of more than {MAX_RANGE} items")
+    return _counted(items)
+
+
+def _bounded_width(function):
+    """A filter whose integer arguments (widths, counts) stay within MAX_REPEAT."""
+
+    def bounded(value, *args, **kwargs):
+        for argument in (*args, *kwargs.values()):
+            if isinstance(argument, int) and abs(argument) > MAX_REPEAT:
+                raise SecurityError(f"a width or count above {MAX_REPEAT}")
+        return function(value, *args, **kwargs)
+
+    return bounded
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with bounded range, loops, repetition and powers; no
+    assignments or macros (campaign copy needs neither, and both can grow without end)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.globals["range"] = _bounded_range
+        self.globals.pop("namespace", None)
+        self.filters.pop("format", None)  # "%099999999d" has no bound
+        for name in ("center", "indent", "wordwrap", "truncate", "batch", "slice"):
+            self.filters[name] = _bounded_width(self.filters[name])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+                    if len(sequence) * max(times, 0) > MAX_REPEAT:
+                        raise SecurityError(f"a repetition longer than {MAX_REPEAT}")
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"a power above {MAX_EXPONENT}")
+        return super().call_binop(context, operator, left, right)
+
+
 _ENVIRONMENTS = {
-    autoescape: SandboxedEnvironment(
+    autoescape: _BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
@@ -112,7 +179,7 @@ def missing_value_problem(text: str | None) -> str | None:
     return f"renders {found.group(0)!r} when a value is missing" if found else None
 
 
-def _parse(environment: SandboxedEnvironment, template: str) -> nodes.Template:
+def _parse(environment: ImmutableSandboxedEnvironment, template: str) -> nodes.Template:
     try:
         tree = environment.parse(template)
     except jinja2.TemplateSyntaxError as error:
@@ -128,6 +195,10 @@ def _parse(environment: SandboxedEnvironment, template: str) -> nodes.Template:
 
 
 _REFERENCES = (
+    (nodes.Assign, "set"),
+    (nodes.AssignBlock, "set"),
+    (nodes.Macro, "macro"),
+    (nodes.CallBlock, "call"),
     (nodes.Include, "include"),
     (nodes.Extends, "extends"),
     (nodes.Import, "import"),
@@ -164,6 +235,7 @@ def render(template: str, context: Mapping[str, object], *, autoescape: bool = F
     is compiled once and kept: a run renders the same few templates for every customer.
     """
     compiled = compile_template(template, autoescape=autoescape)
+    budget = _iterations_left.set(MAX_ITERATIONS)
     try:
         return str(compiled.render(context))
     except jinja2.UndefinedError as error:
@@ -174,6 +246,10 @@ def render(template: str, context: Mapping[str, object], *, autoescape: bool = F
         raise TemplateError(f"template not allowed in the sandbox: {error}") from None
     except jinja2.TemplateError as error:
         raise TemplateError(f"template cannot be rendered: {error}") from None
+    except (ArithmeticError, RecursionError, MemoryError) as error:
+        raise TemplateError(f"template cannot be rendered: {type(error).__name__}") from None
+    finally:
+        _iterations_left.reset(budget)
 
 
 @functools.lru_cache(maxsize=512)
@@ -190,20 +266,54 @@ def compile_template(template: str, *, autoescape: bool = False) -> jinja2.Templ
 # --- coupons ------------------------------------------------------------------------------
 
 
+# A live secret must be at least this long (HMAC-SHA256's block of entropy) and none of
+# the values people leave in place (deploy/.env.example ships `change-me`).
+MIN_SECRET_BYTES = 32
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "change_me", "secret", "password", "test", "example", "xxx"}
+)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign live codes, or None. The secret itself is never quoted."""
+    if secret.strip().lower() in PLACEHOLDER_SECRETS or "change-me" in secret.lower():
+        return "is a placeholder value"
+    if secret == DEMO_COUPON_SECRET:
+        return "is the public demo secret"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    return None
+
+
 def coupon_secret(mode: str) -> bytes:
     """The HMAC key for coupon and link codes: `WINBACK_COUPON_SECRET`.
 
-    Live sends need it; a dry run or the demo falls back to DEMO_COUPON_SECRET.
+    Live sends need a strong one (`secret_problem`: 32 bytes or more, not a placeholder,
+    not the demo secret); a dry run or the demo falls back to DEMO_COUPON_SECRET.
     """
     secret = os.environ.get(COUPON_SECRET_ENV, "")
-    if secret:
-        return secret.encode()
     if mode == LIVE_MODE:
-        raise RuntimeError(
-            f"{COUPON_SECRET_ENV} is not set: live sends need a secret for coupon and link "
-            f"codes (set it in the environment or the deployment's .env)"
-        )
-    return DEMO_COUPON_SECRET.encode()
+        if not secret:
+            raise RuntimeError(
+                f"{COUPON_SECRET_ENV} is not set: live sends need a secret for coupon and link "
+                f"codes (set it in the environment or the deployment's .env)"
+            )
+        problem = secret_problem(secret)
+        if problem:
+            raise RuntimeError(
+                f"{COUPON_SECRET_ENV} {problem}: live sends need {MIN_SECRET_BYTES} random"
+                ' bytes or more, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+    return secret.encode() if secret else DEMO_COUPON_SECRET.encode()
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Which key made a row's codes, without revealing it: an HMAC of a fixed label under
+    the key, 16 hex digits. Stored with each outbox row (`coupon_key_fingerprint`)."""
+    return hmac.new(secret, b"winback key fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+DEMO_KEY_FINGERPRINT = key_fingerprint(DEMO_COUPON_SECRET.encode())
 
 
 def _keyed_code(secret: bytes, purpose: str, *parts: str, length: int) -> str:

@@ -51,6 +51,9 @@ RUN_DATE_PARAM = "run_date"
 # parser recurse or allocate without limit.
 MAX_RULE_LENGTH = 4000
 MAX_NESTING = 40
+# The parse tree's size: tokens in the whole audience expression (a long `in` list of
+# 300 values fits); more makes a statement PostgreSQL plans slowly for every campaign.
+MAX_RULE_TOKENS = 1000
 # Date arithmetic stays within a century, far from PostgreSQL's integer and date limits.
 MAX_SHIFT_YEARS = 100
 _MAX_SHIFT = {"days": 366 * MAX_SHIFT_YEARS, "months": 12 * MAX_SHIFT_YEARS}
@@ -300,10 +303,11 @@ class _RunDate:
 
 @dataclass(frozen=True)
 class _Shift:
+    """A date moved by a chain of shifts (`run_date - 1 year + 2 days`), kept flat: a
+    chain of any length compiles and renders without recursion."""
+
     base: object
-    sign: str  # + or -
-    field: str  # days or months
-    amount: int
+    steps: tuple[tuple[str, str, int], ...]  # (+ or -, days or months, amount)
     position: int
 
     @property
@@ -490,7 +494,9 @@ class _Parser:
         return _Truth(left)
 
     def _value(self):
+        start = self.token.position
         value = self._primary()
+        steps: list[tuple[str, str, int]] = []
         while self.token.kind == "op" and self.token.text in "+-":
             operator = self._advance()
             if value.kind not in _TEMPORAL:
@@ -521,8 +527,16 @@ class _Parser:
                     f"{amount.text} {unit.text} is more than {MAX_SHIFT_YEARS} years",
                     amount.position,
                 )
-            value = _Shift(value, operator.text, field, amount.value * factor, operator.position)
-        return value
+            steps.append((operator.text, field, amount.value * factor))
+            # The whole chain, not each step, stays within the bound: 80 x "- 100 years"
+            # would leave PostgreSQL's timestamp range at run time.
+            reach = sum(n * (30.5 if f == "months" else 1) for _, f, n in steps)
+            if reach > _MAX_SHIFT["days"]:
+                raise RuleError(
+                    f"the date shifts add up to more than {MAX_SHIFT_YEARS} years",
+                    amount.position,
+                )
+        return _Shift(value, tuple(steps), start) if steps else value
 
     def _primary(self):
         token = self.token
@@ -697,11 +711,14 @@ class _Emitter:
         if isinstance(node, _RunDate):
             return sql.SQL("cast({} as date)").format(sql.Placeholder(RUN_DATE_PARAM))
         if isinstance(node, _Shift):
-            base = self.value(node.base)  # first, so parameters number in reading order
-            interval = sql.SQL("make_interval({} => cast({} as integer))").format(
-                sql.SQL(node.field), self._parameter(node.amount)
-            )
-            shifted = sql.SQL("({} {} {})").format(base, sql.SQL(node.sign), interval)
+            parts = [self.value(node.base)]  # first, so parameters number in reading order
+            for sign, field, amount in node.steps:  # left to right, one flat expression
+                parts.append(
+                    sql.SQL("{} make_interval({} => cast({} as integer))").format(
+                        sql.SQL(sign), sql.SQL(field), self._parameter(amount)
+                    )
+                )
+            shifted = sql.SQL("({})").format(sql.SQL(" ").join(parts))
             # date +/- interval is a timestamp; a date rule stays a date.
             return sql.SQL("cast({} as date)").format(shifted) if node.kind == DATE else shifted
         raise TypeError(f"not a value: {node!r}")  # unreachable from the parser
@@ -727,7 +744,10 @@ def compile_rule(
         raise RuleError(f"the rule is longer than {MAX_RULE_LENGTH} characters")
     if not text.strip():
         raise RuleError("the rule is empty", 0)
-    tree = _Parser(text, dict(columns if columns is not None else feature_columns())).parse()
+    parser = _Parser(text, dict(columns if columns is not None else feature_columns()))
+    if len(parser.tokens) > MAX_RULE_TOKENS:
+        raise RuleError(f"the rule has more than {MAX_RULE_TOKENS} words, values and symbols")
+    tree = parser.parse()
     emitter = _Emitter(alias, param_prefix)
     condition = emitter.condition(tree)
     return CompiledRule(condition, dict(emitter.params), frozenset(emitter.columns))

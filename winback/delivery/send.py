@@ -199,7 +199,10 @@ async def _run_pass(state: ChannelRun, rows: list[dict], workers: int, record_in
 
     async def work() -> None:
         while (row := await queue.get()) is not None:
-            delivery = await _deliver(state, row)
+            try:
+                delivery = await _deliver(state, row)
+            except Exception as error:  # noqa: BLE001  one row's failure, never the channel's
+                delivery = _raised(state, error)
             if delivery.status == "recheck":
                 # Keep the time in the ledger now: a kill before the recheck must not lose it.
                 key, since = row["idempotency_key"], delivery.unclear_since
@@ -253,6 +256,20 @@ async def _reconcile(
         return Delivery("recheck", last, calls, unclear_since, trusted_at)
     reason = f"not listed yet; trusted absent after {trusted_at:%Y-%m-%d %H:%M:%S} UTC"
     return Delivery("sending", SendResult(Outcome.UNCLEAR, reason=reason), calls, unclear_since)
+
+
+def _raised(state: ChannelRun, error: Exception) -> Delivery:
+    """What to record for a row whose delivery raised instead of answering (a provider
+    adapter's bug, a message it could not handle). The request may have gone out, so the
+    row is treated as unclear: looked up by a later run where the provider can say, else
+    left `unclear` for an operator; never resent blindly. The reason names the exception's
+    type only: its text may quote the message, and so customer data."""
+    reason = f"{type(error).__name__} raised while sending"
+    log.error("%s: a row's delivery raised %s; recorded as unclear", state.provider.name, reason)
+    outcome = SendResult(Outcome.UNCLEAR, reason=reason)
+    if state.provider.can_lookup:
+        return Delivery("sending", outcome, 1, datetime.now(UTC))
+    return Delivery("unclear", outcome, 1)
 
 
 async def _deliver(state: ChannelRun, row: dict) -> Delivery:

@@ -41,6 +41,20 @@ class ProvidersPaused(RuntimeError):
 MODES = ("dry_run", "live")
 
 
+def made_with_demo_key(conn: psycopg.Connection, keys: list[str]) -> set[str]:
+    """The outbox rows among `keys` whose codes the public demo secret made: anyone can
+    compute their coupons, so a live sync never sends them. A row without a fingerprint
+    (written before the column, or by hand) is not refused."""
+    from winback.campaigns.personalization import DEMO_KEY_FINGERPRINT
+
+    rows = conn.execute(
+        "select idempotency_key from winback.outbox where idempotency_key = any(%s)"
+        " and coupon_key_fingerprint = %s",
+        (keys, DEMO_KEY_FINGERPRINT),
+    )
+    return {key for (key,) in rows}
+
+
 def run(
     conn: psycopg.Connection,
     run_date: date,
@@ -71,10 +85,21 @@ def run(
         result.feedback = feedback.collect(conn, run_date)
     providers = message_providers() if providers is None else providers
     candidates = ledger.candidates(conn, run_date)
+    demo_made = made_with_demo_key(conn, [row["idempotency_key"] for row in candidates])
     conn.commit()
     by_channel: dict[str, list[dict]] = defaultdict(list)
     for row in candidates:
-        by_channel[row["channel"]].append(row)
+        if row["idempotency_key"] in demo_made:
+            result.count(f"refused:{row['channel']}", "made_with_demo_key")
+        else:
+            by_channel[row["channel"]].append(row)
+    if demo_made:
+        log.error(
+            "%d outbox rows have coupon and link codes made with the public demo secret and"
+            " are not sent live; they wait in the outbox. Delete them and rebuild the day with"
+            " `winback audiences --mode live` and a strong WINBACK_COUPON_SECRET",
+            len(demo_made),
+        )
     progress.log_send_capacity(progress.send_plans(providers, by_channel), SEND_WINDOW_HOURS)
     for channel, rows in sorted(by_channel.items()):
         provider = providers.get(channel)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -261,8 +262,38 @@ def _figure(data: ReportData):
     return figure
 
 
+CAMPAIGN_ID = re.compile(r"^[a-z0-9_]{1,64}$")  # as campaign files allow (campaign_files)
+
+
+def check_campaign(conn, campaign_id: str) -> None:
+    """ValueError unless `campaign_id` is a campaign: a campaign file's id, or one the
+    warehouse has audiences for (a campaign since retired). Measuring or reporting a
+    typo would store and print results for a campaign that does not exist."""
+    from winback.campaigns import campaign_files
+
+    if not CAMPAIGN_ID.match(campaign_id):
+        raise ValueError("a campaign id is lower-case letters, digits and _ only")
+    known = {c.id for c in campaign_files.load_valid_campaigns()[0]}
+    if campaign_id in known:
+        return
+    present = conn.execute("select to_regclass('winback.campaign_audiences')").fetchone()[0]
+    row = (
+        present
+        and conn.execute(
+            "select 1 from winback.campaign_audiences where campaign_id = %s limit 1",
+            (campaign_id,),
+        ).fetchone()
+    )
+    if not row:
+        raise ValueError(
+            f"no campaign {campaign_id!r}: known are {', '.join(sorted(known)) or 'none'}"
+        )
+
+
 def write(data: ReportData, folder: Path | None = None) -> tuple[Path, Path]:
-    """Write `<campaign>_<start>_<end>.html` and `.png`; return their paths."""
+    """Write `<campaign>_<start>_<end>.html` and `.png` inside `folder`; return their paths."""
+    if not CAMPAIGN_ID.match(data.campaign_id):
+        raise ValueError("a campaign id is lower-case letters, digits and _ only")
     folder = Path(folder or config.REPORTS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{data.campaign_id}_{data.window_start}_{data.window_end}"

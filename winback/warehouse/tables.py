@@ -131,6 +131,9 @@ alter table winback.outbox add column if not exists coupon_code text;
 alter table winback.outbox add column if not exists coupon_expires_on date;
 alter table winback.outbox add column if not exists tracked_link text;
 alter table winback.outbox add column if not exists assigned_group text;
+-- which key made the row's coupon and link codes (personalization.key_fingerprint); a live
+-- sync refuses rows made with the public demo key
+alter table winback.outbox add column if not exists coupon_key_fingerprint text;
 """
 
 GLOBAL_CONTROL = """

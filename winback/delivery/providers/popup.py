@@ -5,7 +5,10 @@ POSTed as JSON to `{base_url}/popup/entries` with an `Idempotency-Key` header, a
 unclear POST is settled with `GET /popup/entries/{key}`. Without it, entries are appended
 to `<export dir>/popup_<campaign>.csv` (customer id, campaign, key, message), flushed to
 disk before the row counts as acknowledged; the file itself is the lookup. Popups go to
-visitors already on the site, so the export holds no email or phone.
+visitors already on the site, so the export holds no email or phone (campaign validation
+refuses them in popup templates). A cell that a spreadsheet would read as a formula (it
+starts with =, +, -, @, a tab or a carriage return) is written with a leading `'`, as
+OWASP's CSV-injection guidance advises, so a first name like `=HYPERLINK(...)` stays text.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from winback.delivery.providers.ratelimit import RateLimits
 CONN_ID = "winback_popup"
 DEFAULT_LIMITS = RateLimits(requests_per_second=50.0, max_concurrency=4, timeout_seconds=10.0)
 CSV_COLUMNS = ("customer_id", "campaign_id", "idempotency_key", "message")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str | None) -> str:
+    """`value` as a spreadsheet shows it: text, never a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 class PopupWebhook(MessageProvider):
@@ -97,7 +107,15 @@ class PopupCsvExport(MessageProvider):
             if is_new:
                 writer.writerow(CSV_COLUMNS)
             writer.writerow(
-                (message.customer_id, message.campaign_id, message.idempotency_key, message.body)
+                tuple(
+                    csv_cell(value)
+                    for value in (
+                        message.customer_id,
+                        message.campaign_id,
+                        message.idempotency_key,
+                        message.body,
+                    )
+                )
             )
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,7 +1,10 @@
 """Email over SMTP.
 
-Each message carries `Message-ID: <idempotency key@winback>`, so the receiving system
-can tell our messages apart and an ESP's message search can find it. SMTP replies are
+Each message carries `Message-ID: <tag@winback>`, the tag an HMAC of the row's
+idempotency key under a key derived from the deployment secret (`WINBACK_COUPON_SECRET`):
+the same for every attempt, so an ESP's message search finds it and its events (SendGrid's
+`smtp-id`) link back to the ledger's `provider_message_id`, yet not computable from public
+values by anyone without the secret. SMTP replies are
 mapped as the protocol defines them: 2xx after DATA is acceptance, 4xx a temporary
 failure (certainly not accepted: send again later), 5xx a permanent one (rejected, with
 the server's reply as the reason). A connection lost after the message data went out is
@@ -17,6 +20,8 @@ Connection `winback_smtp` (smtp): host, port, login, password; extra: `from`,
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import smtplib
 from datetime import datetime
 from email.message import EmailMessage
@@ -43,8 +48,18 @@ DEFAULT_LOOKUP_TRUST_SECONDS = 900.0
 DEFAULT_LIMITS = RateLimits(requests_per_second=20.0, max_concurrency=4, timeout_seconds=30.0)
 
 
+_MESSAGE_ID_PURPOSE = b"winback smtp message-id v1"
+
+
 def message_id(idempotency_key: str) -> str:
-    return f"<{idempotency_key}@winback>"
+    """The row's Message-ID: deterministic (a lookup after a killed run needs it), keyed."""
+    from winback.campaigns import personalization
+
+    key = hmac.new(
+        personalization.coupon_secret("dry_run"), _MESSAGE_ID_PURPOSE, hashlib.sha256
+    ).digest()
+    tag = hmac.new(key, idempotency_key.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"<{tag}@winback>"
 
 
 class SmtpEmail(MessageProvider):
@@ -101,8 +116,7 @@ class SmtpEmail(MessageProvider):
         email.set_content(message.body + footer)
         return email
 
-    def _send_blocking(self, message: OutgoingMessage) -> SendResult:
-        email = self._build(message)
+    def _send_blocking(self, message: OutgoingMessage, email: EmailMessage) -> SendResult:
         data_sent = False
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.limits.timeout_seconds) as smtp:
@@ -135,7 +149,18 @@ class SmtpEmail(MessageProvider):
     async def send(self, message: OutgoingMessage) -> SendResult:
         if not message.to:
             return SendResult(Outcome.REJECTED, reason="no email address")
-        return await asyncio.to_thread(self._send_blocking, message)
+        try:
+            email = self._build(message)
+            email.as_bytes()  # header values are checked when serialised, not when set
+        except (ValueError, TypeError, UnicodeError) as error:
+            # A header the email library refuses (a line break or other vertical space in a
+            # rendered subject, an address it cannot parse) is this message's failure: nothing
+            # was sent, and no later run can send it either. The reason names the class of
+            # problem only, never the value, which may hold customer data.
+            return SendResult(
+                Outcome.REJECTED, reason=f"message cannot be built: {type(error).__name__}"
+            )
+        return await asyncio.to_thread(self._send_blocking, message, email)
 
     async def lookup(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
         if not self.lookup_url:
