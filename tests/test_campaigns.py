@@ -179,10 +179,15 @@ def test_the_audience_task_refuses_an_invalid_campaign_and_runs_the_others(tmp_p
     assert sent == [("good",)]
 
 
-def test_counts_command_prints_each_campaigns_audience_and_outbox(tmp_path, conn, capsys):
+def test_counts_command_prints_each_campaigns_audience_and_outbox(
+    tmp_path, conn, capsys, monkeypatch
+):
     from test_audiences import Shop
 
-    from winback import pipeline
+    from winback import config, pipeline
+
+    # Counts of the campaign's own groups: no one in the global control group here.
+    monkeypatch.setenv(config.GLOBAL_CONTROL_SHARE_ENV, "0")
 
     shop = Shop(conn)
     for i in range(20):

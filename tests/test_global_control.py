@@ -72,6 +72,8 @@ def test_the_global_control_receives_nothing_on_any_channel(shop, monkeypatch):
     """Email, SMS and popup campaigns, a live sync to the sandbox and the audience sync:
     a control customer enters, is recorded, and is never sent anything anywhere."""
     monkeypatch.setenv(config.GLOBAL_CONTROL_SHARE_ENV, "0.3")
+    # Codes made with a deployment's own secret: a live sync refuses the demo key's.
+    monkeypatch.setenv("WINBACK_COUPON_SECRET", "global-control-test-secret-" + "x" * 32)
     shop.add_many(120, prefix="e", rfm_segment="At risk")
     shop.add_many(120, prefix="s", rfm_segment="Hibernating")
     shop.add_many(120, prefix="p", rfm_segment="Champions")
@@ -122,16 +124,20 @@ def test_the_global_control_receives_nothing_on_any_channel(shop, monkeypatch):
                              "+15005550006", "https://shop.test/status", limits),
             "popup": PopupWebhook(box.url, None),
         }  # fmt: skip
-        mailchimp = MailchimpAudience(box.url, "key", "L1")
+        mailchimp = MailchimpAudience(box.url, settings.api_key, "L1")
         sync.run(shop.conn, RUN, "live", providers, {"mailchimp": mailchimp}, False)
         shop.conn.commit()
         accepted = box.accepted()
     finally:
         box.stop()
-    # SMTP's reference is the Message-ID built from the key: <key@winback>.
-    sent_keys = {
-        ref.removeprefix("<").removesuffix("@winback>") for ref in accepted["messages_by_reference"]
-    }
+    # SMTP's reference is the Message-ID, keyed (unguessable): the ledger maps it back.
+    by_message_id = dict(
+        shop.conn.execute(
+            "select provider_message_id, idempotency_key from winback.send_ledger"
+            " where mode = 'live' and provider = 'smtp'"
+        ).fetchall()
+    )
+    sent_keys = {by_message_id.get(ref, ref) for ref in accepted["messages_by_reference"]}
     assert sent_keys == {r["idempotency_key"] for r in outbox}
     control_keys = {
         audiences.idempotency_key(c.id, c.steps[0].id, customer, c.steps[0].channel)

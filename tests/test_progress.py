@@ -100,9 +100,11 @@ def test_send_plans_take_the_limits_each_provider_was_configured_with():
     }
     rows = {"email": [{}] * 3, "sms": [{}] * 2, "popup": [{}] * 7}
     plans = progress.send_plans(providers, rows)
+    twilio_default = providers["sms"].limits  # 100/s, connections from rate x latency
+    assert twilio_default.requests_per_second == 100.0
     assert plans == [
         progress.SendPlan("smtp", "email", 3, 200.0, 8),
-        progress.SendPlan("twilio", "sms", 2, 100.0, 10),  # Twilio's adapter default
+        progress.SendPlan("twilio", "sms", 2, 100.0, twilio_default.max_concurrency),
     ]
 
 
@@ -118,7 +120,9 @@ def test_the_sandbox_connections_declare_what_it_takes_and_the_adapters_use_it()
         extra = json.loads(env[f"AIRFLOW_CONN_WINBACK_{conn_id}"])["extra"]
         assert extra["requests_per_second"] > 0 and extra["max_concurrency"] > 0
     # A sandbox that enforces a rate is declared at that rate, as a contract would be.
-    throttled = sandbox.SandboxHandle("http://127.0.0.1:9", 2525, lambda: None, rate_limit=20)
+    throttled = sandbox.SandboxHandle(
+        "http://127.0.0.1:9", 2525, lambda: None, sandbox.SandboxSettings(rate_limit=20)
+    )
     extra = json.loads(throttled.connections_env()["AIRFLOW_CONN_WINBACK_TWILIO"])["extra"]
     assert extra["requests_per_second"] == 20
 
