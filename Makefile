@@ -46,6 +46,11 @@ test: venv browser ## Run every test: lint, unit, integration (real PostgreSQL),
 test-quick: venv ## The inner loop: every test that needs no PostgreSQL (about a minute)
 	$(BIN)/python -m pytest -m "not integration" -q
 
+.PHONY: test-backfill
+test-backfill: venv ## The scheduler-driven backfill test alone (not yet part of make test)
+	$(BIN)/winback airflow-setup
+	$(BIN)/python -m pytest -m backfill_scheduler tests/test_backfill_scheduler.py
+
 .PHONY: lint
 lint: venv ## ruff and sqlfluff
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ from winback.ingest import day_source
 from winback.local import airflow_ui, backfill
 from winback.warehouse import db
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.backfill_scheduler]
 
 BACKFILL_DAYS = 3
 # Three days of ~65 tasks each; a quiet 2-core machine needs about half of this.
