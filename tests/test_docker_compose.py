@@ -237,7 +237,7 @@ def test_deploy_env_is_ignored_by_git():
 def test_placeholder_or_short_secrets_stop_the_deployment_at_init(compose):
     """airflow-init checks the secrets before anything else, and every service of the image
     waits for it: the example file's `change-me` values never reach a running service."""
-    from winback import deploy_secrets
+    from winback.orchestration import deploy_secrets
 
     init = compose["services"]["airflow-init"]["command"][-1]
     assert init.strip().startswith("winback check-secrets &&")

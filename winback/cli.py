@@ -181,7 +181,7 @@ def cmd_pipeline_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_check_secrets(args: argparse.Namespace) -> int:
-    from winback import deploy_secrets
+    from winback.orchestration import deploy_secrets
 
     found = deploy_secrets.problems()
     for line in found:
