@@ -269,7 +269,10 @@ def test_a_search_that_does_not_converge_keeps_the_previous_model(summary_table,
 
 
 def test_the_second_fit_starts_from_the_first_and_finds_the_same_model(summary_table):
-    settings = scoring.ScoringSettings(backtest_holdout_days=0)
+    # A small BG/NBD penalty, as the retry uses: unpenalised, this 400-customer table's
+    # likelihood is flat toward a, b -> infinity (no drop-out), and where a search stops
+    # on that ridge depends on its start, which is not what this test is about.
+    settings = scoring.ScoringSettings(backtest_holdout_days=0, bgnbd_penalizer=0.001)
     first = scoring.score_customers(summary_table, date(2026, 11, 19), settings)
     second = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
     assert not first.bgnbd.warm_start and second.bgnbd.warm_start
