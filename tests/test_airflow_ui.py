@@ -194,7 +194,7 @@ def test_health_needs_fresh_heartbeats_from_each_component():
     assert not airflow_ui._healthy(status(None), components, started)
 
 
-def test_the_local_airflow_creates_winback_dags_ready_to_run(monkeypatch):
+def test_the_local_airflow_creates_winback_dags_ready_to_run(session_database, monkeypatch):
     """A paused DAG leaves backfill runs queued forever (the scheduler-driven backfill test
     checks the DAG really is unpaused, and `make airflow`'s unpause step)."""
     from winback.local import airflow_env
