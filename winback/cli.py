@@ -798,7 +798,13 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: the sandbox's and providers' URLs, not news.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
-    return int(args.func(args) or 0)
+    from winback.local.embedded_pg import EmbeddedPostgresError
+
+    try:
+        return int(args.func(args) or 0)
+    except EmbeddedPostgresError as error:  # says what to do; a traceback would bury it
+        print(f"winback: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,17 @@ APP_SCHEMA = "winback"
 MARTS_SCHEMA = "marts"
 
 
+def private_folder(path: Path) -> Path:
+    """Create `path` (and missing parents) readable by this account only (0700), or make an
+    existing one so: local state, landing files, exports and reports hold customer data."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    if path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def configured_database_url() -> str | None:
     """The user's own warehouse URL, or None when the embedded cluster should be used."""
     url = os.environ.get(DATABASE_URL_ENV, "").strip()
