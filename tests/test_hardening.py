@@ -561,3 +561,54 @@ def test_cursors_stored_under_a_url_with_credentials_lose_them(conn):
     rows = conn.execute("select source, position from winback.feedback_cursors order by 1")
     assert rows.fetchall() == [("https://a.example/feed", 7), ("https://b.example/feed", 5)]
     conn.rollback()
+
+
+# --- local files are private (finding 7) ---------------------------------------------------
+
+
+def _mode(path) -> int:
+    return path.lstat().st_mode & 0o777
+
+
+def test_landing_files_exports_and_state_are_readable_by_their_owner_only(tmp_path, monkeypatch):
+    """Files made before this change are tightened when written again; a folder the user
+    chose outside `.winback/` keeps its mode (they may share it), but what winback writes
+    into it is still 0600."""
+    from winback import config
+    from winback.delivery.providers import Member, MemberChange
+    from winback.delivery.providers.meta import MetaCustomAudienceFile
+    from winback.simulation import simulator
+
+    state = tmp_path / "state"
+    monkeypatch.setattr(config, "STATE_DIR", state)
+    exports = state / "exports"
+    exports.mkdir(parents=True, mode=0o755)
+    exports.chmod(0o755)  # as an older winback left it
+    old_csv = exports / "popup_popup_back.csv"
+    old_csv.write_text(",".join(("customer_id", "campaign_id", "step_id", "body")) + "\n")
+    old_csv.chmod(0o644)
+
+    popup = PopupCsvExport(exports)
+    message = OutgoingMessage("k1", "C1", "popup_back", "popup", None, None, "Welcome back")
+    assert asyncio.run(popup.send(message)).outcome == Outcome.ACCEPTED
+    assert _mode(exports) == 0o700 and _mode(old_csv) == 0o600
+
+    meta = MetaCustomAudienceFile(exports / "meta")
+    change = MemberChange("winback:we_miss_you", Member("C1", "a@shop.test"), "add")
+    assert meta._write([change]).accepted == [change]
+    assert _mode(exports / "meta") == 0o700
+    assert [_mode(p) for p in (exports / "meta").iterdir()] == [0o600]
+
+    day = state / "landing" / "2026-11-20"
+    frames = simulator.simulate_shop(simulator.SimulationConfig(customers=20, seed=3))
+    simulator.write_landing_files(frames, day)
+    assert _mode(state / "landing") == 0o700 and _mode(day) == 0o700
+    assert {_mode(p) for p in day.iterdir()} == {0o600}
+
+    shared = tmp_path / "shared-landing"
+    shared.mkdir(mode=0o750)
+    shared.chmod(0o750)
+    simulator.write_landing_files(frames, shared / "2026-11-20")
+    assert _mode(shared) == 0o750, "a folder of the user's keeps its mode"
+    assert _mode(shared / "2026-11-20") == 0o700
+    assert {_mode(p) for p in (shared / "2026-11-20").iterdir()} == {0o600}

@@ -474,9 +474,9 @@ def _demo_coupon_secret() -> str:
 
     path = config.STATE_DIR / "demo_coupon_secret"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
+        config.private_folder(path.parent)
+        with config.open_private(path, "x") as handle:
+            handle.write(secrets.token_hex(32))
     return path.read_text().strip()
 
 

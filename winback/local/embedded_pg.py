@@ -160,8 +160,10 @@ def _secure_state_dir() -> None:
     state = config.private_folder(config.STATE_DIR)
     root = state / "pg"
     legacy = _server_account() is not None and root.is_dir() and not root.is_symlink()
-    if legacy and state.stat().st_uid == os.geteuid():
-        state.chmod(0o711)
+    wanted = 0o711 if legacy else 0o700
+    if state.stat().st_uid == os.geteuid() and state.stat().st_mode & 0o777 != wanted:
+        state.chmod(wanted)
+    if legacy:
         log.warning(
             "%s holds a cluster the PostgreSQL account reaches through it, so it stays 0711; "
             "`make db-stop` and deleting %s moves the cluster to a private folder",
