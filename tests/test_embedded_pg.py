@@ -8,6 +8,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -230,12 +231,34 @@ def test_the_password_is_in_no_process_arguments_nor_the_server_log(cluster):
     assert password not in (cluster.log_file.read_text(errors="replace"))
 
 
-def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(tmp_path):
+@pytest.fixture(params=["private", "in_the_checkout"])
+def state_folder(request, tmp_path):
+    """A `.winback/` of its own. `in_the_checkout`: as root, the layout an older winback
+    made in a checkout the server account could reach, the cluster in `.winback/pg`
+    itself (not moved out): it must keep working, with `.winback/` 0711."""
+    if request.param == "private":
+        yield tmp_path / "state"
+        return
+    account = embedded_pg._server_account()
+    if account is None:
+        pytest.skip("the layout only root made")
+    base = Path(tempfile.mkdtemp(prefix="winback-test-", dir=embedded_pg.FALLBACK_PARENT))
+    try:
+        base.chmod(0o755)
+        (base / "state" / "pg").mkdir(parents=True, mode=0o755)
+        os.chown(base / "state" / "pg", account.pw_uid, account.pw_gid)
+        yield base / "state"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(state_folder):
     """An older checkout's cluster trusted every local connection: the next start gives
     the superuser a new password, replaces the login rules and says so, without the
     password showing in anything it prints or logs."""
     _server_binaries_or_skip()
-    state = tmp_path / "state"
+    state = state_folder
+    legacy = (state / "pg").is_dir()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -273,6 +296,9 @@ def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(tmp_p
         assert hba.read_text() == embedded_pg.HBA_RULES
         password = (state / "pgpass").read_text().strip().rsplit(":", 1)[-1]
         assert _mode(state / "pgpass") == 0o600
+        assert _mode(state) == (0o711 if legacy else 0o700)
+        assert pg_root.is_symlink() != legacy
+        assert _mode(pg_root.resolve()) == 0o700
         port = int(urlsplit(url).port)
         with pytest.raises(psycopg.OperationalError, match="no password supplied"):
             psycopg.connect(

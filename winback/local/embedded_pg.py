@@ -164,6 +164,9 @@ def _secure_state_dir() -> None:
     if state.stat().st_uid == os.geteuid() and state.stat().st_mode & 0o777 != wanted:
         state.chmod(wanted)
     if legacy:
+        # `.winback/` is root's and nobody else may write in it, so `pg` cannot be swapped
+        # for a link between the check above and this.
+        root.chmod(0o700)
         log.warning(
             "%s holds a cluster the PostgreSQL account reaches through it, so it stays 0711; "
             "`make db-stop` and deleting %s moves the cluster to a private folder",
