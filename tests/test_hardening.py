@@ -23,7 +23,7 @@ from test_sync import add_customers, ledger_rows, reset_warehouse, twilio
 from winback import cli
 from winback.campaigns import audiences, messages, personalization, rules
 from winback.campaigns import campaign_files as campaigns
-from winback.delivery import sync
+from winback.delivery import feedback, sync
 from winback.delivery.providers import Outcome, OutgoingMessage
 from winback.delivery.providers import smtp as smtp_provider
 from winback.delivery.providers.popup import PopupCsvExport
@@ -477,3 +477,138 @@ def _campaign_document() -> dict:
         "audience": {"rfm_segments": ["At risk", "Hibernating"]},
         "steps": [{"id": "s", "channel": "email", "subject": "Hi {{ first_name }}", "body": "b"}],
     }
+
+
+# --- the feedback feed's credentials (finding 7) -------------------------------------------
+
+FEED_TOKEN = "feed-token-0123456789abcdef0123456789"
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("http://127.0.0.1:9/_sandbox/events?token=" + FEED_TOKEN, "token"),
+        ("http://127.0.0.1:9/events?page=1&api_key=" + FEED_TOKEN, "api_key"),
+        ("http://127.0.0.1:9/events?X-Amz-Signature=" + FEED_TOKEN, "X-Amz-Signature"),
+        (f"http://user:{FEED_TOKEN}@127.0.0.1:9/events", "user:password@host"),
+        (f"https://{FEED_TOKEN}@events.example/feed", "user:password@host"),
+    ],
+)
+def test_the_events_feed_refuses_credentials_in_its_url_without_quoting_them(
+    url, where, monkeypatch
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WINBACK_EVENTS", json.dumps({"conn_type": "http", "extra": {"url": url}})
+    )
+    with pytest.raises(feedback.FeedConfigurationError) as refused:
+        feedback.events_feed()
+    assert where in str(refused.value)
+    assert FEED_TOKEN not in str(refused.value)
+
+
+def test_the_events_feed_sends_the_connections_credentials_in_a_header(conn, monkeypatch, caplog):
+    """The feed takes only a bearer token: the connection's password is sent in the
+    Authorization header, the URL's own query is kept, and neither the cursor, the result
+    nor any log line holds the token."""
+    reset_warehouse(conn)
+    box = sandbox.start_sandbox(seed=4, events_token=FEED_TOKEN)
+    try:
+        enqueue_sms = add_customers(conn, 5)
+        _enqueue_sms(conn, enqueue_sms)
+        sync.run(conn, RUN, "live", {"sms": twilio(box)}, {}, collect_feedback=False)
+        produced = len(box.events())
+        assert produced > 0
+        # Without the credentials the feed refuses, and the error does not quote the URL.
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_WINBACK_EVENTS",
+            json.dumps({"conn_type": "http", "extra": {"url": f"{box.url}/_sandbox/events"}}),
+        )
+        with pytest.raises(RuntimeError, match="HTTP 401"):
+            feedback.collect(conn, RUN)
+        conn.rollback()
+        env = box.connections_env()
+        assert json.loads(env["AIRFLOW_CONN_WINBACK_EVENTS"])["password"] == FEED_TOKEN
+        # A non-secret parameter of the feed's own is kept beside after/limit.
+        events_conn = json.loads(env["AIRFLOW_CONN_WINBACK_EVENTS"])
+        events_conn["extra"]["url"] += "?format=json"
+        monkeypatch.setenv("AIRFLOW_CONN_WINBACK_EVENTS", json.dumps(events_conn))
+        with caplog.at_level("DEBUG"):
+            collected = feedback.collect(conn, RUN)
+        conn.commit()
+    finally:
+        box.stop()
+    assert collected["received"] == produced
+    assert collected["source"] == f"{box.url}/_sandbox/events"
+    cursors = conn.execute("select source from winback.feedback_cursors").fetchall()
+    assert cursors == [(f"{box.url}/_sandbox/events",)]
+    assert FEED_TOKEN not in caplog.text
+    assert FEED_TOKEN not in json.dumps(collected)
+    assert FEED_TOKEN not in repr(feedback.events_feed())
+
+
+def test_cursors_stored_under_a_url_with_credentials_lose_them(conn):
+    tables.ensure_schema(conn)
+    conn.execute("delete from winback.feedback_cursors")
+    conn.execute(
+        "insert into winback.feedback_cursors (source, position) values (%s, 7), (%s, 3), (%s, 5)",
+        (
+            f"https://u:{FEED_TOKEN}@a.example/feed",
+            f"https://u:{FEED_TOKEN}@b.example/feed",
+            "https://b.example/feed",
+        ),
+    )
+    feedback._forget_credentials_in_cursors(conn)
+    rows = conn.execute("select source, position from winback.feedback_cursors order by 1")
+    assert rows.fetchall() == [("https://a.example/feed", 7), ("https://b.example/feed", 5)]
+    conn.rollback()
+
+
+# --- local files are private (finding 7) ---------------------------------------------------
+
+
+def _mode(path) -> int:
+    return path.lstat().st_mode & 0o777
+
+
+def test_landing_files_exports_and_state_are_readable_by_their_owner_only(tmp_path, monkeypatch):
+    """Files made before this change are tightened when written again; a folder the user
+    chose outside `.winback/` keeps its mode (they may share it), but what winback writes
+    into it is still 0600."""
+    from winback import config
+    from winback.delivery.providers import Member, MemberChange
+    from winback.delivery.providers.meta import MetaCustomAudienceFile
+    from winback.simulation import simulator
+
+    state = tmp_path / "state"
+    monkeypatch.setattr(config, "STATE_DIR", state)
+    exports = state / "exports"
+    exports.mkdir(parents=True, mode=0o755)
+    exports.chmod(0o755)  # as an older winback left it
+    old_csv = exports / "popup_popup_back.csv"
+    old_csv.write_text(",".join(("customer_id", "campaign_id", "step_id", "body")) + "\n")
+    old_csv.chmod(0o644)
+
+    popup = PopupCsvExport(exports)
+    message = OutgoingMessage("k1", "C1", "popup_back", "popup", None, None, "Welcome back")
+    assert asyncio.run(popup.send(message)).outcome == Outcome.ACCEPTED
+    assert _mode(exports) == 0o700 and _mode(old_csv) == 0o600
+
+    meta = MetaCustomAudienceFile(exports / "meta")
+    change = MemberChange("winback:we_miss_you", Member("C1", "a@shop.test"), "add")
+    assert meta._write([change]).accepted == [change]
+    assert _mode(exports / "meta") == 0o700
+    assert [_mode(p) for p in (exports / "meta").iterdir()] == [0o600]
+
+    day = state / "landing" / "2026-11-20"
+    frames = simulator.simulate_shop(simulator.SimulationConfig(customers=20, seed=3))
+    simulator.write_landing_files(frames, day)
+    assert _mode(state / "landing") == 0o700 and _mode(day) == 0o700
+    assert {_mode(p) for p in day.iterdir()} == {0o600}
+
+    shared = tmp_path / "shared-landing"
+    shared.mkdir(mode=0o750)
+    shared.chmod(0o750)
+    simulator.write_landing_files(frames, shared / "2026-11-20")
+    assert _mode(shared) == 0o750, "a folder of the user's keeps its mode"
+    assert _mode(shared / "2026-11-20") == 0o700
+    assert {_mode(p) for p in (shared / "2026-11-20").iterdir()} == {0o600}

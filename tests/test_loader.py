@@ -389,12 +389,16 @@ def test_the_screen_only_proves_what_the_reference_checks_accept(table_name):
     assert len(proven_lines) >= len(raw_table.columns) * 5
 
 
-def test_values_with_commas_quotes_and_line_breaks_load_unchanged(conn, tmp_path):
+def test_values_with_commas_and_quotes_load_unchanged_and_a_line_break_becomes_a_space(
+    conn, tmp_path
+):
     name = 'Ada "the Countess", of\nLovelace'
     write_csv(tmp_path / DAY.isoformat(), "customers", [customer("c1", first_name=name)])
     loader.load_day(conn, tmp_path, DAY)
     stored = conn.execute("select first_name from raw.customers").fetchone()
-    assert stored == (name,)
+    assert stored == ('Ada "the Countess", of Lovelace',)
+    kept = conn.execute("select value_as_written from raw.normalised_values").fetchall()
+    assert kept == [(name,)]
 
 
 def test_a_foreign_key_on_a_raw_table_does_not_stop_a_first_load(conn, landing):

@@ -14,6 +14,7 @@ import codecs
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import pytest
 from winback.ingest import contract, loader, read
 
 DAY = date(2026, 11, 20)
+CONTROL = re.compile("[\x01-\x1f\x7f-\x9f\u2028\u2029]+")
 CUSTOMERS_HEADER = "customer_id,email,phone,first_name,country,created_at"
 ORDERS_HEADER = "order_id,customer_id,ordered_at,status,total,currency"
 LINES_HEADER = "order_id,line_number,product_id,category,quantity,unit_price"
@@ -90,6 +92,20 @@ class Case:
     values: dict[str, dict[str, object]] = field(default_factory=dict)  # id -> column -> value
     refused: str = ""  # a phrase of the one-line refusal
     check: Callable | None = None  # anything else, given (conn, folder)
+
+
+def _assert_normalised(conn, customers: dict, products: dict | None = None) -> None:
+    """Each changed value is recorded, as written, beside what was loaded; nothing else."""
+    for table, expected in (("customers", customers), ("products", products or {})):
+        rows = conn.execute(
+            "select line_number, column_name, value_as_written, value_loaded"
+            " from raw.normalised_values where table_name = %s",
+            (table,),
+        ).fetchall()
+        assert {(line, column): written for line, column, written, _ in rows} == expected
+        for _, _, written, loaded in rows:
+            assert loaded == " ".join(CONTROL.sub(" ", written).split(" ")).strip()
+            assert not CONTROL.search(loaded)
 
 
 def long_id(n: int) -> str:
@@ -176,7 +192,11 @@ CASES = [
         "customers",
         {8: "malformed_email", 12: "malformed_line"},
         loaded=3,
-        values={"C2": {"first_name": "Ada\nLovelace"}, "C4": {"first_name": "two\n\nbreaks"}},
+        # Line breaks in a name become one space (the value as written is kept).
+        values={"C2": {"first_name": "Ada Lovelace"}, "C4": {"first_name": "two breaks"}},
+        check=lambda conn, folder: _assert_normalised(
+            conn, {(4, "first_name"): "Ada\nLovelace", (9, "first_name"): "two\n\nbreaks"}
+        ),
     ),
     Case(
         "CRLF line endings with a broken row",
@@ -388,15 +408,56 @@ CASES = [
                 customer_row("C1", first_name='"a\n\\.\nb"'),
                 customer_row("C2", first_name="\\."),
                 customer_row("C3", first_name='"\\.\nx"'),
+                customer_row('"C4\n\\.\nx"', email="c4@example.com"),
             )
         },
         "customers",
-        loaded=3,
+        loaded=4,
         values={
-            "C1": {"first_name": "a\n\\.\nb"},
+            "C1": {"first_name": "a \\. b"},
             "C2": {"first_name": "\\."},
-            "C3": {"first_name": "\\.\nx"},
+            "C3": {"first_name": "\\. x"},
+            "C4\n\\.\nx": {"customer_id": "C4\n\\.\nx"},  # ids are never changed
         },
+    ),
+    Case(
+        "control and line-break characters in names become spaces",
+        {
+            "customers.csv": csv_text(
+                CUSTOMERS_HEADER,
+                customer_row("C1", first_name='"Eve\r\nBcc: x@y.test"'),
+                customer_row("C2", first_name="Eve\x0bX\x0cY"),
+                customer_row("C3", first_name="Eve\x85X\u2028Y\u2029Z"),
+                customer_row("C4", first_name="Eve\tX\x1b[31mY\x7fZ"),
+                customer_row("C5", first_name="\x1cEve\x1d"),
+                customer_row("C6", first_name="Eve\x00X"),
+                customer_row("C7", first_name="Zoë"),
+            ),
+            "products.csv": csv_text(
+                PRODUCTS_HEADER, 'P1,"Mug\r\nBcc",Home,9.90', "P2,Plain mug,Home,9.90"
+            ),
+        },
+        "customers",
+        {8: "invalid_character"},  # NUL: PostgreSQL text cannot hold it
+        loaded=6,
+        values={
+            "C1": {"first_name": "Eve Bcc: x@y.test"},
+            "C2": {"first_name": "Eve X Y"},
+            "C3": {"first_name": "Eve X Y Z"},
+            "C4": {"first_name": "Eve X [31mY Z"},
+            "C5": {"first_name": "Eve"},
+            "C7": {"first_name": "Zoë"},
+        },
+        check=lambda conn, folder: _assert_normalised(
+            conn,
+            {
+                (2, "first_name"): "Eve\r\nBcc: x@y.test",
+                (4, "first_name"): "Eve\x0bX\x0cY",
+                (5, "first_name"): "Eve\x85X\u2028Y\u2029Z",
+                (6, "first_name"): "Eve\tX\x1b[31mY\x7fZ",
+            },
+            products={(2, "product_name"): "Mug\r\nBcc"},
+        ),
     ),
     # ---------------------------------------------------------------- codes and e-mails
     Case(
@@ -708,7 +769,13 @@ def write_day(root: Path, case: Case) -> Path:
 def snapshot(conn) -> dict[str, list]:
     """Every row of `raw` but its load timestamps."""
     tables = {t.name: "_loaded_at" for t in contract.TABLES}
-    tables.update({"quarantine": "quarantined_at", "load_batches": "loaded_at"})
+    tables.update(
+        {
+            "quarantine": "quarantined_at",
+            "load_batches": "loaded_at",
+            "normalised_values": "normalised_at",
+        }
+    )
     present = {
         name
         for (name,) in conn.execute(

@@ -283,6 +283,7 @@ def test_the_report_writes_html_and_png_and_prints_numbers(warehouse, tmp_path):
     assert data.mode == "dry run: nothing was sent"
     html_path, png_path = report.write(data, tmp_path)
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.stat().st_mode & 0o777 for p in (html_path, png_path)} == {0o600}, "private"
     assert "data:image/png;base64," in html_path.read_text()
     text = report.render_text(data)
     assert "funnel: would send 8 → delivered 2" in text and "mode: dry run" in text

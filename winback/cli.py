@@ -474,9 +474,9 @@ def _demo_coupon_secret() -> str:
 
     path = config.STATE_DIR / "demo_coupon_secret"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
+        config.private_folder(path.parent)
+        with config.open_private(path, "x") as handle:
+            handle.write(secrets.token_hex(32))
     return path.read_text().strip()
 
 
@@ -798,7 +798,13 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: the sandbox's and providers' URLs, not news.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
-    return int(args.func(args) or 0)
+    from winback.local.embedded_pg import EmbeddedPostgresError
+
+    try:
+        return int(args.func(args) or 0)
+    except EmbeddedPostgresError as error:  # says what to do; a traceback would bury it
+        print(f"winback: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

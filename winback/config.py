@@ -42,6 +42,38 @@ APP_SCHEMA = "winback"
 MARTS_SCHEMA = "marts"
 
 
+def private_folder(path: Path) -> Path:
+    """`path` as a folder only this account can enter (0700), created with its missing
+    parents so: local state, landing files, exports and reports hold customer data.
+
+    An existing folder is tightened when it is winback's own (inside `.winback/`); one the
+    user chose elsewhere keeps its mode, as they may share it on purpose. `.winback/`
+    itself is `winback.local.embedded_pg`'s to set.
+    """
+    path = Path(path)
+    for folder in reversed([path, *path.parents]):
+        if not folder.exists() and not folder.is_symlink():
+            folder.mkdir(mode=0o700, exist_ok=True)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    status = path.stat()
+    if STATE_DIR in path.parents and status.st_uid == os.geteuid() and status.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def _private_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)  # one written before this may have been readable
+    return fd
+
+
+def open_private(path: Path, mode: str = "w", **kwargs):
+    """`open()` for a file only this account can read (0600), never through a link."""
+    return open(path, mode, opener=_private_opener, **kwargs)  # noqa: SIM115 - the caller's
+
+
 def configured_database_url() -> str | None:
     """The user's own warehouse URL, or None when the embedded cluster should be used."""
     url = os.environ.get(DATABASE_URL_ENV, "").strip()

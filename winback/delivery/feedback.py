@@ -11,7 +11,10 @@ sync collects feedback first, so it holds in the same run.
 
 `collect` polls the provider's events endpoint (connection `winback_events`, the
 sandbox's `/_sandbox/events`) from the last cursor it stored; `ingest` is also what a
-webhook receiver calls with the posted events.
+webhook receiver calls with the posted events. The feed's credentials are the
+connection's (login and password: HTTP Basic; a password alone: a bearer token), sent in
+the Authorization header. A URL holding credentials (`user:pass@`, `?token=`) is refused:
+it would be written to task logs, alerts and `winback.feedback_cursors`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -226,11 +231,80 @@ def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True)
     return result
 
 
-def events_url() -> str | None:
-    if not is_configured(EVENTS_CONN_ID):
+# Query parameters that carry a credential (`?token=`, `?api_key=`, `?sig=`, ...): refused.
+CREDENTIAL_PARAMETER = re.compile(
+    r"token|key|secret|pass|pwd|auth|sig|credential|session|bearer", re.IGNORECASE
+)
+# A URL with user information (`scheme://user:password@host`), as a SQL pattern.
+USERINFO_SQL_PATTERN = "^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@"
+
+
+class FeedConfigurationError(ValueError):
+    """The events feed is configured in a way that would leak or lose a credential."""
+
+
+@dataclass(frozen=True)
+class EventsFeed:
+    """Where and how to poll: `url` and `params` hold no credential, `headers` do."""
+
+    source: str  # scheme://host[:port]/path: the cursor's key and what logs name
+    params: dict[str, str]  # the URL's own (non-secret) query parameters
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+
+def events_feed(url: str | None = None) -> EventsFeed | None:
+    """The feed to poll: `url` or the connection's, with the connection's credentials.
+
+    Refuses a URL with credentials in it, naming where they are but never their value.
+    """
+    conn = connection(EVENTS_CONN_ID) if is_configured(EVENTS_CONN_ID) else None
+    url = url or (conn and (conn.extra.get("url") or conn.base_url))
+    if not url:
         return None
-    conn = connection(EVENTS_CONN_ID)
-    return conn.extra.get("url") or conn.base_url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FeedConfigurationError(
+            f"{EVENTS_CONN_ID}: the events feed must be an http(s) URL with a host"
+        )
+    if "@" in parts.netloc:
+        raise FeedConfigurationError(
+            f"{EVENTS_CONN_ID}: the events feed URL holds credentials (user:password@host); "
+            "put them in the connection's login and password, not in the URL"
+        )
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    secret_names = sorted(name for name in params if CREDENTIAL_PARAMETER.search(name))
+    if secret_names:
+        raise FeedConfigurationError(
+            f"{EVENTS_CONN_ID}: the events feed URL holds a credential in its query "
+            f"({', '.join(secret_names)}); put it in the connection's password, which is "
+            "sent in the Authorization header, not in the URL"
+        )
+    source = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    headers: dict[str, str] = {}
+    auth = None
+    if conn is not None and conn.password:
+        if conn.login:
+            auth = (conn.login, conn.password)
+        else:
+            headers["Authorization"] = f"Bearer {conn.password}"
+    return EventsFeed(source, params, headers, auth)
+
+
+def _forget_credentials_in_cursors(conn: psycopg.Connection) -> None:
+    """Cursors an older winback keyed by a URL with user:password@ keep their position
+    under the same URL without them."""
+    conn.execute(
+        "delete from winback.feedback_cursors old where old.source ~ %(p)s and exists ("
+        " select 1 from winback.feedback_cursors kept"
+        " where kept.source = regexp_replace(old.source, %(p)s, '\\1'))",
+        {"p": USERINFO_SQL_PATTERN},
+    )
+    conn.execute(
+        "update winback.feedback_cursors set source = regexp_replace(source, %(p)s, '\\1') "
+        "where source ~ %(p)s",
+        {"p": USERINFO_SQL_PATTERN},
+    )
 
 
 def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | None = None) -> dict:
@@ -239,22 +313,25 @@ def collect(conn: psycopg.Connection, run_date: date | None = None, url: str | N
     Each page and the cursor after it commit together: a crash re-reads at most one page,
     and re-reading changes nothing.
     """
-    url = url or events_url()
-    if not url:
+    feed = events_feed(url)
+    if feed is None:
         log.info("no events source configured (%s): no feedback collected", EVENTS_CONN_ID)
         return {"source": None}
     tables.ensure_schema(conn)
+    _forget_credentials_in_cursors(conn)
     conn.commit()
-    source = url.split("?")[0]
+    source = feed.source
     total = IngestResult()
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=feed.headers, auth=feed.auth) as client:
         while True:
             row = conn.execute(
                 "select position from winback.feedback_cursors where source = %s", (source,)
             ).fetchone()
             after = row[0] if row else 0
-            response = client.get(url, params={"after": after, "limit": PAGE_SIZE})
-            response.raise_for_status()
+            params = {**feed.params, "after": after, "limit": PAGE_SIZE}
+            response = client.get(source, params=params)
+            if response.is_error:  # httpx's own error quotes the whole URL
+                raise RuntimeError(f"events feed {source}: HTTP {response.status_code}")
             page = response.json()
             events = page.get("events", [])
             if not events:

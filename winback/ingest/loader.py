@@ -7,7 +7,9 @@ For every file of the day (`<landing>/<YYYY-MM-DD>/<table>.csv` or `.parquet`):
 2. `read`, `validate`: the file is read in blocks of string columns with pyarrow. A
    vectorised screen proves most rows valid (strict ISO timestamps, plain decimals,
    ASCII emails and codes ...) and normalises them (trimmed, emails lower-cased, phones
-   to E.164, each distinct number and country parsed once). Every row it cannot prove
+   to E.164, each distinct number and country parsed once; in free text, each run of
+   control and line-break characters becomes one space, the value as written kept in
+   `raw.normalised_values`). Every row it cannot prove
    valid goes through the reference checks (`validate_chunk`, plain pandas), which
    decide and word the reason, so a verdict never depends on which path a row took.
 3. `references`: within the file, a later duplicate of a primary key is quarantined (the
@@ -43,7 +45,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from winback.ingest import manifest, quarantine
 from winback.ingest.contract import RAW_SCHEMA, TABLES, RawTable
-from winback.ingest.quarantine import Rejection, raw_record
+from winback.ingest.quarantine import Normalisation, Rejection, raw_record
 from winback.ingest.read import (  # noqa: F401 (the loader's public names)
     ContractError,
     MalformedLine,
@@ -160,6 +162,7 @@ def _load_file(
     target = sql.Identifier(RAW_SCHEMA, raw_table.name)
     names = raw_table.column_names
     rejected: dict[int, Rejection] = {}
+    changed: list[Normalisation] = []
     dangling_keys: list[pa.Table] = []  # the keys of rows that lost their reference
     copied_keys: list[pa.Array] = []
     rows_read = rows_copied = 0
@@ -200,6 +203,7 @@ def _load_file(
                     continue
                 checked = check_batch(raw_table, batch, load_date)
                 rejected.update((r.line, r) for r in checked.rejected)
+                changed.extend(checked.changed)
                 valid, dangling, keys = unknown_references(raw_table, checked.valid, known)
                 _add_raw_records(dangling, batch)
                 rejected.update((r.line, r) for r in dangling)
@@ -260,6 +264,10 @@ def _load_file(
             for line in unread:
                 rejected[line].raw_record = records[line]
         quarantine.write_rejections(cur, load_date, raw_table.name, source, rejected)
+        # Only rows loaded: one quarantined later (a duplicate, a lost reference) is kept
+        # whole, as written, in the quarantine.
+        loaded_changes = [n for n in changed if n.line not in rejected]
+        quarantine.write_normalisations(cur, load_date, raw_table.name, source, loaded_changes)
     rows_quarantined = len(rejected)
     reasons = Counter(r.rule for r in rejected.values())
     if rows_read != rows_loaded + rows_quarantined:
@@ -309,10 +317,13 @@ def load_day(
     reports: list[FileReport] = []
     run = KnownKeys()
     with conn.transaction():
-        conn.execute(
-            "delete from raw.quarantine where load_date = %s and table_name = any(%s)",
-            (load_date, list(files)),
-        )
+        for kept in ("raw.quarantine", "raw.normalised_values"):
+            conn.execute(
+                sql.SQL("delete from {} where load_date = %s and table_name = any(%s)").format(
+                    sql.SQL(kept)
+                ),
+                (load_date, list(files)),
+            )
         for raw_table in sorted(TABLES, key=lambda t: t.load_order):
             if raw_table.name not in files:
                 continue

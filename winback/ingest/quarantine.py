@@ -25,6 +25,16 @@ class Rejection:
     raw_record: str | None  # JSON of the values as written; None until read back
 
 
+@dataclass
+class Normalisation:
+    """A text value loaded changed: control and line-break characters became spaces."""
+
+    line: int
+    column_name: str
+    value_as_written: str
+    value_loaded: str
+
+
 # jsonb cannot hold NUL (U+0000): it is stored as these six characters instead.
 NUL_IN_RECORD = "\\u0000"
 
@@ -102,3 +112,30 @@ def record_load_batch(conn: psycopg.Connection, load_date: date, report) -> None
             report.rows_quarantined,
         ),
     )
+
+
+def write_normalisations(
+    cur: psycopg.Cursor,
+    load_date: date,
+    table_name: str,
+    source: str,
+    changed: list[Normalisation],
+) -> None:
+    """COPY one file's changed values, as written and as loaded, into `raw.normalised_values`."""
+    if changed:
+        with cur.copy(
+            "copy raw.normalised_values (load_date, table_name, source_file, line_number,"
+            " column_name, value_as_written, value_loaded) from stdin"
+        ) as copy:
+            for n in sorted(changed, key=lambda n: (n.line, n.column_name)):
+                copy.write_row(
+                    (
+                        load_date,
+                        table_name,
+                        source,
+                        n.line,
+                        n.column_name,
+                        n.value_as_written,
+                        n.value_loaded,
+                    )
+                )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from winback.ingest import contract, phones
 from winback.ingest.contract import Column, RawTable
-from winback.ingest.quarantine import Rejection, raw_record
+from winback.ingest.quarantine import Normalisation, Rejection, raw_record
 
 # RFC 5322 allows far more, but a winback email must be deliverable by an ordinary ESP:
 # one @, no spaces, a dotted domain with an alphabetic top-level label.
@@ -36,6 +36,13 @@ AMOUNT_SCALE = Decimal("0.01")  # numeric(14, 2): 2 fraction digits
 NUMBER_PATTERN = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Control characters (C0 but NUL, DEL, C1 with NEL) and the Unicode line and paragraph
+# separators: in a free-text value (a first name, a product name) each run of them becomes
+# one space, so no name can break a message header or a CSV line downstream. NUL is left
+# to its own rule (PostgreSQL text cannot hold it: the row is quarantined). The RE2 form
+# is the screen's (pyarrow.compute).
+CONTROL_CHARACTERS = re.compile("[\x01-\x1f\x7f-\x9f\u2028\u2029]+")
+CONTROL_CHARACTERS_RE2 = r"[\x01-\x1f\x{7f}-\x{9f}\x{2028}\x{2029}]"
 
 
 def _decimal(text: str) -> Decimal | None:
@@ -70,6 +77,7 @@ def _countries(values: pd.Series) -> pd.Series:
 class ValidatedChunk:
     valid: pd.DataFrame  # normalised values, ready for COPY
     rejected: pd.DataFrame  # _source_line, column_name, reason, raw_record
+    changed: list[Normalisation] = field(default_factory=list)  # text values of valid rows
 
 
 def _check_column(
@@ -156,6 +164,8 @@ def _check_column(
         bad = ~empty & ~upper.isin(contract.currency_codes())
         flag(bad, "not an ISO 4217 currency code '" + stripped + "'", "invalid_currency")
         normalised = upper.astype(object)
+    elif kind == "text":
+        normalised = stripped.str.replace(CONTROL_CHARACTERS, " ", regex=True).str.strip()
     elif kind == "enum":
         lowered = _ascii_lower(stripped)
         bad = ~empty & ~lowered.isin(column.choices)
@@ -207,6 +217,18 @@ def validate_chunk(raw_table: RawTable, frame: pd.DataFrame, load_date: date) ->
 
     valid = pd.DataFrame(normalised)[~is_bad]
     valid["_source_line"] = frame.loc[~is_bad, "_source_line"]
+    changed = [
+        Normalisation(int(line), column.name, written, loaded)
+        for column in raw_table.columns
+        if column.kind == "text"
+        for line, written, loaded in zip(
+            frame.loc[~is_bad, "_source_line"],
+            frame.loc[~is_bad, column.name],
+            valid[column.name],
+            strict=True,
+        )
+        if loaded != written.strip()
+    ]
     rejected_raw = frame.loc[is_bad, raw_table.column_names]
     rejected = pd.DataFrame(
         {
@@ -219,7 +241,7 @@ def validate_chunk(raw_table: RawTable, frame: pd.DataFrame, load_date: date) ->
             else pd.Series(dtype=object),
         }
     )
-    return ValidatedChunk(valid=valid, rejected=rejected)
+    return ValidatedChunk(valid=valid, rejected=rejected, changed=changed)
 
 
 # --------------------------------------------------------------------------- the screen
@@ -312,8 +334,11 @@ def _fits(column: Column, value: pa.Array) -> pa.Array:
 
 def _screen_column(column: Column, value, empty, countries, latest):
     kind = column.kind
-    if kind in ("id", "text"):
+    if kind == "id":
         return _fits(column, value), value
+    if kind == "text":  # control characters are replaced (and recorded) by the checks
+        plain = pc.invert(pc.match_substring_regex(value, CONTROL_CHARACTERS_RE2))
+        return pc.and_(_fits(column, value), plain), value
     if kind == "timestamp":
         ok, parsed = _calendar_checked(
             value, STRICT_TIMESTAMP, "%Y-%m-%dT%H:%M:%SZ", "2000-01-01T00:00:00Z", UTC_SECONDS
@@ -351,6 +376,7 @@ def _screen_column(column: Column, value, empty, countries, latest):
 class CheckedBatch:
     valid: pa.Table  # normalised strings (null for empty) and _source_line, ready for COPY
     rejected: list[Rejection]
+    changed: list[Normalisation] = field(default_factory=list)
 
 
 def check_batch(raw_table: RawTable, batch: pa.Table, load_date: date) -> CheckedBatch:
@@ -381,5 +407,7 @@ def check_batch(raw_table: RawTable, batch: pa.Table, load_date: date) -> Checke
         ].itertuples(index=False)
     ]
     return CheckedBatch(
-        valid=pa.concat_tables([screened.filter(proven), rescued]), rejected=rejected
+        valid=pa.concat_tables([screened.filter(proven), rescued]),
+        rejected=rejected,
+        changed=checked.changed,
     )

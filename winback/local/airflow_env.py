@@ -59,7 +59,7 @@ def airflow_executable() -> Path:
 
 
 def run_airflow(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    airflow_home().mkdir(parents=True, exist_ok=True)
+    config.private_folder(airflow_home())
     return subprocess.run(
         [str(airflow_executable()), *args],
         env=airflow_environment(),
@@ -73,7 +73,7 @@ def stream_airflow(args: list[str], on_line) -> int:
     """Run the airflow CLI, handing each line of its output (stdout and stderr) to
     `on_line` as it comes; returns the exit code. Unbuffered, so a task's progress shows
     when it happens, not when a buffer fills."""
-    airflow_home().mkdir(parents=True, exist_ok=True)
+    config.private_folder(airflow_home())
     env = {**airflow_environment(), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
         [str(airflow_executable()), *args],

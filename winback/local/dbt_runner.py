@@ -65,14 +65,21 @@ def run_dbt(args: list[str], check: bool = False, **kwargs) -> int:
 
 
 def local_profile_text(url: str | None = None) -> str:
-    """The plain-dbt profile for the warehouse at `url` (default: winback's own). A
-    password is never written: it is read from WINBACK_PG_PASSWORD when the URL has one."""
+    """The plain-dbt profile for the warehouse at `url` (default: winback's own).
+
+    A password in the URL is never written: it is read from WINBACK_PG_PASSWORD. The
+    embedded cluster's, which its URL names by file, is copied in so plain dbt needs
+    nothing exported; the profile is then as private as that file (0600, in a folder
+    git ignores)."""
     settings = db.dbt_env(url)
-    password = (
-        "\"{{ env_var('WINBACK_PG_PASSWORD') }}\"  # the URL has a password: export it"
-        if settings["WINBACK_PG_PASSWORD"]
-        else '""'
-    )
+    passfile = settings.get("PGPASSFILE")
+    if passfile:
+        stored = Path(passfile).read_text().strip().rsplit(":", 1)[-1]
+        password = f"{json.dumps(stored)}  # the embedded cluster's, from {passfile}"
+    elif settings["WINBACK_PG_PASSWORD"]:
+        password = "\"{{ env_var('WINBACK_PG_PASSWORD') }}\"  # the URL has a password: export it"
+    else:
+        password = '""'
     return f"""\
 # Written by winback at set-up for plain `dbt` in this folder; not committed (it names this
 # machine's warehouse). Rewrite it with `winback db-up`. The committed profile, which
@@ -94,10 +101,12 @@ winback:
 
 
 def write_local_profile(url: str | None = None) -> Path:
-    """Write `dbt_project/profiles.yml` for plain dbt (0600: it names the warehouse)."""
+    """Write `dbt_project/profiles.yml` for plain dbt (0600: it names the warehouse, and
+    may hold the embedded cluster's password)."""
     text = local_profile_text(url)
     fd = os.open(LOCAL_PROFILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # one written before may have been readable
         handle.write(text)
     return LOCAL_PROFILE
 

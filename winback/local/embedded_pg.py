@@ -16,9 +16,15 @@ paths and `/` as its working directory: it cannot walk through the checkout.
 Root never follows a link inside a folder the account owns: the files it writes or reads
 there (the log, the port, postgresql.conf) are opened with O_NOFOLLOW.
 
-Authentication is `trust` on the loopback interface: the embedded cluster is a local
-development database with no secret to keep. Point `WINBACK_DATABASE_URL` at a real server
-for anything else.
+Nobody else on the machine may read the customers' data: the cluster accepts only
+`scram-sha-256` password logins over 127.0.0.1 (no unix socket), for a password generated
+at the first start and kept in `.winback/pgpass` (libpq's password-file format, 0600). The
+URL names that file (`?passfile=`), never the password, so every client (psycopg, Airflow's
+SQLAlchemy, dbt through PGPASSFILE) reads it from there and it never appears in a URL, a
+log line or a process's arguments. A cluster made before this, with `trust`, is given the
+password and the new rules on its next start (`winback db-up`). `.winback/` is 0700.
+
+Point `WINBACK_DATABASE_URL` at a real server for anything else; none of this applies then.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import fcntl
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -37,6 +44,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from winback import config
 
@@ -94,8 +102,77 @@ RELOADABLE_SETTINGS = (
 )
 
 
+# Who may log in: the superuser and every role, with a password, over the loopback only.
+# There is no unix socket (unix_socket_directories is empty), so no `local` line.
+HBA_RULES = """\
+# winback embedded cluster (winback/local/embedded_pg.py): password logins over the
+# loopback only; the password is in .winback/pgpass.
+host all all 127.0.0.1/32 scram-sha-256
+"""
+
+
 class EmbeddedPostgresError(RuntimeError):
     pass
+
+
+def password_file() -> Path:
+    """`.winback/pgpass`: the superuser's password, in libpq's password-file format (0600)."""
+    return config.STATE_DIR / "pgpass"
+
+
+def _read_password() -> str | None:
+    """The stored password, or None when there is none yet. The file must be a private
+    regular file: libpq ignores one that others can read, and so do we."""
+    text = _read_no_follow(password_file())
+    if text is None:
+        return None
+    mode = password_file().lstat().st_mode
+    if not stat.S_ISREG(mode) or mode & 0o077:
+        raise EmbeddedPostgresError(
+            f"{password_file()} must be a regular file readable by its owner only (chmod 600)"
+        )
+    fields = text.strip().split(":")
+    if len(fields) != 5 or not fields[4]:
+        raise EmbeddedPostgresError(f"{password_file()} is not a libpq password file")
+    return fields[4]
+
+
+def _create_password() -> str:
+    """Generate the superuser's password and store it (created exclusively, 0600, links
+    never followed). URL-safe characters need no escaping in a password file."""
+    password = secrets.token_urlsafe(32)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(password_file(), flags, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"127.0.0.1:*:*:{SUPERUSER}:{password}\n")
+    return password
+
+
+def _secure_state_dir() -> None:
+    """`.winback/` 0700, so no other account reaches anything in it.
+
+    One exception: as root, a cluster made before the data moved out of the checkout
+    (`.winback/pg` a real folder the server account owns) needs the account to pass
+    through `.winback/`, which is then 0711: others may pass but not list it, and every
+    entry in it is private. Moving that cluster out (`make db-stop`, delete `.winback/pg`)
+    makes it 0700.
+    """
+    state = config.private_folder(config.STATE_DIR)
+    root = state / "pg"
+    legacy = _server_account() is not None and root.is_dir() and not root.is_symlink()
+    wanted = 0o711 if legacy else 0o700
+    if state.stat().st_uid == os.geteuid() and state.stat().st_mode & 0o777 != wanted:
+        state.chmod(wanted)
+    if legacy:
+        # `.winback/` is root's and nobody else may write in it, so `pg` cannot be swapped
+        # for a link between the check above and this.
+        root.chmod(0o700)
+        log.warning(
+            "%s holds a cluster the PostgreSQL account reaches through it, so it stays 0711; "
+            "`make db-stop` and deleting %s moves the cluster to a private folder",
+            state,
+            root,
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +198,9 @@ class Cluster:
         return self.server_root / "port"
 
     def url(self, database: str = config.WAREHOUSE_DB_NAME) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port()}/{database}"
+        """The cluster's URL: it names the password file, never the password."""
+        passfile = quote(str(password_file()), safe="/")
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port()}/{database}?passfile={passfile}"
 
     def port(self) -> int:
         pid_file = self.data_dir / "postmaster.pid"
@@ -189,6 +268,7 @@ def _can_traverse(path: Path, account: pwd.struct_passwd) -> bool:
 
 def cluster_root() -> Path:
     """`.winback/pg`: the cluster's folder, or a link to its private fallback folder."""
+    _secure_state_dir()
     root = config.STATE_DIR / "pg"
     account = _server_account()
     if account is None or root.is_symlink() or _can_traverse(config.STATE_DIR, account):
@@ -202,11 +282,10 @@ def cluster_root() -> Path:
     # The account cannot reach the checkout: keep the data in a folder only it can enter,
     # under a name nobody can predict (mkdtemp: random, created exclusively, mode 0700),
     # and link it from the git-ignored folder, so `.winback/pg` still finds it.
-    config.STATE_DIR.mkdir(parents=True, exist_ok=True)
     fallback = Path(tempfile.mkdtemp(prefix="winback-pg-", dir=FALLBACK_PARENT))
     os.chown(fallback, account.pw_uid, account.pw_gid)
     root.symlink_to(fallback, target_is_directory=True)
-    log.info("the checkout is private to the PostgreSQL account; data in %s", fallback)
+    log.info("%s is private to this account; cluster data in %s", config.STATE_DIR, fallback)
     return root
 
 
@@ -277,8 +356,8 @@ def _port_is_free(port: int) -> bool:
 @contextlib.contextmanager
 def _lock(root: Path) -> Iterator[None]:
     """Serialise set-up between concurrent `make` targets or test workers."""
-    config.STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(config.STATE_DIR / "pg.lock", "w") as handle:
+    fd = os.open(config.STATE_DIR / "pg.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -286,31 +365,74 @@ def _lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _initdb(cluster: Cluster) -> None:
+def _initdb(cluster: Cluster, password: str) -> None:
     account = _server_account()
-    cluster.root.mkdir(parents=True, exist_ok=True)
+    cluster.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if account is not None:
         os.chown(cluster.server_root, account.pw_uid, account.pw_gid)
-    result = _run_as_server_account(
-        [
-            str(pg_bin_dir() / "initdb"),
-            "-D",
-            str(cluster.data_dir),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C.UTF-8",
-            f"--lc-collate={COLLATION}",
-        ],
-        capture_output=True,
-    )
+    # initdb reads the superuser's password from a file, never from its arguments: one
+    # made exclusively (no link followed) in the cluster's private folder, removed at once.
+    pwfile = cluster.server_root / f".initdb-password-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(pwfile, flags, 0o600), "w") as handle:
+        if account is not None:
+            os.fchown(handle.fileno(), account.pw_uid, account.pw_gid)
+        handle.write(password + "\n")
+    try:
+        result = _run_as_server_account(
+            [
+                str(pg_bin_dir() / "initdb"),
+                "-D",
+                str(cluster.data_dir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                f"--lc-collate={COLLATION}",
+            ],
+            capture_output=True,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
     if result.returncode != 0:
         raise EmbeddedPostgresError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
     settings = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
     conf = cluster.data_dir / "postgresql.conf"
     _write_no_follow(conf, f"\n# winback embedded cluster\n{settings}\n", append=True)
+    _write_no_follow(cluster.data_dir / "pg_hba.conf", HBA_RULES)
     log.info("initialised embedded PostgreSQL in %s", cluster.data_dir)
+
+
+def _requires_password(cluster: Cluster) -> bool:
+    """Whether the cluster's login rules are winback's: password logins on the loopback."""
+    return _read_no_follow(cluster.data_dir / "pg_hba.conf") == HBA_RULES
+
+
+def _require_password(cluster: Cluster, password: str) -> None:
+    """Upgrade a running cluster made with `trust`: give the superuser the password (sent
+    as a SCRAM verifier, so the server never sees it, nor logs it), replace the login
+    rules and reload them."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(cluster.url("postgres"), autocommit=True, connect_timeout=10) as conn:
+        verifier = conn.pgconn.encrypt_password(
+            password.encode(), SUPERUSER.encode(), b"scram-sha-256"
+        ).decode()
+        conn.execute(
+            sql.SQL("alter role {} password {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(verifier)
+            )
+        )
+        _write_no_follow(cluster.data_dir / "pg_hba.conf", HBA_RULES)
+        conn.execute("select pg_reload_conf()")
+    log.warning(
+        "the embedded cluster trusted every local connection; it now takes password logins "
+        "only (the password is in %s)",
+        password_file(),
+    )
 
 
 def is_running(cluster: Cluster) -> bool:
@@ -361,7 +483,13 @@ def _wait_accepting(cluster: Cluster, timeout_s: float = 30.0) -> None:
         try:
             with psycopg.connect(cluster.url("postgres"), connect_timeout=2):
                 return
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as error:
+            if "password authentication failed" in str(error):
+                raise EmbeddedPostgresError(
+                    f"the embedded cluster refuses the password in {password_file()}; "
+                    "restore the file it was created with, or remove the cluster "
+                    "(`make db-stop`, delete .winback/pg: its data is lost)"
+                ) from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -394,10 +522,23 @@ def ensure_running() -> Cluster:
     root = cluster_root()
     cluster = Cluster(root)
     with _lock(root):
-        if not (cluster.data_dir / "PG_VERSION").exists():
-            _initdb(cluster)
+        initialised = (cluster.data_dir / "PG_VERSION").exists()
+        password = _read_password()
+        if password is None:
+            if initialised and _requires_password(cluster):
+                raise EmbeddedPostgresError(
+                    f"the embedded cluster takes password logins but {password_file()} "
+                    "is missing; restore it, or remove the cluster (`make db-stop`, delete "
+                    ".winback/pg: its data is lost)"
+                )
+            password = _create_password()
+        if not initialised:
+            _initdb(cluster, password)
         if not is_running(cluster):
             _start(cluster)
+        if not _requires_password(cluster):
+            _wait_accepting(cluster)
+            _require_password(cluster, password)
         _wait_accepting(cluster)
         databases = [config.WAREHOUSE_DB_NAME, config.AIRFLOW_DB_NAME]
         ensure_databases(cluster.url("postgres"), databases)

@@ -295,11 +295,12 @@ def write(data: ReportData, folder: Path | None = None) -> tuple[Path, Path]:
     if not CAMPAIGN_ID.match(data.campaign_id):
         raise ValueError("a campaign id is lower-case letters, digits and _ only")
     folder = Path(folder or config.REPORTS_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
+    config.private_folder(folder)
     stem = f"{data.campaign_id}_{data.window_start}_{data.window_end}"
     figure = _figure(data)
     png_path = folder / f"{stem}.png"
-    figure.savefig(png_path, dpi=110)
+    with config.open_private(png_path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     import matplotlib.pyplot as plt
@@ -307,7 +308,8 @@ def write(data: ReportData, folder: Path | None = None) -> tuple[Path, Path]:
     plt.close(figure)
     image = base64.b64encode(buffer.getvalue()).decode()
     html_path = folder / f"{stem}.html"
-    html_path.write_text(_html(data, image))
+    with config.open_private(html_path) as handle:
+        handle.write(_html(data, image))
     return html_path, png_path
 
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from winback.config import private_folder
 from winback.ingest.contract import TABLES
 
 SECONDS_PER_DAY = 86_400
@@ -266,8 +267,7 @@ def write_shop(
     with a single chunk they hold exactly what `simulate_shop` returns. Returns the rows
     written per table.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(Path(folder))
     starts = _IdStarts()
     writers: dict[str, pa_csv.CSVWriter] = {}
     rows: dict[str, int] = {}
@@ -299,6 +299,7 @@ def write_shop(
     from winback.ingest import manifest as delivery_manifest
 
     delivery_manifest.write_manifest(folder, _folder_day(folder))  # the marker, written last
+    _make_files_private(folder)
     return rows
 
 
@@ -677,8 +678,7 @@ def write_landing_files(
     file is written last (`manifest=False` leaves the delivery unmarked, for tests that
     mark it later).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(Path(folder))
     for raw_table in TABLES:
         frame = frames.get(raw_table.name)
         if frame is None:
@@ -694,6 +694,14 @@ def write_landing_files(
         from winback.ingest import manifest as delivery_manifest
 
         delivery_manifest.write_manifest(folder, _folder_day(folder))
+    _make_files_private(folder)
+
+
+def _make_files_private(folder: Path) -> None:
+    """The day's files hold customers' names and addresses: readable by their owner only."""
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
 
 
 def _folder_day(folder: Path) -> date | None:

@@ -6,7 +6,7 @@ import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -64,16 +64,31 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def password_file(url: str) -> str | None:
+    """The libpq password file a URL names (`?passfile=`, as the embedded cluster's do)."""
+    found = parse_qs(urlsplit(url).query).get("passfile")
+    return found[-1] if found else None
+
+
 def dbt_env(url: str | None = None) -> dict[str, str]:
-    """Environment variables read by `dbt_project/profiles/profiles.yml`."""
-    parts = urlsplit(url or database_url())
-    return {
+    """Environment variables read by `dbt_project/profiles/profiles.yml`.
+
+    dbt takes no password file, so when the URL names one it is handed to libpq as
+    PGPASSFILE, and the password itself stays out of the environment.
+    """
+    url = url or database_url()
+    parts = urlsplit(url)
+    env = {
         "WINBACK_PG_HOST": parts.hostname or "127.0.0.1",
         "WINBACK_PG_PORT": str(parts.port or 5432),
         "WINBACK_PG_USER": unquote(parts.username or "postgres"),
         "WINBACK_PG_PASSWORD": unquote(parts.password or ""),
         "WINBACK_PG_DBNAME": parts.path.lstrip("/") or config.WAREHOUSE_DB_NAME,
     }
+    passfile = password_file(url)
+    if passfile:
+        env["PGPASSFILE"] = passfile
+    return env
 
 
 def export_dbt_env(url: str | None = None) -> None:

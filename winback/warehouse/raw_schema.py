@@ -4,6 +4,8 @@ Every raw table carries the contract's columns, typed, plus lineage columns:
 `_load_date` (the logical date whose files brought the row), `_source_file`,
 `_source_line` and `_loaded_at`. Rows that break the contract go to `raw.quarantine`
 instead, and every file load is recorded in `raw.load_batches` with its reconciled counts.
+A text value loaded changed (a line break in a name became a space) keeps its value as
+written in `raw.normalised_values`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ create table if not exists raw.load_batches (
 );
 comment on table raw.load_batches is
     'One row per file loaded for a logical date; rows_read = rows_loaded + rows_quarantined.';
+
+create table if not exists raw.normalised_values (
+    load_date date not null,
+    table_name text not null,
+    source_file text not null,
+    line_number integer not null,
+    column_name text not null,
+    value_as_written text not null,
+    value_loaded text not null,
+    normalised_at timestamptz not null default now(),
+    primary key (load_date, table_name, line_number, column_name)
+);
+comment on table raw.normalised_values is
+    'Text values loaded changed (control and line-break characters became spaces), each '
+    'with the value as written: the quarantine''s record of what the loader changed.';
 """
 
 

@@ -97,12 +97,12 @@ class MetaCustomAudienceFile(AudienceProvider):
                 result.rejected.append((change, "no valid email or phone to match on"))
                 continue
             groups.setdefault((change.audience, change.action), []).append((change, hashes))
-        self.folder.mkdir(parents=True, exist_ok=True)
+        config.private_folder(self.folder)
         for (audience, action), rows in groups.items():
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", audience)
             final = self.folder / f"{safe}_{action}_{stamp}.csv"
             partial = final.with_suffix(".csv.partial")
-            with open(partial, "w", newline="") as handle:
+            with config.open_private(partial, "w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(("email", "phone"))
                 writer.writerows(hashes for _, hashes in rows)

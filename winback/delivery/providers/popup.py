@@ -100,9 +100,9 @@ class PopupCsvExport(MessageProvider):
 
     def _append(self, message: OutgoingMessage) -> None:
         path = self.path_for(message.campaign_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config.private_folder(path.parent)
         is_new = not path.exists()
-        with open(path, "a", newline="") as handle:
+        with config.open_private(path, "a", newline="") as handle:
             writer = csv.writer(handle)
             if is_new:
                 writer.writerow(CSV_COLUMNS)

@@ -4,6 +4,7 @@ caller starts and stops it with."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import multiprocessing
@@ -124,6 +125,12 @@ class Handler(TwilioRoutes, MailchimpRoutes, PopupRoutes, SmtpLookupRoutes):
     # -- sandbox's own endpoints ----------------------------------------------------------
 
     def sandbox_events(self, parts, query):
+        token = self.state.settings.events_token
+        if token and not hmac.compare_digest(
+            (self.headers.get("Authorization") or "").encode(), f"Bearer {token}".encode()
+        ):
+            self._send(401, {"status": 401, "detail": "a bearer token is required"})
+            return
         after, limit = int(query.get("after", 0)), int(query.get("limit", 1000))
         with self.state.lock:
             events = self.state.events[after : after + limit]
@@ -189,7 +196,9 @@ class SandboxHandle:
     def _get(self, path: str) -> dict:
         import httpx
 
-        return httpx.get(f"{self.url}{path}", timeout=60).json()
+        token = self.settings.events_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=60).json()
 
     def accepted(self) -> dict:
         """What the provider accepted: messages per client reference, members per list."""
@@ -281,9 +290,10 @@ class SandboxHandle:
             ),
         }
         if not settings.webhook_url:  # no webhooks: winback polls the sandbox's feed
-            env["AIRFLOW_CONN_WINBACK_EVENTS"] = json.dumps(
-                {"conn_type": "http", "extra": {"url": f"{self.url}/_sandbox/events"}}
-            )
+            events = {"conn_type": "http", "extra": {"url": f"{self.url}/_sandbox/events"}}
+            if settings.events_token:
+                events["password"] = settings.events_token
+            env["AIRFLOW_CONN_WINBACK_EVENTS"] = json.dumps(events)
         if self.smtp_port:
             env["AIRFLOW_CONN_WINBACK_SMTP"] = json.dumps(
                 {

@@ -56,6 +56,9 @@ class SandboxSettings:
     account_sid: str = "ACsandbox"
     auth_token: str = "sandbox-token"
     api_key: str = "sandbox-key"
+    # The events feed (/_sandbox/events) takes only `Authorization: Bearer <this>` when
+    # set, as a provider's feed would; None: open, as the tests' direct reads expect.
+    events_token: str | None = None
     # -- as the real providers behave (docs/providers.md cites each); 0 = off ------------
     latency: float = 0.0  # seconds every API request takes before it is answered
     # Twilio: a created message stays `queued` with `date_sent` null this long, then `sent`.
