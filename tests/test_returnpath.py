@@ -201,7 +201,7 @@ def _seed(conn: psycopg.Connection) -> None:
 
 
 @pytest.fixture(scope="module")
-def running(monkeypatch_module):
+def running(session_database, monkeypatch_module):
     db_url = create_database("returnpath")
     with psycopg.connect(db_url) as conn:
         _seed(conn)
