@@ -305,6 +305,11 @@ class SandboxHandle:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        # `stop` waits for the loop to notice its shutdown: socketserver's default poll of
+        # half a second, for each of the two servers, added a second to every stop.
+        super().serve_forever(poll_interval)
+
     def handle_error(self, request, client_address):
         # A client that gives up (timeout) or dies (the kill test) resets its connection:
         # expected here, not worth a traceback.
