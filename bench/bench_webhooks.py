@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -37,16 +36,11 @@ import psycopg
 
 from winback.campaigns import personalization
 from winback.delivery.returnpath import twilio
+from winback.local.ports import free_port
 from winback.warehouse import db, tables
 
 BENCH_DB = "winback_bench_webhooks"
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef0123"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def prepare(url: str, codes: int) -> None:

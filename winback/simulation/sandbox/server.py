@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from winback.local.ports import free_port
 from winback.simulation.sandbox.mailchimp import (
     BatchResultsHandler,
     MailchimpRoutes,
@@ -337,10 +337,7 @@ def _serve(settings: SandboxSettings, host: str, port: int, smtp: bool):
         logging.getLogger("mail.log").setLevel(logging.WARNING)
 
         # aiosmtpd checks its server by connecting to the port: it needs a real one.
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            smtp_port = probe.getsockname()[1]
-        controller = Controller(SmtpHandler(state), hostname=host, port=smtp_port)
+        controller = Controller(SmtpHandler(state), hostname=host, port=free_port(host))
         controller.start()
     state.dispatcher = None
     if settings.webhook_url:
