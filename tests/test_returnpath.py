@@ -405,6 +405,12 @@ def test_the_unsubscribe_page_lets_the_customer_choose_sms(running):
     )
     assert chosen.status_code == 200
     assert "unsubscribed by link" in running.suppressed("sms", PHONE)
+    # The SMS opt-out is an event of the email it came from, not of the SMS to that number.
+    assert running.sql(
+        "select idempotency_key, customer_id, campaign_id from winback.message_events"
+        " where event_id = %s",
+        (f"unsubscribe:{key}:sms",),
+    ) == [(key, CUSTOMER, "we_miss_you")]
 
 
 def test_bodies_are_bounded_and_the_access_log_holds_no_identifiers(running, caplog):
