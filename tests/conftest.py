@@ -34,6 +34,8 @@ EMBEDDED_SERVER_FLAG = "WINBACK_TESTS_ON_EMBEDDED_SERVER"
 # demo warehouse.
 _NOT_REQUESTED_URL = "postgresql://no-database-requested@127.0.0.1:9/ask_for_session_database"
 _find_database_url = db.database_url
+# The test being set up, run or torn down: the database refuses a test not marked integration.
+_current_test: pytest.Item | None = None
 
 
 def _unrequested_database_url() -> str:
@@ -62,9 +64,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    global _current_test
+    _current_test = item
+
+
 def _start_session_database() -> str:
-    """This session's database (created on first use) on the user's or the embedded server."""
+    """This session's database (created on first use) on the user's or the embedded server.
+
+    Refused to a test not marked `integration`: a fixture that creates a database without
+    asking for `session_database` would otherwise start PostgreSQL in the quick loop.
+    """
     global _server_url
+    if _current_test is not None and _current_test.get_closest_marker("integration") is None:
+        raise RuntimeError(
+            f"{_current_test.nodeid} creates a database without asking for it: the fixture "
+            "that calls create_database must request `session_database`, which also marks "
+            "its tests integration"
+        )
     if _server_url is None:
         if _users_database_url is None:
             # The embedded-cluster tests run only when no server of the user's is in use.

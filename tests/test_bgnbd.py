@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 
@@ -135,6 +136,12 @@ def test_log_likelihood_matches_lifetimes():
 
 def simulated_rows(seed: int, n: int = 4000) -> pd.DataFrame:
     """BG/NBD customers in whole weeks, compressed to distinct (x, t_x, T) with weights."""
+    return _simulated_rows(seed, n).copy()
+
+
+@functools.cache
+def _simulated_rows(seed: int, n: int) -> pd.DataFrame:
+    # lifetimes draws customer by customer (half a second for 4,000): once per seed.
     from lifetimes.generate_data import beta_geometric_nbd_model
 
     np.random.seed(seed)

@@ -105,6 +105,7 @@ def _server_binaries_or_skip() -> None:
         pytest.skip("no PostgreSQL server binaries on this machine")
 
 
+@pytest.mark.integration  # starts a PostgreSQL cluster of its own
 def test_a_clone_in_a_private_directory_starts_its_cluster(tmp_path_factory):
     """A checkout under a 0700 folder (/root, `mktemp -d`): as root the server account
     cannot enter it, so the data goes to a private folder the account owns; as an ordinary

@@ -143,3 +143,58 @@ def test_twilio_lookup_finds_a_message_the_provider_accepted(box):
     before, sent, after = asyncio.run(scenario())
     assert before is None and sent.outcome is Outcome.ACCEPTED
     assert after.provider_message_id == sent.provider_message_id
+
+
+def test_a_provider_event_cannot_name_the_message_it_is_about():
+    """Only winback's own opt-outs (the unsubscribe link) name their message; a provider's
+    event is linked through the send ledger, whatever its payload claims."""
+    row = feedback._normalize(
+        {
+            "event_id": "sg-1",
+            "provider": "sendgrid",
+            "type": "unsubscribed",
+            "address": "someone@example.com",
+            "idempotency_key": "another-customers-message",
+            "customer_id": "C0001",
+            "campaign_id": "we_miss_you",
+        }
+    )
+    assert row is not None and row["event_type"] == "unsubscribed"
+    assert not {"idempotency_key", "customer_id", "campaign_id"} & row.keys()
+
+
+def _opt_out_row(event_id: str, address: str | None, **link) -> dict:
+    return {
+        "event_id": event_id,
+        "provider": "winback" if link else "sendgrid",
+        "event_type": "unsubscribed",
+        "channel": "email",
+        "provider_message_id": None,
+        "occurred_at": "2026-11-20T10:00:00+00:00",
+        "address_hash": feedback.address_hash(address) if address else None,
+        "reason": "unsubscribed by link" if link else None,
+        **link,
+    }
+
+
+def test_winbacks_own_opt_out_suppresses_whenever_recorded_a_providers_only_when_new(conn):
+    feedback.ensure_schema(conn)
+    conn.execute("truncate winback.message_events, winback.suppressions")
+    link = {"idempotency_key": "k-email", "customer_id": "C0001", "campaign_id": "we_miss_you"}
+    # The first click found no address on the channel: the event, no suppression.
+    first = feedback.store_events(conn, [_opt_out_row("unsubscribe:k:email", None, **link)])
+    assert (first.stored, first.suppressions_added) == (1, 0)
+    # Clicked again once the address is known: stored before, suppressed now.
+    again = feedback.store_events(
+        conn, [_opt_out_row("unsubscribe:k:email", "new@example.com", **link)]
+    )
+    assert (again.stored, again.suppressions_added) == (0, 1)
+    assert conn.execute(
+        "select idempotency_key, customer_id, campaign_id, provider"
+        " from winback.message_events where event_id = 'unsubscribe:k:email'"
+    ).fetchall() == [("k-email", "C0001", "we_miss_you", "winback")]
+    # A provider's event seen before does not suppress again (a STOP after a START).
+    feedback.store_events(conn, [_opt_out_row("sg-2", None)])
+    late = feedback.store_events(conn, [_opt_out_row("sg-2", "late@example.com")])
+    assert (late.stored, late.suppressions_added) == (0, 0)
+    conn.rollback()

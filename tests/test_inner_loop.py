@@ -6,6 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+from conftest import create_database
+
 from winback import config
 
 
@@ -23,7 +26,7 @@ def _collected(*args: str) -> set[str]:
 
 
 def test_tests_using_the_warehouse_are_marked_integration():
-    quick = _collected("-m", "not integration", "tests/test_tables.py", "tests/test_assignment.py")
+    # One collection: `-m integration` selects exactly what `-m "not integration"` leaves.
     integration = _collected(
         "-m", "integration", "tests/test_tables.py", "tests/test_assignment.py"
     )
@@ -33,5 +36,16 @@ def test_tests_using_the_warehouse_are_marked_integration():
         in integration
     )
     assert "tests/test_assignment.py::test_the_sql_twin_sorts_as_python_does" in integration
-    assert "tests/test_tables.py::test_every_winback_table_is_a_described_dbt_source" in quick
-    assert not quick & integration
+    import test_tables
+
+    assert hasattr(test_tables, "test_every_winback_table_is_a_described_dbt_source")
+    assert "tests/test_tables.py::test_every_winback_table_is_a_described_dbt_source" not in (
+        integration
+    )
+
+
+def test_a_test_not_marked_integration_cannot_create_a_database():
+    """A fixture that calls create_database without asking for `session_database` would
+    start PostgreSQL in the quick loop: it gets a clear error instead."""
+    with pytest.raises(RuntimeError, match="creates a database without asking for it"):
+        create_database("never_created")

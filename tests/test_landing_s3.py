@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from winback.ingest import landing, loader, manifest
+from winback.local.ports import free_port
 from winback.simulation import simulator
 
 moto_server = pytest.importorskip("moto.server", reason="moto is a dev dependency")
@@ -32,17 +32,11 @@ BUCKET = "shop-exports"
 CONN_ID = "winback_landing_test"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on a free local port, a bucket, and the Airflow connection to it."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -47,7 +47,7 @@ class RealShopRun:
 
 
 @pytest.fixture(scope="module")
-def real_shop_run(tmp_path_factory) -> RealShopRun:
+def real_shop_run(session_database, tmp_path_factory) -> RealShopRun:
     from winback.local import airflow_env, dbt_runner
 
     landing = tmp_path_factory.mktemp("real_shop_landing")

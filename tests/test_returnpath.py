@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
 import threading
 import time
 from datetime import date
@@ -28,6 +27,7 @@ from winback.campaigns import journeys, personalization
 from winback.delivery import feedback, ledger
 from winback.delivery.returnpath import app as service
 from winback.delivery.returnpath import sendgrid, tokens, twilio
+from winback.local.ports import free_port
 from winback.warehouse import tables
 
 RUN_DATE = date(2026, 11, 20)
@@ -101,12 +101,6 @@ def test_unsubscribe_tokens_are_opaque_and_unforgeable():
 
 
 # --- the running service -----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Running:
@@ -201,11 +195,11 @@ def _seed(conn: psycopg.Connection) -> None:
 
 
 @pytest.fixture(scope="module")
-def running(monkeypatch_module):
+def running(session_database, monkeypatch_module):
     db_url = create_database("returnpath")
     with psycopg.connect(db_url) as conn:
         _seed(conn)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     signing_key = ec.generate_private_key(ec.SECP256R1())
     public_der = signing_key.public_key().public_bytes(
@@ -411,6 +405,12 @@ def test_the_unsubscribe_page_lets_the_customer_choose_sms(running):
     )
     assert chosen.status_code == 200
     assert "unsubscribed by link" in running.suppressed("sms", PHONE)
+    # The SMS opt-out is an event of the email it came from, not of the SMS to that number.
+    assert running.sql(
+        "select idempotency_key, customer_id, campaign_id from winback.message_events"
+        " where event_id = %s",
+        (f"unsubscribe:{key}:sms",),
+    ) == [(key, CUSTOMER, "we_miss_you")]
 
 
 def test_bodies_are_bounded_and_the_access_log_holds_no_identifiers(running, caplog):

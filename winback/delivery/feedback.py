@@ -127,14 +127,24 @@ def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True)
     and DDL on every one of many concurrent requests would make them collide."""
     if ensure:
         ensure_schema(conn)
-    result = IngestResult(received=len(events))
-    rows = []
-    for event in events:
-        row = _normalize(event)
-        if row is None:
-            result.ignored += 1
-        else:
-            rows.append(row)
+    rows = [row for row in map(_normalize, events) if row is not None]
+    result = store_events(conn, rows)
+    result.received, result.ignored = len(events), len(events) - len(rows)
+    return result
+
+
+def store_events(conn: psycopg.Connection, rows: list[dict]) -> IngestResult:
+    """Store normalized events once each; suppress the addresses of those that opt out.
+
+    Every opt-out goes through here: the providers' events (from `ingest`) and the ones
+    winback receives itself (`returnpath.unsubscribe`). A provider's event finds its
+    message through the send ledger; winback's own rows name it (`idempotency_key`,
+    `customer_id`, `campaign_id`), which `_normalize` never takes from a provider. A
+    provider's event suppresses only when it is new, so a STOP delivered again after a
+    START does not undo the START; winback's own opt-out (never lifted by a START)
+    suppresses its address whenever it is recorded, even if its event was stored before.
+    """
+    result = IngestResult(received=len(rows))
     if not rows:
         return result
     # The events travel as one JSON parameter: one statement, no temporary table, so a
@@ -149,10 +159,12 @@ def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True)
                 from jsonb_array_elements(%(incoming)s::jsonb) as events (data)
             ), linked as (
                 select i.data,
-                       coalesce(by_id.idempotency_key, by_sender.idempotency_key)
-                           as idempotency_key,
-                       coalesce(by_id.customer_id, by_sender.customer_id) as customer_id,
-                       coalesce(by_id.campaign_id, by_sender.campaign_id) as campaign_id,
+                       coalesce(i.data ->> 'idempotency_key', by_id.idempotency_key,
+                                by_sender.idempotency_key) as idempotency_key,
+                       coalesce(i.data ->> 'customer_id', by_id.customer_id,
+                                by_sender.customer_id) as customer_id,
+                       coalesce(i.data ->> 'campaign_id', by_id.campaign_id,
+                                by_sender.campaign_id) as campaign_id,
                        coalesce(i.data ->> 'address_hash',
                                 {ADDRESS_HASH_SQL.format("by_id.payload ->> 'to'")})
                            as target_hash
@@ -171,6 +183,7 @@ def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True)
                     join winback.send_ledger l
                       on l.idempotency_key = o.idempotency_key and l.mode = 'live'
                     where by_id.idempotency_key is null
+                      and i.data ->> 'idempotency_key' is null
                       and i.data ->> 'address_hash' is not null
                       and o.channel = i.data ->> 'channel'
                       and {ADDRESS_HASH_SQL.format("o.payload ->> 'to'")}
@@ -200,7 +213,8 @@ def ingest(conn: psycopg.Connection, events: list[dict], *, ensure: bool = True)
                                      else 'unsubscribed' end),
                        customer_id, data ->> 'event_id'
                 from linked
-                where data ->> 'event_id' in (select event_id from inserted)
+                where (data ->> 'event_id' in (select event_id from inserted)
+                       or data ->> 'idempotency_key' is not null)
                   and target_hash is not null
                   and (data ->> 'event_type' in ('complained', 'unsubscribed')
                        or (data ->> 'event_type' = 'bounced' and data ->> 'channel' = 'email'))

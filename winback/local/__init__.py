@@ -1,1 +1,1 @@
-"""Local set-up: the embedded PostgreSQL, a local Airflow, dbt outside Airflow."""
+"""Local set-up: the embedded PostgreSQL, a local Airflow, dbt outside Airflow, free ports."""

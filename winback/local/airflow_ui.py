@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 import httpx
 
 from winback.local import airflow_env
+from winback.local.ports import free_port, port_is_free
 
 ADMIN_USER = "admin"
 PASSWORD_ENV = "WINBACK_AIRFLOW_ADMIN_PASSWORD"
@@ -108,21 +108,6 @@ def _write_private_json(path: Path, data: Mapping[str, str]) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(dict(data)) + "\n")
     os.chmod(path, 0o600)
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def choose_port(port: int | None = None) -> int:

@@ -36,7 +36,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -47,6 +46,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from winback import config
+from winback.local import ports
 
 log = logging.getLogger(__name__)
 
@@ -335,24 +335,6 @@ def _run_as_server_account(args: list[str], **kwargs) -> subprocess.CompletedPro
     return subprocess.run(args, preexec_fn=preexec, check=False, text=True, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # PostgreSQL binds with SO_REUSEADDR, so a port whose last connections linger in
-        # TIME_WAIT is free for it; keeping the port keeps every stored URL valid.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @contextlib.contextmanager
 def _lock(root: Path) -> Iterator[None]:
     """Serialise set-up between concurrent `make` targets or test workers."""
@@ -448,9 +430,15 @@ def is_running(cluster: Cluster) -> bool:
 def _start(cluster: Cluster) -> None:
     port = None
     stored = _read_no_follow(cluster.port_file)
-    if stored is not None and stored.strip().isdigit() and _port_is_free(int(stored)):
+    # The stored port again if it is free, so every stored URL stays valid; PostgreSQL
+    # binds with SO_REUSEADDR, so connections lingering in TIME_WAIT do not hold it.
+    if (
+        stored is not None
+        and stored.strip().isdigit()
+        and ports.port_is_free(int(stored), reuse_address=True)
+    ):
         port = int(stored)
-    port = port or _free_port()
+    port = port or ports.free_port()
     _write_no_follow(cluster.log_file, "", append=True)
     result = _run_as_server_account(
         [

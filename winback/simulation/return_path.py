@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,9 @@ from collections.abc import Iterator
 import httpx
 
 from winback.delivery.returnpath import tokens
+from winback.local.ports import free_port
 from winback.simulation import sandbox
 from winback.simulation.sandbox.webhooks import new_signing_key
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -34,7 +28,7 @@ def sandbox_with_return_path(**sandbox_settings) -> Iterator[sandbox.SandboxHand
     """Start `winback serve` and a sandbox that sends it webhooks; set the environment
     (provider connections, `WINBACK_PUBLIC_URL`, SendGrid's public key) for this process
     and its children; stop both on exit."""
-    port = _free_port()
+    port = free_port()
     public_url = f"http://127.0.0.1:{port}"
     private_key, public_key = new_signing_key()
     providers = sandbox.start_sandbox(

@@ -16,6 +16,7 @@ the funnel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -55,42 +56,36 @@ def _address(conn: psycopg.Connection, message: Message, channel: str) -> str | 
 
 
 def unsubscribe(conn: psycopg.Connection, message: Message, channels: tuple[str, ...]) -> int:
-    """Opt the message's customer out of `channels`; returns how many were new."""
-    added = 0
+    """Opt the message's customer out of `channels`; returns how many suppressions were new.
+
+    The event and the suppression go through `feedback.store_events`, as a provider's
+    opt-out does; the consent withdrawal is the link's own."""
+    unknown = [channel for channel in channels if channel not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown channel {unknown[0]!r}")
+    occurred_at = datetime.now(UTC).isoformat()
+    rows = []
     for channel in channels:
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}")
         address = _address(conn, message, channel)
-        if address:
-            added += conn.execute(
-                "insert into winback.suppressions "
-                "(channel, address_hash, reason, customer_id, source_event_id) "
-                "values (%s, %s, 'unsubscribed by link', %s, %s) "
-                "on conflict (channel, address_hash) do nothing",
-                (
-                    channel,
-                    feedback.address_hash(address),
-                    message.customer_id,
-                    f"unsubscribe:{message.idempotency_key}:{channel}",
-                ),
-            ).rowcount
+        rows.append(
+            {
+                "event_id": f"unsubscribe:{message.idempotency_key}:{channel}",
+                "provider": "winback",
+                "event_type": "unsubscribed",
+                "channel": channel,
+                "provider_message_id": None,
+                "occurred_at": occurred_at,
+                "address_hash": feedback.address_hash(address) if address else None,
+                "reason": "unsubscribed by link",
+                "idempotency_key": message.idempotency_key,
+                "customer_id": message.customer_id,
+                "campaign_id": message.campaign_id,
+            }
+        )
         conn.execute(
             "insert into winback.consent_withdrawals "
             "(customer_id, channel, campaign_id, withdrawn_on) values (%s, %s, %s, current_date) "
             "on conflict (customer_id, channel) do nothing",
             (message.customer_id, channel, message.campaign_id),
         )
-        conn.execute(
-            "insert into winback.message_events (event_id, provider, event_type, channel, "
-            " idempotency_key, customer_id, campaign_id, occurred_at) "
-            "values (%s, 'winback', 'unsubscribed', %s, %s, %s, %s, now()) "
-            "on conflict (event_id) do nothing",
-            (
-                f"unsubscribe:{message.idempotency_key}:{channel}",
-                channel,
-                message.idempotency_key,
-                message.customer_id,
-                message.campaign_id,
-            ),
-        )
-    return added
+    return feedback.store_events(conn, rows).suppressions_added

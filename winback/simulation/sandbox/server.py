@@ -8,13 +8,13 @@ import hmac
 import json
 import logging
 import multiprocessing
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from winback.local.ports import free_port
 from winback.simulation.sandbox.mailchimp import (
     BatchResultsHandler,
     MailchimpRoutes,
@@ -315,6 +315,11 @@ class SandboxHandle:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        # `stop` waits for the loop to notice its shutdown: socketserver's default poll of
+        # half a second, for each of the two servers, added a second to every stop.
+        super().serve_forever(poll_interval)
+
     def handle_error(self, request, client_address):
         # A client that gives up (timeout) or dies (the kill test) resets its connection:
         # expected here, not worth a traceback.
@@ -342,10 +347,7 @@ def _serve(settings: SandboxSettings, host: str, port: int, smtp: bool):
         logging.getLogger("mail.log").setLevel(logging.WARNING)
 
         # aiosmtpd checks its server by connecting to the port: it needs a real one.
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            smtp_port = probe.getsockname()[1]
-        controller = Controller(SmtpHandler(state), hostname=host, port=smtp_port)
+        controller = Controller(SmtpHandler(state), hostname=host, port=free_port(host))
         controller.start()
     state.dispatcher = None
     if settings.webhook_url:
