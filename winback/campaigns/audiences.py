@@ -33,7 +33,6 @@ from psycopg.rows import dict_row
 from winback import config
 from winback.campaigns import assignment, journeys
 from winback.campaigns.campaign_files import Campaign
-from winback.campaigns.caps import CapLedger
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
 from winback.campaigns.messages import MessageBuilder
 from winback.warehouse import relations, tables
@@ -407,16 +406,14 @@ def build_audiences(
     tables.ensure_schema(conn)
     results = []
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
-    lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         assigned = assign_global_control(cur, run_date, config.global_control_share())
         log.info("global control: %d customers assigned today", assigned)
-        caps = CapLedger.load(cur, run_date, lookback)
         messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
             try:
                 with conn.transaction():  # a savepoint: this campaign's rows, or none
-                    result = _build_campaign(cur, conn, campaign, run_date, caps, messages)
+                    result = _build_campaign(cur, conn, campaign, run_date, messages)
             except Exception as error:  # noqa: BLE001  one campaign's failure, not the day's
                 first_line = (str(error).splitlines() or [""])[0][:200]
                 reason = (
@@ -427,9 +424,7 @@ def build_audiences(
                 log.error("%s", reason)
                 if refused is not None:
                     refused[f"{campaign.id}.yaml"] = reason
-                # The failed campaign's caps and prepared inputs were rolled back with it:
-                # count again from what the kept campaigns wrote.
-                caps = CapLedger.load(cur, run_date, lookback)
+                # The failed campaign's prepared inputs were rolled back with it.
                 messages = MessageBuilder(conn, run_date, send_mode)
                 continue
             if result is not None:
@@ -438,7 +433,7 @@ def build_audiences(
 
 
 def _build_campaign(
-    cur, conn, campaign: Campaign, run_date: date, caps: CapLedger, messages: MessageBuilder
+    cur, conn, campaign: Campaign, run_date: date, messages: MessageBuilder
 ) -> AudienceResult | None:
     """One campaign's entry and journeys for `run_date`; None when it did nothing today."""
     channel = ",".join(campaign.channels)
@@ -452,7 +447,7 @@ def _build_campaign(
         position = enrol(cur, campaign, run_date, result)
     else:
         log.info("%s: not active on %s, no one enters", campaign.id, run_date)
-    advanced = journeys.advance(conn, campaign, run_date, caps, messages)
+    advanced = journeys.advance(conn, campaign, run_date, messages)
     _log_steps(cur, campaign, run_date, position, advanced)
     result.outbox_added = advanced.outbox_added
     result.exited = advanced.exited

@@ -244,12 +244,12 @@ def advance(
     conn: psycopg.Connection,
     campaign: Campaign,
     run_date: date,
-    caps: CapLedger,
     messages: MessageBuilder,
 ) -> AdvanceResult:
     """Advance every active journey of `campaign` not yet advanced for `run_date`."""
     result = AdvanceResult(steps={s.id: StepCounts() for s in campaign.steps})
     with conn.cursor(row_factory=dict_row) as cur:
+        caps = CapLedger.load(cur, run_date, max(campaign.caps.coupon_cooldown_days or 0, 7))
         facts = _load_facts(cur, campaign, run_date)
         messages.prepare(cur, campaign)
         journeys = cur.execute(
