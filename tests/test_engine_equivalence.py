@@ -67,11 +67,12 @@ def snapshot(conn) -> dict[str, list[tuple]]:
     return found
 
 
-def simulate(conn, customers: int, days: int = DAYS) -> tuple[dict, list]:
-    """`days` days of the six shipped campaigns; the output tables and each run's results."""
+def simulate(conn, customers: int, days: int = DAYS, campaigns=None) -> tuple[dict, list]:
+    """`days` days of `campaigns` (the six shipped ones by default); the output tables and
+    each run's results."""
     campaign_world.create_marts(conn)
     campaign_world.populate(conn, customers)
-    shipped = campaign_files.load_campaigns(config.CAMPAIGNS_DIR)
+    shipped = campaigns or campaign_files.load_campaigns(config.CAMPAIGNS_DIR)
     returned = []
     for n in range(days):
         if n:
@@ -88,21 +89,16 @@ def global_control(monkeypatch):
     monkeypatch.setenv(config.GLOBAL_CONTROL_SHARE_ENV, "0.05")
 
 
-def test_the_set_based_engine_equals_the_per_customer_one_over_60_days(
-    conn, global_control, monkeypatch
-):
-    new_tables, new_results = simulate(conn, CUSTOMERS)
+def both_engines(conn, monkeypatch, **simulation) -> tuple[tuple, tuple]:
+    """(tables, results) of the set-based engine, then of the per-customer reference."""
+    new = simulate(conn, **simulation)
     with monkeypatch.context() as patched:
         patched.setattr(journeys, "advance", journey_reference.advance)
-        old_tables, old_results = simulate(conn, CUSTOMERS)
+        old = simulate(conn, **simulation)
+    return new, old
 
-    # The world did exercise what the engines decide.
-    actions = {row[4] for row in old_tables["journey_events"][1:]}
-    assert actions >= {"entered", "sent", "held_out", "skipped", "deferred", "exited"}
-    assert {row[5] for row in old_tables["outbox"][1:]} == {"email", "sms", "popup"}
-    exits = {row[6] for row in old_tables["journey_events"][1:] if row[4] == "exited"}
-    assert exits == {"purchase", "unsubscribe", "click"}
 
+def assert_same(new_tables, new_results, old_tables, old_results) -> None:
     for table in TABLES:
         old, new = old_tables[table], new_tables[table]
         assert old[0] == new[0], f"{table}: columns differ"
@@ -111,3 +107,91 @@ def test_the_set_based_engine_equals_the_per_customer_one_over_60_days(
         assert (only_old, only_new) == ([], []), f"{table} differs"
         assert len(old) == len(new), table
     assert new_results == old_results
+
+
+def test_the_set_based_engine_equals_the_per_customer_one_over_60_days(
+    conn, global_control, monkeypatch
+):
+    (new_tables, new_results), (old_tables, old_results) = both_engines(
+        conn, monkeypatch, customers=CUSTOMERS
+    )
+
+    # The world did exercise what the engines decide.
+    actions = {row[4] for row in old_tables["journey_events"][1:]}
+    assert actions >= {"entered", "sent", "held_out", "skipped", "deferred", "exited"}
+    assert {row[5] for row in old_tables["outbox"][1:]} == {"email", "sms", "popup"}
+    exits = {row[6] for row in old_tables["journey_events"][1:] if row[4] == "exited"}
+    assert exits == {"purchase", "unsubscribe", "click"}
+
+    assert_same(new_tables, new_results, old_tables, old_results)
+
+
+def branching(campaign_id: str, channel: str, outcomes: list[str], **extra):
+    """A campaign whose steps follow one another a day apart, each on one outcome of the
+    step before; `extra` sets the rest (caps, journey)."""
+    first = {"id": "opener", "channel": channel, "subject": "Hi {{ first_name }}"}
+    first["body"] = "Hello {{ tracked_link }}"
+    steps = [first] + [
+        {
+            "id": f"on_{outcome}",
+            "channel": channel,
+            "wait_days": 1 + i % 2,
+            "when": {"outcome": outcome, "step": "opener"},
+            "subject": f"{outcome} {{{{ coupon_code }}}}",
+            "body": f"{outcome}: {{{{ coupon_code }}}} {{{{ tracked_link }}}}",
+            "incentive": {"coupon": {"discount_percent": 5, "valid_days": 3}},
+        }
+        for i, outcome in enumerate(outcomes)
+    ]
+    if channel == "sms":
+        for step in steps:
+            step.pop("subject")
+    document = {
+        "id": campaign_id,
+        "description": "every outcome",
+        "starts_on": "2026-01-01",
+        "ends_on": "2027-12-31",
+        "priority": 200 if channel == "email" else 190,
+        "holdout": {"share": 0.2, "stratify_by": "churn_risk_band"},
+        "channels": [channel],
+        "audience": {"rule": "orders_count >= 2 and days_since_last_order > 20"},
+        "steps": steps,
+        **extra,
+    }
+    return campaign_files.Campaign.model_validate(document)
+
+
+def test_every_outcome_cap_and_end_action_is_decided_alike(conn, global_control, monkeypatch):
+    """Campaigns made to reach what the shipped six do not: every outcome a step can
+    branch on, a step capped out after its deferral, consent withdrawn at the end."""
+    outcomes = ["sent", "delivered", "opened", "clicked", "purchased", "nothing"]
+    negative = ["not_delivered", "not_opened", "not_clicked"]
+    email = branching(
+        "every_outcome",
+        "email",
+        negative + outcomes,
+        caps={"max_per_channel_per_week": {"email": 3}, "max_deferral_days": 1},
+        journey={"exit_on": ["unsubscribe"], "end_after_days": 2},
+    )
+    sms = branching(
+        "sms_outcomes",
+        "sms",
+        ["opened", "nothing"] + negative,
+        caps={"max_per_channel_per_week": {"sms": 2}, "coupon_cooldown_days": 3},
+        journey={
+            "exit_on": ["unsubscribe", "click"],
+            "end_after_days": 1,
+            "on_end": ["withdraw_sms_consent"],
+        },
+        quiet_hours={"start": "08:00", "end": "20:00"},
+    )
+    (new_tables, new_results), (old_tables, old_results) = both_engines(
+        conn, monkeypatch, customers=600, days=16, campaigns=[email, sms]
+    )
+    events = old_tables["journey_events"][1:]
+    actions = {row[4] for row in events}
+    assert actions >= {"sent", "held_out", "skipped", "deferred", "capped_out", "completed"}
+    sent_steps = {row[3] for row in events if row[4] == "sent"}
+    assert {f"on_{o}" for o in outcomes + negative} <= sent_steps
+    assert len(old_tables["consent_withdrawals"]) > 1
+    assert_same(new_tables, new_results, old_tables, old_results)
