@@ -98,9 +98,9 @@ SIGNALS = sql.Identifier("journey_signals")
 PURCHASES = sql.Identifier("journey_purchases")
 DECISIONS = sql.Identifier("step_decisions")
 
-# What a message's signals say, by the outcome a step asks for (`winback.campaigns.campaign_files`
-# `Outcome`): each is SQL over the flags of the reference step, computed only for customers who
-# were sent it (or held out from it); `any` holds for everyone.
+# The outcomes a step can branch on (`campaign_files.Outcome`), each as SQL over the
+# reference step's flags (delivered, opened, clicked, purchased: see `_decide`). They are
+# asked only of customers who were sent that step or held out from it; `any` holds for all.
 OUTCOMES = {
     "sent": "true",
     "delivered": "delivered",
@@ -114,12 +114,19 @@ OUTCOMES = {
 }
 
 
-def _temporary(cur, table: sql.Identifier, query: sql.Composable, params: dict) -> int:
+def _temporary(
+    cur, table: sql.Identifier, query: sql.Composable, params: dict, index_customers=False
+) -> int:
+    """(Re)create the temporary `table` from `query`, analysed for the statements that
+    join it; returns its row count. `index_customers` indexes its customer_id, for the
+    per-journey look-ups (exists ...) that read it."""
     cur.execute(sql.SQL("drop table if exists {}").format(table))
     cur.execute(
         sql.SQL("create temporary table {} on commit drop as {}").format(table, query), params
     )
     count = cur.rowcount
+    if index_customers:
+        cur.execute(sql.SQL("create index on {} (customer_id)").format(table))
     cur.execute(sql.SQL("analyze {}").format(table))
     return count
 
@@ -184,6 +191,7 @@ def _load_journeys(cur, campaign: Campaign, run_date: date) -> int:
             engagement=sql.SQL(ENGAGEMENT), provider_events=provider_events, advancing=ADVANCING
         ),
         params,
+        index_customers=True,
     )
     _temporary(
         cur,
@@ -197,6 +205,7 @@ def _load_journeys(cur, campaign: Campaign, run_date: date) -> int:
             """
         ).format(orders=sql.SQL(ORDERS), advancing=ADVANCING),
         params,
+        index_customers=True,
     )
     return advancing
 
