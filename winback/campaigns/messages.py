@@ -158,15 +158,15 @@ class MessageBuilder:
             for row in new:
                 zone = self.zones[row["customer_id"]][0].key
                 copy.write_row((row["customer_id"], row["favourite_category"], zone))
-        # The usual open hour, counted in each customer's own time zone: one query per zone.
-        for zone in sorted({self.zones[r["customer_id"]][0].key for r in new}):
-            customers = sql.SQL(
-                "(select customer_id from message_customers where zone = {}) as customers"
-            ).format(sql.Literal(zone))
-            query, params = self.p.send_hour_query(
-                self.run_date, customers, default_hour=DEFAULT_SEND_HOUR, time_zone=zone
-            )
-            self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
+        # The usual open hour, counted in each customer's own time zone: every zone in one
+        # pass over the events.
+        query, params = self.p.send_hour_query(
+            self.run_date,
+            sql.SQL("message_customers"),
+            default_hour=DEFAULT_SEND_HOUR,
+            zone_column="zone",
+        )
+        self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
         query, params = self.p.recommendations_query(
             self.run_date,
             sql.SQL("message_customers"),
