@@ -309,6 +309,32 @@ def test_send_hour_query_over_any_customer_relation(shop):
     assert dict(shop.execute(query, params).fetchall()) == {"a": 18, "z": 10}
 
 
+def test_send_hours_in_each_customers_own_zone_in_one_query(shop):
+    """`zone_column`: every customer's hour in their own zone, as one query per zone gives,
+    including the window's edges, which are whole days in the customer's zone."""
+    zones = {"berlin": "Europe/Berlin", "york": "America/New_York", "tokyo": "Asia/Tokyo"}
+    _add_customers(shop, *zones)
+    for customer_id in zones:
+        # 23:30 UTC on the run date is the next day in Berlin and Tokyo: outside their window
+        _add_events(
+            shop,
+            customer_id,
+            "2026-11-01T19:05:00",
+            "2026-11-05T19:59:00",
+            "2026-11-10T03:00",
+            "2026-11-20T23:30",
+            "2026-11-20T23:40",
+            "2026-11-20T23:50",
+        )
+    shop.execute("create temporary table zoned (customer_id text, zone text)")
+    shop.cursor().executemany("insert into zoned values (%s, %s)", list(zones.items()))
+    query, params = p.send_hour_query(RUN_DATE, sql.Identifier("zoned"), zone_column="zone")
+    together = dict(shop.execute(query, params).fetchall())
+    one_by_one = {c: p.send_hours(shop, RUN_DATE, time_zone=z)[c] for c, z in zones.items()}
+    assert together == one_by_one
+    assert together == {"berlin": 20, "york": 18, "tokyo": 4}
+
+
 def test_send_hour_options_are_checked():
     with pytest.raises(ValueError, match="unknown time zone"):
         p.send_hour_query(RUN_DATE, time_zone="Mars/Olympus")

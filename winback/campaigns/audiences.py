@@ -33,7 +33,6 @@ from psycopg.rows import dict_row
 from winback import config
 from winback.campaigns import assignment, journeys
 from winback.campaigns.campaign_files import Campaign
-from winback.campaigns.caps import CapLedger
 from winback.campaigns.journeys import idempotency_key  # noqa: F401  (the outbox key, re-exported)
 from winback.campaigns.messages import MessageBuilder
 from winback.warehouse import relations, tables
@@ -102,51 +101,65 @@ class AudienceResult:
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def fill_strata_sql(newcomers: sql.Composable, earlier: sql.Composable) -> sql.Composable:
+    """Who of `newcomers` is held out (the global control, a campaign's holdout), as a query
+    of their rows plus `is_held`.
+
+    Within each stratum, the newcomers in hash order fill the held-out group up to `share`
+    (the parameter `%(share)s`) of everyone ever assigned in that stratum: exact shares even
+    for small strata, and, as the assignment is stored, no later run moves anyone.
+    `newcomers` yields customer_id, stratum and assignment_hash (`assignment.hash_sql`);
+    `earlier` yields, per stratum, how many were assigned before (total) and held (held).
+    """
+    return sql.SQL(
+        """
+        select n.*,
+               row_number() over (partition by n.stratum
+                                  order by n.assignment_hash, n.customer_id)
+               <= round(%(share)s * (coalesce(p.total, 0)
+                                     + count(*) over (partition by n.stratum)))
+                  - coalesce(p.held, 0) as is_held
+        from ({newcomers}) n left join ({earlier}) p using (stratum)
+        """
+    ).format(newcomers=newcomers, earlier=earlier)
+
+
 def assign_global_control(cur, run_date: date, share: float) -> int:
     """Assign every customer not yet assigned to the global control group or not.
 
-    As campaign holdouts are: within each stratum (RFM segment when first seen), new
-    customers in hash order fill the control up to `share` of everyone ever assigned in
-    that stratum, so shares are exact even for small strata; stored once, never moved.
-    Returns how many customers were assigned.
+    As campaign holdouts are (`fill_strata_sql`): within each stratum (RFM segment when
+    first seen), new customers in hash order fill the control up to `share` of everyone
+    ever assigned in that stratum; stored once, never moved. Returns how many customers
+    were assigned.
     """
+    newcomers = sql.SQL(
+        """
+        select f.customer_id,
+               coalesce(f.{stratum}::text, 'unknown') as stratum,
+               {assignment_hash} as assignment_hash
+        from {features} f
+        where not exists (
+            select 1 from winback.global_control g where g.customer_id = f.customer_id)
+        """
+    ).format(
+        stratum=sql.Identifier(GLOBAL_CONTROL_STRATUM),
+        features=sql.SQL(FEATURES),
+        # The one assignment hash (winback.campaigns.assignment), keyed like a campaign.
+        assignment_hash=assignment.hash_sql(sql.Placeholder("key"), sql.SQL("f.customer_id")),
+    )
+    earlier = sql.SQL(
+        "select stratum, count(*) as total, count(*) filter (where is_control) as held "
+        "from winback.global_control group by stratum"
+    )
     cur.execute(
         sql.SQL(
             """
-            with newcomers as (
-                select f.customer_id,
-                       coalesce(f.{stratum}::text, 'unknown') as stratum,
-                       {assignment_hash} as assignment_hash
-                from {features} f
-                where not exists (
-                    select 1 from winback.global_control g where g.customer_id = f.customer_id)
-            ),
-            earlier as (
-                select stratum, count(*) as total, count(*) filter (where is_control) as held
-                from winback.global_control group by stratum
-            ),
-            ranked as (
-                select n.*,
-                       row_number() over (partition by n.stratum
-                                          order by n.assignment_hash, n.customer_id) as place,
-                       count(*) over (partition by n.stratum) as entering,
-                       coalesce(p.total, 0) as total,
-                       coalesce(p.held, 0) as held
-                from newcomers n left join earlier p using (stratum)
-            )
             insert into winback.global_control
                 (customer_id, stratum, is_control, assigned_on, share)
-            select customer_id, stratum,
-                   place <= round(%(share)s * (total + entering)) - held,
-                   %(run_date)s, %(share)s
-            from ranked
+            select customer_id, stratum, is_held, %(run_date)s, %(share)s
+            from ({filled}) filled
             """
-        ).format(
-            stratum=sql.Identifier(GLOBAL_CONTROL_STRATUM),
-            features=sql.SQL(FEATURES),
-            # The one assignment hash (winback.campaigns.assignment), keyed like a campaign.
-            assignment_hash=assignment.hash_sql(sql.Placeholder("key"), sql.SQL("f.customer_id")),
-        ),
+        ).format(filled=fill_strata_sql(newcomers, earlier)),
         {"key": GLOBAL_CONTROL_KEY, "share": share, "run_date": run_date},
     )
     return cur.rowcount
@@ -244,68 +257,61 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             sql.Identifier(campaign.holdout.stratify_by)
         )
     )
-    # Within each stratum, today's entrants in hash order fill the holdout up to its share
-    # of everyone who ever entered that stratum: exact shares even for small strata, and
-    # stored, so no later run reassigns anyone.
+    newcomers = sql.SQL(
+        """
+        select c.customer_id, {stratum} as stratum,
+               {assignment_hash} as assignment_hash,
+               coalesce(g.is_control, false) as is_global_control
+        from candidates c
+        left join winback.global_control g on g.customer_id = c.customer_id
+        where not exists (
+            select 1 from winback.journey_state j
+            where j.campaign_id = %(campaign)s and j.customer_id = c.customer_id)
+        """
+    ).format(
+        stratum=stratum,
+        assignment_hash=assignment.hash_sql(sql.Placeholder("campaign"), sql.SQL("c.customer_id")),
+    )
+    # The campaign's holdout is drawn from the customers outside the global control, who
+    # enter as 'global_control' (held out like a holdout, never counted in its share).
+    entrants = sql.SQL("select * from newcomers where not is_global_control")
+    earlier = sql.SQL(
+        """
+        select stratum, count(*) as total,
+               count(*) filter (where assigned_group = 'holdout') as held
+        from winback.journey_state
+        where campaign_id = %(campaign)s and assigned_group <> 'global_control'
+        group by stratum
+        """
+    )
     cur.execute(
         sql.SQL(
             """
-            with newcomers as (
-                select c.customer_id, {stratum} as stratum,
-                       {assignment_hash} as assignment_hash,
-                       coalesce(g.is_control, false) as is_global_control
-                from candidates c
-                left join winback.global_control g on g.customer_id = c.customer_id
-                where not exists (
-                    select 1 from winback.journey_state j
-                    where j.campaign_id = %(campaign)s and j.customer_id = c.customer_id)
+            with newcomers as ({newcomers}),
+            entered as (
+                insert into winback.journey_state
+                    (campaign_id, customer_id, assigned_group, stratum, entered_on, clock_date)
+                select %(campaign)s, customer_id,
+                       case when is_held then 'holdout' else 'treatment' end,
+                       stratum, %(run_date)s, %(run_date)s
+                from ({filled}) filled
+                union all
+                select %(campaign)s, customer_id, 'global_control', stratum, %(run_date)s,
+                       %(run_date)s
+                from newcomers where is_global_control
+                returning customer_id
             ),
-            -- The campaign's holdout is drawn from the customers outside the global control.
-            entrants as (select * from newcomers where not is_global_control),
-            earlier as (
-                select stratum, count(*) as total,
-                       count(*) filter (where assigned_group = 'holdout') as held
-                from winback.journey_state
-                where campaign_id = %(campaign)s and assigned_group <> 'global_control'
-                group by stratum
-            ),
-            ranked as (
-                select e.*,
-                       row_number() over (partition by e.stratum
-                                          order by e.assignment_hash, e.customer_id) as place,
-                       count(*) over (partition by e.stratum) as entering,
-                       coalesce(p.total, 0) as total,
-                       coalesce(p.held, 0) as held
-                from entrants e left join earlier p using (stratum)
+            recorded as (
+                insert into winback.journey_events (campaign_id, customer_id, run_date, action)
+                select %(campaign)s, customer_id, %(run_date)s, 'entered' from entered
+                on conflict do nothing
             )
-            insert into winback.journey_state
-                (campaign_id, customer_id, assigned_group, stratum, entered_on, clock_date)
-            select %(campaign)s, customer_id,
-                   case when place <= round(%(share)s * (total + entering)) - held
-                        then 'holdout' else 'treatment' end,
-                   stratum, %(run_date)s, %(run_date)s
-            from ranked
-            union all
-            select %(campaign)s, customer_id, 'global_control', stratum, %(run_date)s,
-                   %(run_date)s
-            from newcomers where is_global_control
-            returning customer_id
+            select count(*) as n from entered
             """
-        ).format(
-            stratum=stratum,
-            assignment_hash=assignment.hash_sql(
-                sql.Placeholder("campaign"), sql.SQL("c.customer_id")
-            ),
-        ),
+        ).format(newcomers=newcomers, filled=fill_strata_sql(entrants, earlier)),
         {"campaign": campaign.id, "share": campaign.holdout.share, "run_date": run_date},
     )
-    entrants = [r["customer_id"] for r in cur.fetchall()]
-    result.entered = len(entrants)
-    cur.executemany(
-        "insert into winback.journey_events (campaign_id, customer_id, run_date, action) "
-        "values (%s, %s, %s, 'entered') on conflict do nothing",
-        [(campaign.id, c, run_date) for c in entrants],
-    )
+    result.entered = cur.fetchone()["n"]
 
     cur.execute(
         "delete from winback.campaign_audiences where run_date = %s and campaign_id = %s",
@@ -407,16 +413,14 @@ def build_audiences(
     tables.ensure_schema(conn)
     results = []
     ordered = sorted(campaigns, key=lambda c: (-c.priority, c.id))
-    lookback = max([c.caps.coupon_cooldown_days or 0 for c in ordered] + [7])
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         assigned = assign_global_control(cur, run_date, config.global_control_share())
         log.info("global control: %d customers assigned today", assigned)
-        caps = CapLedger.load(cur, run_date, lookback)
         messages = MessageBuilder(conn, run_date, send_mode)
         for campaign in ordered:
             try:
                 with conn.transaction():  # a savepoint: this campaign's rows, or none
-                    result = _build_campaign(cur, conn, campaign, run_date, caps, messages)
+                    result = _build_campaign(cur, conn, campaign, run_date, messages)
             except Exception as error:  # noqa: BLE001  one campaign's failure, not the day's
                 first_line = (str(error).splitlines() or [""])[0][:200]
                 reason = (
@@ -427,9 +431,7 @@ def build_audiences(
                 log.error("%s", reason)
                 if refused is not None:
                     refused[f"{campaign.id}.yaml"] = reason
-                # The failed campaign's caps and prepared inputs were rolled back with it:
-                # count again from what the kept campaigns wrote.
-                caps = CapLedger.load(cur, run_date, lookback)
+                # The failed campaign's prepared inputs were rolled back with it.
                 messages = MessageBuilder(conn, run_date, send_mode)
                 continue
             if result is not None:
@@ -438,7 +440,7 @@ def build_audiences(
 
 
 def _build_campaign(
-    cur, conn, campaign: Campaign, run_date: date, caps: CapLedger, messages: MessageBuilder
+    cur, conn, campaign: Campaign, run_date: date, messages: MessageBuilder
 ) -> AudienceResult | None:
     """One campaign's entry and journeys for `run_date`; None when it did nothing today."""
     channel = ",".join(campaign.channels)
@@ -452,7 +454,7 @@ def _build_campaign(
         position = enrol(cur, campaign, run_date, result)
     else:
         log.info("%s: not active on %s, no one enters", campaign.id, run_date)
-    advanced = journeys.advance(conn, campaign, run_date, caps, messages)
+    advanced = journeys.advance(conn, campaign, run_date, messages)
     _log_steps(cur, campaign, run_date, position, advanced)
     result.outbox_added = advanced.outbox_added
     result.exited = advanced.exited

@@ -66,7 +66,7 @@ EndAction = Literal["withdraw_sms_consent", "withdraw_email_consent"]
 ExitEvent = Literal["purchase", "unsubscribe", "click"]
 
 # Names a template can use besides the columns of customer_features: what personalisation
-# adds per customer and step (see `winback.campaigns.messages.MessageBuilder.context`).
+# adds per customer and step (see `winback.campaigns.messages.MessageBuilder.build_many`).
 MESSAGE_NAMES = frozenset(
     {
         "campaign_id",

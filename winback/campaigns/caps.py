@@ -1,61 +1,93 @@
 """Frequency caps: how many messages a customer got recently, across every campaign.
 
 A step held back by a cap waits a day (`caps.max_deferral_days` at most, then it is
-skipped: `winback.campaigns.journeys`). The ledger is read once per run from
-`winback.outbox` and updated as the run enqueues, so the campaigns of one run count each
-other's messages; only messages actually enqueued (treatment) count, never hold-outs.
+skipped: `winback.campaigns.journeys`). The caps are counted in SQL over the whole set of
+customers due a step: `load_recent` copies, once per campaign and run, the messages the
+advancing customers were sent in the window the caps look back over (every campaign's, from
+`winback.outbox`, where the campaigns run before this one today have already written), the
+journey adds each step's messages to it as it enqueues them, and `capped_sql` names the
+customers a step's caps hold back. Only messages actually enqueued (treatment) count,
+never hold-outs.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
+
+from psycopg import sql
 
 from winback.campaigns.campaign_files import Campaign, Step
 
+RECENT = sql.Identifier("recent_messages")  # a temporary table, dropped at commit
+WEEK_DAYS = 7
 
-@dataclass
-class CapLedger:
-    """Messages each customer got recently, all campaigns, updated as this run enqueues."""
 
-    weekly: dict[tuple[str, str], int]  # (customer, channel) -> messages in the last 7 days
-    last_coupon: dict[tuple[str, str], date]  # (customer, channel) -> last coupon message
+def lookback_days(campaign: Campaign) -> int:
+    """How far back the campaign's caps look: a week, or the coupon cool-down if longer."""
+    return max(campaign.caps.coupon_cooldown_days or 0, WEEK_DAYS)
 
-    @classmethod
-    def load(cls, cur, run_date: date, lookback_days: int) -> CapLedger:
-        weekly: dict[tuple[str, str], int] = defaultdict(int)
-        last_coupon: dict[tuple[str, str], date] = {}
-        for row in cur.execute(
+
+def load_recent(cur, campaign: Campaign, run_date: date, customers: sql.Composable) -> None:
+    """Copy the recent messages of `customers` (a relation with `customer_id`) into
+    `recent_messages`: (customer_id, channel, run_date, has_coupon), up to `run_date`."""
+    cur.execute(sql.SQL("drop table if exists {}").format(RECENT))
+    cur.execute(
+        sql.SQL(
             """
-            select customer_id, channel, run_date, coupon_code is not null as has_coupon
-            from winback.outbox
-            where run_date > %s::date - %s and run_date <= %s
-            """,
-            (run_date, max(lookback_days, 7), run_date),
-        ):
-            key = (row["customer_id"], row["channel"])
-            if row["run_date"] > run_date - timedelta(days=7):
-                weekly[key] += 1
-            if row["has_coupon"] and row["run_date"] > last_coupon.get(key, date.min):
-                last_coupon[key] = row["run_date"]
-        return cls(weekly, last_coupon)
+            create temporary table {recent} on commit drop as
+            select o.customer_id, o.channel, o.run_date, o.coupon_code is not null as has_coupon
+            from winback.outbox o
+            where o.run_date > %(run_date)s::date - %(lookback)s and o.run_date <= %(run_date)s
+              and o.customer_id in (select customer_id from {customers})
+            """
+        ).format(recent=RECENT, customers=customers),
+        {"run_date": run_date, "lookback": lookback_days(campaign)},
+    )
 
-    def blocks(self, campaign: Campaign, step: Step, customer_id: str, run_date: date) -> bool:
-        key = (customer_id, step.channel)
-        limit = campaign.caps.max_per_channel_per_week.get(step.channel)
-        if limit is not None and self.weekly.get(key, 0) >= limit:
-            return True
-        cooldown = campaign.caps.coupon_cooldown_days
-        has_coupon = step.incentive is not None and step.incentive.coupon is not None
-        if cooldown and has_coupon:
-            last = self.last_coupon.get(key)
-            if last is not None and last > run_date - timedelta(days=cooldown):
-                return True
-        return False
 
-    def record(self, step: Step, customer_id: str, run_date: date) -> None:
-        key = (customer_id, step.channel)
-        self.weekly[key] = self.weekly.get(key, 0) + 1
-        if step.incentive is not None and step.incentive.coupon is not None:
-            self.last_coupon[key] = run_date
+def record(cur, step: Step, run_date: date, customer_ids: list[str]) -> None:
+    """Count the messages of `step` just enqueued for `customer_ids` in later decisions."""
+    cur.execute(
+        sql.SQL(
+            "insert into {} (customer_id, channel, run_date, has_coupon) "
+            "select unnest(%s::text[]), %s, %s::date, %s"
+        ).format(RECENT),
+        (customer_ids, step.channel, run_date, has_coupon(step)),
+    )
+
+
+def has_coupon(step: Step) -> bool:
+    return step.incentive is not None and step.incentive.coupon is not None
+
+
+def capped_sql(campaign: Campaign, step: Step, run_date: date) -> sql.Composable:
+    """A query of the customers whose `step` today is held back by the campaign's caps:
+    the weekly limit of the step's channel reached, or a coupon message on that channel
+    within the cool-down when the step carries a coupon. Always a valid query (it may
+    name nobody)."""
+    parts = [sql.SQL("select null::text as customer_id where false")]
+    channel, day = sql.Literal(step.channel), sql.Literal(run_date)
+    limit = campaign.caps.max_per_channel_per_week.get(step.channel)
+    if limit is not None:
+        parts.append(
+            sql.SQL(
+                "select customer_id from {recent} where channel = {channel} "
+                "and run_date > {day}::date - {week} group by customer_id "
+                "having count(*) >= {limit}"
+            ).format(
+                recent=RECENT,
+                channel=channel,
+                day=day,
+                week=sql.Literal(WEEK_DAYS),
+                limit=sql.Literal(limit),
+            )
+        )
+    cooldown = campaign.caps.coupon_cooldown_days
+    if cooldown and has_coupon(step):
+        parts.append(
+            sql.SQL(
+                "select customer_id from {recent} where channel = {channel} and has_coupon "
+                "and run_date > {day}::date - {cooldown}"
+            ).format(recent=RECENT, channel=channel, day=day, cooldown=sql.Literal(cooldown))
+        )
+    return sql.SQL(" union ").join(parts)

@@ -18,6 +18,14 @@ due (waits count from it). Every daily run advances each active journey once:
 3. a journey whose last step is done ends after `journey.end_after_days`, running the
    campaign's end actions (e.g. SMS consent withdrawn for customers who never reacted).
 
+All of it is SQL over the whole set of a campaign's journeys (issue 19): the journeys to
+advance today are copied into a temporary table, and each kind of decision is one
+statement over it (the exits; per step, in the campaign's order, who is due and what
+happens to each; the completions; the write-back), so the cost follows the day's work, not
+a walk through every customer. Steps go in order, so a journey can take several steps in one
+day (a step with `wait_days: 0` follows the one before it at once). Python renders only the
+messages due today (`winback.campaigns.messages`).
+
 A journey records the run date it was advanced for, so a rerun or a backfill of a day it
 has already seen changes nothing; the outbox key (campaign, step, customer, channel) makes
 sure no step reaches a customer twice whatever happens.
@@ -28,16 +36,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
-from winback.campaigns import assignment
+from winback.campaigns import assignment, caps
 from winback.campaigns.campaign_files import MESSAGE_CHANNELS, Campaign, Step
-from winback.campaigns.caps import CapLedger
 from winback.campaigns.messages import MessageBuilder
 from winback.warehouse import db, relations
 
@@ -84,343 +91,534 @@ def choose_variant(campaign_id: str, step: Step, customer_id: str) -> str | None
     return assignment.pick_by_weight(options, campaign_id, step.id, customer_id)
 
 
-# --- outcomes of earlier steps ------------------------------------------------------------
+# --- the set of journeys advanced today -----------------------------------------------------
+
+ADVANCING = sql.Identifier("journeys_advancing")  # temporary tables, dropped at commit
+SIGNALS = sql.Identifier("journey_signals")
+PURCHASES = sql.Identifier("journey_purchases")
+DECISIONS = sql.Identifier("step_decisions")
+
+# The outcomes a step can branch on (`campaign_files.Outcome`), each as SQL over the
+# reference step's flags (delivered, opened, clicked, purchased: see `_decide`). They are
+# asked only of customers who were sent that step or held out from it; `any` holds for all.
+OUTCOMES = {
+    "sent": "true",
+    "delivered": "delivered",
+    "opened": "opened",
+    "clicked": "clicked",
+    "purchased": "purchased",
+    "nothing": "not (opened or clicked or purchased)",
+    "not_delivered": "not delivered",
+    "not_opened": "not opened",
+    "not_clicked": "not clicked",
+}
 
 
-@dataclass
-class Facts:
-    """What happened to one campaign's messages, loaded once per run."""
-
-    sent_on: dict[tuple[str, str], date]  # (customer, step) -> day sent or held out
-    events: dict[str, list[tuple[str, str, date]]]  # customer -> (channel, type, day)
-    orders: dict[str, list[date]]  # customer -> completed order days after entry
-
-
-def outcome_holds(outcome: str, facts: Facts, customer_id: str, step: Step, run_date: date) -> bool:
-    """Whether `outcome` describes what happened to `step` for this customer by `run_date`.
-
-    Any condition on a step the customer was not sent (or held out from) is false, except
-    `any`: a branch follows a message, not the absence of one.
-    """
-    if outcome == "any":
-        return True
-    sent_on = facts.sent_on.get((customer_id, step.id))
-    if sent_on is None:
-        return False
-    happened = {
-        kind
-        for channel, kind, day in facts.events.get(customer_id, ())
-        if channel == step.channel and sent_on <= day <= run_date
-    }
-    delivered = bool(happened & {"delivered", "open", "click"})
-    opened = bool(happened & {"open", "click"})
-    clicked = "click" in happened
-    purchased = any(sent_on <= day <= run_date for day in facts.orders.get(customer_id, ()))
-    return {
-        "sent": True,
-        "delivered": delivered,
-        "opened": opened,
-        "clicked": clicked,
-        "purchased": purchased,
-        "nothing": not (opened or clicked or purchased),
-        "not_delivered": not delivered,
-        "not_opened": not opened,
-        "not_clicked": not clicked,
-    }[outcome]
+def _temporary(
+    cur, table: sql.Identifier, query: sql.Composable, params: dict, index_customers=False
+) -> int:
+    """(Re)create the temporary `table` from `query`, analysed for the statements that
+    join it; returns its row count. `index_customers` indexes its customer_id, for the
+    per-journey look-ups (exists ...) that read it."""
+    cur.execute(sql.SQL("drop table if exists {}").format(table))
+    cur.execute(
+        sql.SQL("create temporary table {} on commit drop as {}").format(table, query), params
+    )
+    count = cur.rowcount
+    if index_customers:
+        cur.execute(sql.SQL("create index on {} (customer_id)").format(table))
+    cur.execute(sql.SQL("analyze {}").format(table))
+    return count
 
 
-def _load_facts(cur, campaign: Campaign, run_date: date) -> Facts:
-    sent_on: dict[tuple[str, str], date] = {}
-    for row in cur.execute(
-        """
-        select customer_id, step_id, run_date from winback.outbox where campaign_id = %(c)s
-        union all
-        select customer_id, step_id, run_date from winback.journey_events
-        where campaign_id = %(c)s and action = 'held_out'
-        """,
-        {"c": campaign.id},
-    ):
-        sent_on[(row["customer_id"], row["step_id"])] = row["run_date"]
-    events: dict[str, list] = defaultdict(list)
+def _load_journeys(cur, campaign: Campaign, run_date: date) -> int:
+    """Copy the campaign's journeys to advance today, and what happened to them since they
+    entered: their messages' signals (the shop's tracking and the providers' feedback) and
+    their completed orders. Returns how many journeys advance."""
+    params = {"c": campaign.id, "d": run_date}
+    advancing = _temporary(
+        cur,
+        ADVANCING,
+        sql.SQL(
+            """
+            select j.customer_id, j.assigned_group, j.entered_on, j.next_step, j.clock_date,
+                   j.deferred_days, j.status, j.exit_reason, j.ended_on
+            from winback.journey_state j
+            where j.campaign_id = %(c)s and j.status = 'active'
+              and (j.advanced_through is null or j.advanced_through < %(d)s)
+              and j.entered_on <= %(d)s
+            """
+        ),
+        params,
+    )
+    cur.execute(sql.SQL("alter table {} add primary key (customer_id)").format(ADVANCING))
     # What happened to a message: the shop's own tracking and, once the providers' feedback
-    # has been collected (winback.delivery.feedback), the providers' events, in the same vocabulary.
+    # has been collected (winback.delivery.feedback), the providers' events, in the same
+    # vocabulary.
     provider_events = (
-        """
-        union all
-        select customer_id, channel,
-               case event_type when 'opened' then 'open' when 'clicked' then 'click'
-                    else event_type end,
-               occurred_at
-        from winback.message_events
-        where campaign_id = %(c)s and event_type in ('delivered', 'opened', 'clicked')
-        """
-        if db.relation_exists(cur.connection, "winback.message_events")
-        else ""
-    )
-    for row in cur.execute(
-        f"""
-        with events (customer_id, channel, event_type, occurred_at) as (
-            select customer_id, channel, event_type, occurred_at
-            from {ENGAGEMENT}
-            where campaign_id = %(c)s and event_type in ('delivered', 'open', 'click')
-            {provider_events}
+        sql.SQL(
+            """
+            union all
+            select customer_id, channel,
+                   case event_type when 'opened' then 'open' when 'clicked' then 'click'
+                        else event_type end,
+                   occurred_at
+            from winback.message_events
+            where campaign_id = %(c)s and event_type in ('delivered', 'opened', 'clicked')
+            """
         )
-        select e.customer_id, e.channel, e.event_type,
-               cast(e.occurred_at at time zone 'UTC' as date) as day
-        from events e
-        join winback.journey_state j
-          on j.customer_id = e.customer_id and j.campaign_id = %(c)s and j.status = 'active'
-        where cast(e.occurred_at at time zone 'UTC' as date) between j.entered_on and %(d)s
-        """,
-        {"c": campaign.id, "d": run_date},
-    ):
-        events[row["customer_id"]].append((row["channel"], row["event_type"], row["day"]))
-    orders: dict[str, list] = defaultdict(list)
-    for row in cur.execute(
-        f"""
-        select o.customer_id, o.order_date
-        from {ORDERS} o
-        join winback.journey_state j
-          on j.customer_id = o.customer_id and j.campaign_id = %(c)s and j.status = 'active'
-        where o.is_completed and o.order_date > j.entered_on and o.order_date <= %(d)s
-        """,
-        {"c": campaign.id, "d": run_date},
-    ):
-        orders[row["customer_id"]].append(row["order_date"])
-    return Facts(sent_on, dict(events), dict(orders))
-
-
-# --- advancing ----------------------------------------------------------------------------
-
-
-def reachable(features: dict, channel: str) -> bool:
-    """Consent, a valid contact and no suppression for `channel` (popups need none)."""
-    if channel == "popup":
-        return True
-    contact = "has_valid_email" if channel == "email" else "has_valid_phone"
-    return bool(
-        features.get(f"is_{channel}_subscribed")
-        and features.get(contact)
-        and not features.get(f"is_{channel}_suppressed")
+        if db.relation_exists(cur.connection, "winback.message_events")
+        else sql.SQL("")
     )
+    _temporary(
+        cur,
+        SIGNALS,
+        sql.SQL(
+            """
+            with events (customer_id, channel, event_type, occurred_at) as (
+                select customer_id, channel, event_type, occurred_at
+                from {engagement}
+                where campaign_id = %(c)s and event_type in ('delivered', 'open', 'click')
+                {provider_events}
+            )
+            select e.customer_id, e.channel, e.event_type,
+                   cast(e.occurred_at at time zone 'UTC' as date) as day
+            from events e
+            join {advancing} a on a.customer_id = e.customer_id
+            where cast(e.occurred_at at time zone 'UTC' as date) between a.entered_on and %(d)s
+            """
+        ).format(
+            engagement=sql.SQL(ENGAGEMENT), provider_events=provider_events, advancing=ADVANCING
+        ),
+        params,
+        index_customers=True,
+    )
+    _temporary(
+        cur,
+        PURCHASES,
+        sql.SQL(
+            """
+            select o.customer_id, o.order_date
+            from {orders} o
+            join {advancing} a on a.customer_id = o.customer_id
+            where o.is_completed and o.order_date > a.entered_on and o.order_date <= %(d)s
+            """
+        ).format(orders=sql.SQL(ORDERS), advancing=ADVANCING),
+        params,
+        index_customers=True,
+    )
+    return advancing
 
 
-def _exit_reasons(cur, campaign: Campaign, run_date: date, facts: Facts) -> dict[str, str]:
-    """customer -> why their journey ends today (purchase, unsubscribe, click)."""
-    reasons: dict[str, str] = {}
+def _exit(cur, campaign: Campaign, run_date: date) -> dict[str, int]:
+    """End today the journeys with a reason to (purchase first, then unsubscribe, then a
+    click); one statement. Returns the count per reason."""
+    reasons = []
     if "purchase" in campaign.journey.exit_on:
-        for customer_id in facts.orders:
-            reasons[customer_id] = "purchase"
+        reasons.append(
+            sql.SQL(
+                "when exists (select 1 from {} p where p.customer_id = a.customer_id) "
+                "then 'purchase'"
+            ).format(PURCHASES)
+        )
     channels = [c for c in campaign.channels if c in MESSAGE_CHANNELS]
     if "unsubscribe" in campaign.journey.exit_on and channels:
-        lost = " or ".join(
-            f"not f.is_{c}_subscribed or f.is_{c}_suppressed or w_{c}.customer_id is not null"
+        lost = sql.SQL(" or ").join(
+            sql.SQL(
+                "not f.{subscribed} or f.{suppressed} or exists (select 1 from "
+                "winback.consent_withdrawals w where w.customer_id = a.customer_id "
+                "and w.channel = {channel})"
+            ).format(
+                subscribed=sql.Identifier(f"is_{c}_subscribed"),
+                suppressed=sql.Identifier(f"is_{c}_suppressed"),
+                channel=sql.Literal(c),
+            )
             for c in channels
         )
-        joins = " ".join(
-            f"left join winback.consent_withdrawals w_{c} "
-            f"on w_{c}.customer_id = j.customer_id and w_{c}.channel = '{c}'"
-            for c in channels
+        reasons.append(
+            sql.SQL(
+                "when exists (select 1 from {features} f where f.customer_id = a.customer_id "
+                "and ({lost})) then 'unsubscribe'"
+            ).format(features=sql.SQL(FEATURES), lost=lost)
         )
-        for row in cur.execute(
-            f"""
-            select j.customer_id
-            from winback.journey_state j
-            join {FEATURES} f on f.customer_id = j.customer_id
-            {joins}
-            where j.campaign_id = %s and j.status = 'active' and ({lost})
-            """,
-            (campaign.id,),
-        ):
-            reasons.setdefault(row["customer_id"], "unsubscribe")
     if "click" in campaign.journey.exit_on:
-        for customer_id, events in facts.events.items():
-            if any(kind == "click" for _, kind, _ in events):
-                reasons.setdefault(customer_id, "click")
-    return reasons
+        reasons.append(
+            sql.SQL(
+                "when exists (select 1 from {} s where s.customer_id = a.customer_id "
+                "and s.event_type = 'click') then 'click'"
+            ).format(SIGNALS)
+        )
+    if not reasons:
+        return {}
+    cur.execute(
+        sql.SQL(
+            """
+            with reasons as (
+                select a.customer_id, case {reasons} end as reason from {advancing} a
+            )
+            update {advancing} a
+            set status = 'exited', exit_reason = r.reason, ended_on = %(d)s
+            from reasons r
+            where r.customer_id = a.customer_id and r.reason is not null
+            """
+        ).format(reasons=sql.SQL(" ").join(reasons), advancing=ADVANCING),
+        {"d": run_date},
+    )
+    _record_events(
+        cur,
+        campaign,
+        run_date,
+        sql.SQL(
+            "select customer_id, '' as step_id, 'exited' as action, null as variant, "
+            "exit_reason as detail from {} where status = 'exited'"
+        ).format(ADVANCING),
+    )
+    rows = cur.execute(
+        sql.SQL(
+            "select exit_reason, count(*) as n from {} where status = 'exited' group by 1"
+        ).format(ADVANCING)
+    ).fetchall()
+    return {r["exit_reason"]: r["n"] for r in rows}
+
+
+def variant_sql(campaign: Campaign, step: Step, customer: sql.Composable) -> sql.Composable:
+    """`choose_variant` in SQL: the same 32-bit place, walked through the same weights in
+    double precision, so every customer gets the variant Python would give them."""
+    if not step.variants:
+        return sql.SQL("null::text")
+    place = sql.SQL("(('x' || substr({}, 1, 8))::bit(32)::bigint::float8 / {}::float8)").format(
+        assignment.hash_sql(sql.Literal(campaign.id), sql.Literal(step.id), customer),
+        sql.Literal(repr(float(2**assignment.HASH_BITS))),
+    )
+    total = 0
+    for variant in step.variants:
+        total += variant.weight  # summed as `pick_by_weight` sums them
+    point = sql.SQL("({} * {}::float8)").format(place, sql.Literal(repr(float(total))))
+    branches = []
+    for variant in step.variants[:-1]:
+        point = sql.SQL("({} - {}::float8)").format(point, sql.Literal(repr(float(variant.weight))))
+        branches.append(sql.SQL("when {} < 0 then {}").format(point, sql.Literal(variant.id)))
+    return sql.SQL("case {} else {} end").format(
+        sql.SQL(" ").join(branches), sql.Literal(step.variants[-1].id)
+    )
+
+
+def _reference_step(campaign: Campaign, index: int) -> Step:
+    """The step whose outcome decides step `index`: the one named, else the one before."""
+    step = campaign.steps[index]
+    if step.when.step:
+        return campaign.steps[campaign.step_index(step.when.step)]
+    return campaign.steps[index - 1] if index > 0 else step
+
+
+def _decide(cur, campaign: Campaign, index: int, run_date: date) -> None:
+    """One statement: for every journey due step `index` today, what happens to it.
+
+    In the order the checks apply: the condition on the reference step (else `skipped`),
+    a reachable contact (else `unreachable`), the frequency caps (`deferred` while the
+    deferral lasts, then `capped_out`), and then `sent` to the treatment or `held_out`.
+    """
+    step = campaign.steps[index]
+    reference = _reference_step(campaign, index)
+    outcome = step.when.outcome
+    if outcome == "any":
+        condition = sql.SQL("true")
+    else:
+        condition = sql.SQL("(s.sent_on is not null and ({}))").format(sql.SQL(OUTCOMES[outcome]))
+    if step.channel == "popup":
+        reachable = sql.SQL("true")
+    else:
+        contact = "has_valid_email" if step.channel == "email" else "has_valid_phone"
+        reachable = sql.SQL(
+            "(coalesce(f.{subscribed}, false) and coalesce(f.{contact}, false) "
+            "and not coalesce(f.{suppressed}, false))"
+        ).format(
+            subscribed=sql.Identifier(f"is_{step.channel}_subscribed"),
+            contact=sql.Identifier(contact),
+            suppressed=sql.Identifier(f"is_{step.channel}_suppressed"),
+        )
+    query = sql.SQL(
+        """
+        with due as (
+            select a.customer_id, a.assigned_group, a.deferred_days
+            from {advancing} a
+            where a.status = 'active' and a.next_step = %(index)s
+              and a.clock_date + %(wait)s + a.deferred_days <= %(d)s
+        ),
+        -- the day the reference step was sent or held out (a hold-out's record wins)
+        reference as (
+            select d.customer_id,
+                   coalesce(
+                       (select max(e.run_date) from winback.journey_events e
+                        where e.campaign_id = %(c)s and e.customer_id = d.customer_id
+                          and e.step_id = %(reference)s and e.action = 'held_out'),
+                       (select max(o.run_date) from winback.outbox o
+                        where o.campaign_id = %(c)s and o.customer_id = d.customer_id
+                          and o.step_id = %(reference)s)
+                   ) as sent_on
+            from due d
+        ),
+        signals as (
+            select r.customer_id, r.sent_on,
+                   coalesce(bool_or(g.event_type in ('delivered', 'open', 'click')), false)
+                       as delivered,
+                   coalesce(bool_or(g.event_type in ('open', 'click')), false) as opened,
+                   coalesce(bool_or(g.event_type = 'click'), false) as clicked,
+                   exists (select 1 from {purchases} p
+                           where p.customer_id = r.customer_id
+                             and p.order_date between r.sent_on and %(d)s) as purchased
+            from reference r
+            left join {signals} g
+              on g.customer_id = r.customer_id and g.channel = %(reference_channel)s
+             and g.day between r.sent_on and %(d)s
+            group by r.customer_id, r.sent_on
+        ),
+        judged as (
+            select d.customer_id, d.assigned_group, d.deferred_days,
+                   {condition} as condition_holds,
+                   {reachable} as is_reachable,
+                   d.customer_id in ({capped}) as is_capped,
+                   {variant} as variant
+            from due d
+            join signals s on s.customer_id = d.customer_id
+            left join {features} f on f.customer_id = d.customer_id
+        )
+        select customer_id, assigned_group,
+               case when not condition_holds then 'skipped'
+                    when not is_reachable then 'unreachable'
+                    when is_capped and deferred_days < %(max_deferral)s then 'deferred'
+                    when is_capped then 'capped_out'
+                    when assigned_group = 'treatment' then 'sent'
+                    else 'held_out' end as decision,
+               variant
+        from judged
+        """
+    ).format(
+        advancing=ADVANCING,
+        purchases=PURCHASES,
+        signals=SIGNALS,
+        condition=condition,
+        reachable=reachable,
+        capped=caps.capped_sql(campaign, step, run_date),
+        variant=variant_sql(campaign, step, sql.SQL("d.customer_id")),
+        features=sql.SQL(FEATURES),
+    )
+    _temporary(
+        cur,
+        DECISIONS,
+        query,
+        {
+            "c": campaign.id,
+            "d": run_date,
+            "index": index,
+            "wait": step.wait_days,
+            "reference": reference.id,
+            "reference_channel": reference.channel,
+            "max_deferral": campaign.caps.max_deferral_days,
+        },
+    )
+
+
+def _record_events(cur, campaign: Campaign, run_date: date, rows: sql.Composable) -> None:
+    """Insert `rows` (customer_id, step_id, action, variant, detail) as journey events."""
+    cur.execute(
+        sql.SQL(
+            """
+            insert into winback.journey_events
+                (campaign_id, customer_id, run_date, step_id, action, variant, detail)
+            select %(c)s, customer_id, %(d)s, step_id, action, variant, detail from ({rows}) r
+            on conflict do nothing
+            """
+        ).format(rows=rows),
+        {"c": campaign.id, "d": run_date},
+    )
+
+
+def _take_step(
+    cur, campaign: Campaign, index: int, run_date: date, messages: MessageBuilder
+) -> tuple[StepCounts, int, int]:
+    """Decide, send and record step `index` for everyone due it today. Returns its counts,
+    the outbox rows added and the messages moved out of quiet hours."""
+    step = campaign.steps[index]
+    _decide(cur, campaign, index, run_date)
+    counts = StepCounts()
+    for row in cur.execute(
+        sql.SQL("select decision, count(*) as n from {} group by 1").format(DECISIONS)
+    ).fetchall():
+        decision, n = row["decision"], row["n"]
+        counts.due += n
+        if decision in ("skipped", "unreachable", "sent", "held_out"):
+            setattr(counts, decision, n)
+        else:  # deferred, capped_out
+            counts.capped += n
+        if decision in ("sent", "held_out"):
+            counts.condition_met += n
+    if not counts.due:
+        return counts, 0, 0
+    # Only the treatment is ever sent anything: the holdout and the global control are
+    # recorded as held out. The messages due today are the only per-customer work.
+    due_messages = cur.execute(
+        sql.SQL(
+            """
+            select d.customer_id, d.variant, coalesce(to_jsonb(f), '{{}}'::jsonb) as features
+            from {decisions} d left join {features} f on f.customer_id = d.customer_id
+            where d.decision = 'sent'
+            order by d.customer_id
+            """
+        ).format(decisions=DECISIONS, features=sql.SQL(FEATURES))
+    ).fetchall()
+    built = messages.build_many(
+        campaign, step, [(r["variant"], r["features"]) for r in due_messages], run_date
+    )
+    moved = sum(1 for message in built if message["moved_for_quiet_hours"])
+    counts.scheduled_after_quiet_hours = moved
+    added = _write_outbox(
+        cur,
+        campaign,
+        step,
+        [
+            (r["customer_id"], r["variant"], message)
+            for r, message in zip(due_messages, built, strict=True)
+        ],
+        run_date,
+    )
+    caps.record(cur, step, run_date, [r["customer_id"] for r in due_messages])
+    _record_events(
+        cur,
+        campaign,
+        run_date,
+        sql.SQL(
+            """
+            select customer_id, {step} as step_id,
+                   case decision when 'unreachable' then 'skipped' else decision end as action,
+                   case when decision in ('sent', 'held_out') then variant end as variant,
+                   case decision
+                       when 'skipped' then {not_held}
+                       when 'unreachable' then {no_contact}
+                       when 'deferred' then 'frequency cap'
+                       when 'capped_out' then 'frequency cap'
+                   end as detail
+            from {decisions}
+            """
+        ).format(
+            step=sql.Literal(step.id),
+            not_held=sql.Literal(f"{step.when.outcome} did not hold"),
+            no_contact=sql.Literal(f"no reachable {step.channel} contact"),
+            decisions=DECISIONS,
+        ),
+    )
+    # A deferred step waits a day; every other decision moves the journey on, its clock
+    # starting today.
+    cur.execute(
+        sql.SQL(
+            """
+            update {advancing} a
+            set deferred_days = case when d.decision = 'deferred' then a.deferred_days + 1
+                                     else 0 end,
+                next_step = case when d.decision = 'deferred' then a.next_step
+                                 else a.next_step + 1 end,
+                clock_date = case when d.decision = 'deferred' then a.clock_date
+                                  else %(d)s end
+            from {decisions} d
+            where d.customer_id = a.customer_id
+            """
+        ).format(advancing=ADVANCING, decisions=DECISIONS),
+        {"d": run_date},
+    )
+    return counts, added, moved
+
+
+def _complete(cur, campaign: Campaign, run_date: date) -> int:
+    """End the journeys whose last step is done and whose `end_after_days` have passed,
+    running the campaign's end actions for the treatment. Returns how many ended."""
+    cur.execute(
+        sql.SQL(
+            """
+            update {advancing}
+            set status = 'completed', ended_on = %(d)s
+            where status = 'active' and next_step >= %(steps)s
+              and clock_date + %(end_after)s <= %(d)s
+            """
+        ).format(advancing=ADVANCING),
+        {
+            "d": run_date,
+            "steps": len(campaign.steps),
+            "end_after": campaign.journey.end_after_days,
+        },
+    )
+    completed = cur.rowcount
+    _record_events(
+        cur,
+        campaign,
+        run_date,
+        sql.SQL(
+            "select customer_id, '' as step_id, 'completed' as action, null as variant, "
+            "null as detail from {} where status = 'completed'"
+        ).format(ADVANCING),
+    )
+    for action in campaign.journey.on_end:
+        channel = action.removeprefix("withdraw_").removesuffix("_consent")
+        cur.execute(
+            sql.SQL(
+                """
+                insert into winback.consent_withdrawals
+                    (customer_id, channel, campaign_id, withdrawn_on)
+                select customer_id, %(channel)s, %(c)s, %(d)s from {advancing}
+                where status = 'completed' and assigned_group = 'treatment'
+                on conflict do nothing
+                """
+            ).format(advancing=ADVANCING),
+            {"channel": channel, "c": campaign.id, "d": run_date},
+        )
+    return completed
 
 
 def advance(
     conn: psycopg.Connection,
     campaign: Campaign,
     run_date: date,
-    caps: CapLedger,
     messages: MessageBuilder,
 ) -> AdvanceResult:
-    """Advance every active journey of `campaign` not yet advanced for `run_date`."""
+    """Advance every active journey of `campaign` not yet advanced for `run_date`.
+
+    A fixed number of statements per campaign and step, whatever the number of journeys.
+    """
     result = AdvanceResult(steps={s.id: StepCounts() for s in campaign.steps})
     with conn.cursor(row_factory=dict_row) as cur:
-        facts = _load_facts(cur, campaign, run_date)
         messages.prepare(cur, campaign)
-        journeys = cur.execute(
-            f"""
-            select j.*, to_jsonb(f) as features
-            from winback.journey_state j
-            left join {FEATURES} f on f.customer_id = j.customer_id
-            where j.campaign_id = %s and j.status = 'active'
-              and (j.advanced_through is null or j.advanced_through < %s)
-              and j.entered_on <= %s
-            order by j.customer_id
-            """,
-            (campaign.id, run_date, run_date),
-        ).fetchall()
-        exits = _exit_reasons(cur, campaign, run_date, facts)
-        events: list[tuple] = []
-        outbox: list[tuple] = []
-        updates: list[tuple] = []
-        untouched: list[str] = []
-        withdrawals: list[tuple] = []
-
-        def record(customer_id, step_id, action, variant=None, detail=None) -> None:
-            events.append((campaign.id, customer_id, run_date, step_id, action, variant, detail))
-
-        for journey in journeys:
-            result.advanced += 1
-            customer_id = journey["customer_id"]
-            state = {
-                "next_step": journey["next_step"],
-                "clock_date": journey["clock_date"],
-                "deferred_days": journey["deferred_days"],
-                "status": "active",
-                "exit_reason": None,
-                "ended_on": None,
-            }
-
-            reason = exits.get(customer_id)
-            if reason is not None:
-                state.update(status="exited", exit_reason=reason, ended_on=run_date)
-                result.exited[reason] = result.exited.get(reason, 0) + 1
-                record(customer_id, "", "exited", detail=reason)
-            while state["status"] == "active" and state["next_step"] < len(campaign.steps):
-                step = campaign.steps[state["next_step"]]
-                due = state["clock_date"] + timedelta(days=step.wait_days + state["deferred_days"])
-                if run_date < due:
-                    break
-                counts = result.steps[step.id]
-                counts.due += 1
-                reference = (
-                    campaign.steps[campaign.step_index(step.when.step)]
-                    if step.when.step
-                    else campaign.steps[state["next_step"] - 1]
-                    if state["next_step"] > 0
-                    else step
-                )
-                features = journey["features"] or {}
-                if not outcome_holds(step.when.outcome, facts, customer_id, reference, run_date):
-                    counts.skipped += 1
-                    record(
-                        customer_id, step.id, "skipped", detail=f"{step.when.outcome} did not hold"
-                    )
-                elif not reachable(features, step.channel):
-                    # Consent and suppression end the journey above; this is a contact that
-                    # stopped being valid (a bounced address) while the journey went on.
-                    counts.unreachable += 1
-                    record(
-                        customer_id,
-                        step.id,
-                        "skipped",
-                        detail=f"no reachable {step.channel} contact",
-                    )
-                elif caps.blocks(campaign, step, customer_id, run_date):
-                    counts.capped += 1
-                    if state["deferred_days"] < campaign.caps.max_deferral_days:
-                        state["deferred_days"] += 1
-                        record(customer_id, step.id, "deferred", detail="frequency cap")
-                        break
-                    record(customer_id, step.id, "capped_out", detail="frequency cap")
-                else:
-                    counts.condition_met += 1
-                    variant = choose_variant(campaign.id, step, customer_id)
-                    # Only the treatment is ever sent anything: the holdout and the
-                    # global control are recorded as held out.
-                    if journey["assigned_group"] != "treatment":
-                        counts.held_out += 1
-                        record(customer_id, step.id, "held_out", variant)
-                    else:
-                        counts.sent += 1
-                        caps.record(step, customer_id, run_date)  # caps count real messages
-                        message = messages.build(campaign, step, variant, features, run_date)
-                        if message.pop("moved_for_quiet_hours"):
-                            result.scheduled_for_quiet_hours += 1
-                            counts.scheduled_after_quiet_hours += 1
-                        outbox.append((campaign, step, customer_id, variant, message))
-                        record(customer_id, step.id, "sent", variant)
-                    facts.sent_on[(customer_id, step.id)] = run_date
-                state["next_step"] += 1
-                state["clock_date"] = run_date
-                state["deferred_days"] = 0
-            end = state["clock_date"] + timedelta(days=campaign.journey.end_after_days)
-            if (
-                state["status"] == "active"
-                and state["next_step"] >= len(campaign.steps)
-                and run_date >= end
-            ):
-                state.update(status="completed", ended_on=run_date)
-                result.completed += 1
-                record(customer_id, "", "completed")
-                if journey["assigned_group"] == "treatment":
-                    for action in campaign.journey.on_end:
-                        channel = action.removeprefix("withdraw_").removesuffix("_consent")
-                        withdrawals.append((customer_id, channel, campaign.id, run_date))
-            unchanged = (
-                all(state[k] == journey[k] for k in ("next_step", "clock_date", "deferred_days"))
-                and state["status"] == "active"
-            )
-            if unchanged:  # most journeys on most days: only the run date moves on
-                untouched.append(customer_id)
-            else:
-                updates.append(
-                    (
-                        state["next_step"],
-                        state["clock_date"],
-                        state["deferred_days"],
-                        state["status"],
-                        state["exit_reason"],
-                        state["ended_on"],
-                        run_date,
-                        campaign.id,
-                        customer_id,
-                    )
-                )
-        result.outbox_added = _write_outbox(cur, outbox, run_date)
+        result.advanced = _load_journeys(cur, campaign, run_date)
+        if not result.advanced:
+            return result
+        caps.load_recent(cur, campaign, run_date, ADVANCING)
+        result.exited = _exit(cur, campaign, run_date)
+        for index, step in enumerate(campaign.steps):
+            counts, added, moved = _take_step(cur, campaign, index, run_date, messages)
+            result.steps[step.id] = counts
+            result.outbox_added += added
+            result.scheduled_for_quiet_hours += moved
+        result.completed = _complete(cur, campaign, run_date)
         messages.flush()
-        cur.executemany(
-            """
-            update winback.journey_state
-            set next_step = %s, clock_date = %s, deferred_days = %s, status = %s,
-                exit_reason = %s, ended_on = %s, advanced_through = %s
-            where campaign_id = %s and customer_id = %s
-            """,
-            updates,
-        )
         cur.execute(
-            "update winback.journey_state set advanced_through = %s "
-            "where campaign_id = %s and customer_id = any(%s)",
-            (run_date, campaign.id, untouched),
-        )
-        cur.executemany(
-            """
-            insert into winback.journey_events
-                (campaign_id, customer_id, run_date, step_id, action, variant, detail)
-            values (%s, %s, %s, %s, %s, %s, %s)
-            on conflict do nothing
-            """,
-            events,
-        )
-        cur.executemany(
-            """
-            insert into winback.consent_withdrawals
-                (customer_id, channel, campaign_id, withdrawn_on)
-            values (%s, %s, %s, %s)
-            on conflict do nothing
-            """,
-            withdrawals,
+            sql.SQL(
+                """
+                update winback.journey_state j
+                set next_step = a.next_step, clock_date = a.clock_date,
+                    deferred_days = a.deferred_days, status = a.status,
+                    exit_reason = a.exit_reason, ended_on = a.ended_on,
+                    advanced_through = %(d)s
+                from {advancing} a
+                where j.campaign_id = %(c)s and j.customer_id = a.customer_id
+                """
+            ).format(advancing=ADVANCING),
+            {"c": campaign.id, "d": run_date},
         )
     return result
 
 
-def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
-    """Insert the run's messages; a key already taken (a rerun) adds nothing."""
+def _write_outbox(
+    cur, campaign: Campaign, step: Step, messages: list[tuple], run_date: date
+) -> int:
+    """Insert one step's messages; a key already taken (a rerun) adds nothing."""
     if not messages:
         return 0
     cur.executemany(
@@ -448,7 +646,7 @@ def _write_outbox(cur, messages: list[tuple], run_date: date) -> int:
                 message.get("tracked_link"),
                 message.get("key_fingerprint"),
             )
-            for campaign, step, customer_id, variant, message in messages
+            for customer_id, variant, message in messages
         ],
     )
     return cur.rowcount

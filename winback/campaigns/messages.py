@@ -158,15 +158,15 @@ class MessageBuilder:
             for row in new:
                 zone = self.zones[row["customer_id"]][0].key
                 copy.write_row((row["customer_id"], row["favourite_category"], zone))
-        # The usual open hour, counted in each customer's own time zone: one query per zone.
-        for zone in sorted({self.zones[r["customer_id"]][0].key for r in new}):
-            customers = sql.SQL(
-                "(select customer_id from message_customers where zone = {}) as customers"
-            ).format(sql.Literal(zone))
-            query, params = self.p.send_hour_query(
-                self.run_date, customers, default_hour=DEFAULT_SEND_HOUR, time_zone=zone
-            )
-            self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
+        # The usual open hour, counted in each customer's own time zone: every zone in one
+        # pass over the events.
+        query, params = self.p.send_hour_query(
+            self.run_date,
+            sql.SQL("message_customers"),
+            default_hour=DEFAULT_SEND_HOUR,
+            zone_column="zone",
+        )
+        self.send_hours.update(dict(self.conn.execute(query, params).fetchall()))
         query, params = self.p.recommendations_query(
             self.run_date,
             sql.SQL("message_customers"),
@@ -192,51 +192,6 @@ class MessageBuilder:
             self._ranked_products_ready = True
         return table
 
-    def context(self, campaign: Campaign, step: Step, variant: str | None, features: dict):
-        """Everything a template can use (campaigns.MESSAGE_NAMES and the feature columns)."""
-        customer_id = features["customer_id"]
-        landing = self.p.landing_url(
-            campaign.landing_url,
-            campaign_id=campaign.id,
-            step_id=step.id,
-            channel=step.channel,
-            variant=variant,
-        )
-        link = self.p.tracked_link(
-            campaign.id, step.id, customer_id, step.channel, landing, self.secret
-        )
-        self._links.append(link)
-        context = {
-            **features,
-            "campaign_id": campaign.id,
-            "step_id": step.id,
-            "variant": variant,
-            "landing_url": landing,
-            "tracked_link": link.short_url(self.short_link_base),
-            "recommendations": self.recommended.get(customer_id, []),
-            "coupon_code": None,
-            "coupon_expires_on": None,
-            "coupon_discount": None,
-            "bonus_points": None,
-        }
-        if step.incentive and step.incentive.coupon:
-            coupon = self.p.issue_coupon(
-                campaign.id,
-                step.id,
-                customer_id,
-                send_date=self.run_date,
-                valid_days=step.incentive.coupon.valid_days,
-                secret=self.secret,
-            )
-            context.update(
-                coupon_code=coupon.code,
-                coupon_expires_on=coupon.expires_on,
-                coupon_discount=step.incentive.coupon.describe(),
-            )
-        if step.incentive and step.incentive.bonus_points:
-            context["bonus_points"] = step.incentive.bonus_points
-        return context
-
     def _render_or_fall_back(
         self, template, fallback, context, *, autoescape: bool = False
     ) -> str | None:
@@ -249,58 +204,128 @@ class MessageBuilder:
             return self.p.render(fallback, context, autoescape=autoescape)
         return text
 
-    def build(
-        self, campaign: Campaign, step: Step, variant: str | None, features: dict, run_date: date
-    ) -> dict:
-        """The outbox row's payload and columns for one treatment customer and step."""
-        customer_id = features["customer_id"]
-        context = self.context(campaign, step, variant, features)
-        chosen = next((v for v in step.variants if v.id == variant), None)
-        subject = (chosen.subject if chosen and chosen.subject else None) or step.subject
-        body = (chosen.body if chosen and chosen.body else None) or step.body
-        to = {
-            "email": features.get("email"),
-            "sms": features.get("phone"),
-            "popup": customer_id,  # the site knows its visitors by customer id
-        }[step.channel]
-        payload = {
-            "to": to,
-            "subject": (
-                one_line(self._render_or_fall_back(subject, step.subject, context))
-                if subject
-                else None
-            ),
-            # A popup body is HTML on the shop's page: escaped, like an HTML e-mail.
-            "body": self._render_or_fall_back(
-                body, step.body, context, autoescape=step.channel == "popup"
-            ),
+    def build_many(
+        self,
+        campaign: Campaign,
+        step: Step,
+        recipients: list[tuple[str | None, dict]],
+        run_date: date,
+    ) -> list[dict]:
+        """The outbox rows' payloads and columns for the treatment customers due `step`
+        today, each given as (variant, feature columns), in the same order.
+
+        What is the same for the whole step is worked out once (each variant's subject,
+        body, landing URL; the coupon's expiry and description; the templates, compiled
+        once by `personalization`); the coupon and link codes are minted for everyone in
+        one pass, then each message is rendered.
+        """
+        if not recipients:
+            return []
+        landings = {
+            variant: self.p.landing_url(
+                campaign.landing_url,
+                campaign_id=campaign.id,
+                step_id=step.id,
+                channel=step.channel,
+                variant=variant,
+            )
+            for variant in {variant for variant, _ in recipients}
         }
-        if step.incentive:
-            payload["incentive"] = {
-                "coupon_code": context["coupon_code"],
-                "coupon_expires_on": context["coupon_expires_on"],
-                "coupon": step.incentive.coupon.model_dump() if step.incentive.coupon else None,
-                "bonus_points": context["bonus_points"],
+        texts = {}
+        for variant in landings:
+            chosen = next((v for v in step.variants if v.id == variant), None)
+            texts[variant] = (
+                (chosen.subject if chosen and chosen.subject else None) or step.subject,
+                (chosen.body if chosen and chosen.body else None) or step.body,
+            )
+        coupon = step.incentive.coupon if step.incentive else None
+        bonus_points = step.incentive.bonus_points if step.incentive else None
+        expires_on = self.run_date + timedelta(days=coupon.valid_days - 1) if coupon else None
+        if coupon and coupon.valid_days < 1:
+            raise ValueError(
+                f"a coupon must be valid for at least one day, not {coupon.valid_days}"
+            )
+        coupon_description = coupon.describe() if coupon else None
+        incentive_terms = coupon.model_dump() if coupon else None
+        customer_ids = [features["customer_id"] for _, features in recipients]
+        links = [
+            self.p.tracked_link(
+                campaign.id, step.id, customer_id, step.channel, landings[variant], self.secret
+            )
+            for customer_id, (variant, _) in zip(customer_ids, recipients, strict=True)
+        ]
+        self._links.extend(links)
+        codes = (
+            [
+                self.p.coupon_code(campaign.id, step.id, customer_id, self.secret)
+                for customer_id in customer_ids
+            ]
+            if coupon
+            else [None] * len(recipients)
+        )
+        built = []
+        for (variant, features), link, code in zip(recipients, links, codes, strict=True):
+            customer_id = features["customer_id"]
+            context = {
+                **features,
+                "campaign_id": campaign.id,
+                "step_id": step.id,
+                "variant": variant,
+                "landing_url": landings[variant],
+                "tracked_link": link.short_url(self.short_link_base),
+                "recommendations": self.recommended.get(customer_id, []),
+                "coupon_code": code,
+                "coupon_expires_on": expires_on if coupon else None,
+                "coupon_discount": coupon_description,
+                "bonus_points": bonus_points or None,
             }
-        zones = self.zones.get(customer_id) or customer_time_zones(
-            features.get("phone"), features.get("country_code")
-        )
-        send_at, moved = scheduled_send_at(
-            run_date,
-            zones,
-            self.send_hours.get(customer_id, DEFAULT_SEND_HOUR),
-            step.channel,
-            campaign.quiet_hours,
-        )
-        return {
-            "payload": payload,
-            "send_at": send_at,
-            "moved_for_quiet_hours": moved,
-            "coupon_code": context["coupon_code"],
-            "coupon_expires_on": context["coupon_expires_on"],
-            "tracked_link": context["tracked_link"],
-            "key_fingerprint": self.key_fingerprint,
-        }
+            subject, body = texts[variant]
+            to = {
+                "email": features.get("email"),
+                "sms": features.get("phone"),
+                "popup": customer_id,  # the site knows its visitors by customer id
+            }[step.channel]
+            payload = {
+                "to": to,
+                "subject": (
+                    one_line(self._render_or_fall_back(subject, step.subject, context))
+                    if subject
+                    else None
+                ),
+                # A popup body is HTML on the shop's page: escaped, like an HTML e-mail.
+                "body": self._render_or_fall_back(
+                    body, step.body, context, autoescape=step.channel == "popup"
+                ),
+            }
+            if step.incentive:
+                payload["incentive"] = {
+                    "coupon_code": context["coupon_code"],
+                    "coupon_expires_on": context["coupon_expires_on"],
+                    "coupon": incentive_terms,
+                    "bonus_points": context["bonus_points"],
+                }
+            zones = self.zones.get(customer_id) or customer_time_zones(
+                features.get("phone"), features.get("country_code")
+            )
+            send_at, moved = scheduled_send_at(
+                run_date,
+                zones,
+                self.send_hours.get(customer_id, DEFAULT_SEND_HOUR),
+                step.channel,
+                campaign.quiet_hours,
+            )
+            built.append(
+                {
+                    "payload": payload,
+                    "send_at": send_at,
+                    "moved_for_quiet_hours": moved,
+                    "coupon_code": context["coupon_code"],
+                    "coupon_expires_on": context["coupon_expires_on"],
+                    "tracked_link": context["tracked_link"],
+                    "key_fingerprint": self.key_fingerprint,
+                }
+            )
+        return built
 
     def flush(self) -> None:
         """Store the run's tracked links, so each click resolves to its customer and step."""

@@ -487,12 +487,15 @@ def send_hour_query(
     lookback_days: int = 180,
     min_opens: int = 2,
     events: sql.Composable = ENGAGEMENT_EVENTS,
+    zone_column: str | None = None,
 ) -> tuple[sql.Composable, dict[str, object]]:
     """(customer_id, send_hour) for every customer_id of `customers`.
 
     send_hour is the hour of day in `time_zone` at which the customer opened the most
     emails in the `lookback_days` up to `run_date` (ties: the hour of their latest open),
-    when they opened at least `min_opens` emails; otherwise `default_hour`.
+    when they opened at least `min_opens` emails; otherwise `default_hour`. With
+    `zone_column`, each customer's own zone is that column of `customers` (one row per
+    customer), so customers in every zone are read in one pass over the events.
     """
     if not 0 <= default_hour <= 23:
         raise ValueError(f"default_hour must be 0-23, not {default_hour}")
@@ -503,24 +506,28 @@ def send_hour_query(
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {time_zone!r}") from None
     query = sql.SQL("""
-        with opens as (
+        with targets as (
+            select distinct customer_id, {zone} as send_hour_zone from {customers}
+        ),
+
+        opens as (
             select
                 e.customer_id,
-                cast(extract(hour from e.occurred_at at time zone %(send_hour_tz)s) as integer)
+                cast(extract(hour from e.occurred_at at time zone t.send_hour_zone) as integer)
                     as open_hour,
                 e.occurred_at
             from {events} e
+            join targets t on t.customer_id = e.customer_id
             where e.channel = 'email'
                 and e.event_type = 'open'
-                -- whole days in time_zone, the last one run_date
+                -- whole days in the customer's zone, the last one run_date
                 and e.occurred_at >= cast(
                     cast(%(send_hour_run_date)s as date)
                     - cast(%(send_hour_lookback)s as integer) + 1 as timestamp
-                ) at time zone %(send_hour_tz)s
+                ) at time zone t.send_hour_zone
                 and e.occurred_at < cast(
                     cast(%(send_hour_run_date)s as date) + 1 as timestamp
-                ) at time zone %(send_hour_tz)s
-                and e.customer_id in (select customer_id from {customers})
+                ) at time zone t.send_hour_zone
         ),
 
         hour_counts as (
@@ -546,9 +553,17 @@ def send_hour_query(
         select
             c.customer_id,
             coalesce(u.open_hour, %(send_hour_default)s) as send_hour
-        from (select distinct customer_id from {customers}) c
+        from targets c
         left join usual_hours u on u.customer_id = c.customer_id
-    """).format(events=events, customers=customers)
+    """).format(
+        events=events,
+        customers=customers,
+        zone=(
+            sql.Identifier(zone_column)
+            if zone_column
+            else sql.SQL("cast(%(send_hour_tz)s as text)")
+        ),
+    )
     params = {
         "send_hour_run_date": run_date,
         "send_hour_tz": time_zone,
