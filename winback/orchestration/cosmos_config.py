@@ -4,14 +4,23 @@ Cosmos renders the dbt project from the manifest that `winback dbt-manifest` wri
 set-up (`make demo`, `make test`, the image build), so parsing a DAG never runs `dbt ls`.
 dbt runs in-process through dbtRunner with the connection settings that
 `dbt_project/profiles/profiles.yml` reads from the environment.
+
+Each dbt task group runs in cosmos' watcher mode: one `dbt build` of the group's models
+and tests (the producer task, `dbt_producer_watcher`) and one task per model and per
+model's tests that reports that node's result as the build reaches it. A model is still a
+task of its own in the UI, with its own log and result, but dbt starts once per group
+instead of once per task (see `dbt_task_group` for how retries and failures behave).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.sdk import TriggerRule
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import (
+    PRODUCER_WATCHER_DONE_TASK_ID,
+    PRODUCER_WATCHER_TASK_ID,
     ExecutionMode,
     InvocationMode,
     LoadMode,
@@ -72,7 +81,7 @@ PROFILE_CONFIG = ProfileConfig(
 )
 
 EXECUTION_CONFIG = ExecutionConfig(
-    execution_mode=ExecutionMode.LOCAL,
+    execution_mode=ExecutionMode.WATCHER,
     invocation_mode=InvocationMode.DBT_RUNNER,
     # A model's test task runs the tests whose other parents are upstream of it, so a
     # relationship test waits for the later model instead of failing on a missing table.
@@ -119,7 +128,15 @@ def dbt_task_group(
     group_id: str, select: list[str] | None = None, exclude: list[str] | None = None
 ):
     """A cosmos task group for part of the dbt project, with the shared configuration and
-    no retries on its test tasks. Call it inside a DAG."""
+    no retries on its test tasks. Call it inside a DAG.
+
+    The group's `dbt build` (its producer task) runs before any of its model tasks, which
+    then read their node's result from it (`producer_first`). The build runs the tests, so
+    it is a verdict like them and is not retried: a failed model or test fails the producer
+    at once, its alert names the failed nodes, and the day stops there. Clearing the failed
+    producer (after a fix) makes each model task run its own model and each test task its
+    model's tests, the way one task per model always did (cosmos' watcher fallback).
+    """
     group = DbtTaskGroup(
         group_id=group_id,
         project_config=PROJECT_CONFIG,
@@ -129,13 +146,49 @@ def dbt_task_group(
         operator_args=DBT_OPERATOR_ARGS,
     )
     without_retries_on_tests(group)
+    producer_first(group)
     return group
 
 
+def producer_task(group):
+    """The group's `dbt build` task."""
+    return next(t for t in _leaf_tasks(group) if t.task_id.endswith(PRODUCER_WATCHER_TASK_ID))
+
+
 def without_retries_on_tests(group) -> None:
-    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert."""
+    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert. The
+    group's `dbt build` runs them, so it does not retry either (cosmos' producer would only
+    skip a second try)."""
     for child in group.children.values():
         if hasattr(child, "children"):
             without_retries_on_tests(child)
-        elif child.task_id.endswith(".test") or child.task_id.endswith("_test"):
+        elif child.task_id.endswith((".test", "_test", PRODUCER_WATCHER_TASK_ID)):
             child.retries = 0
+
+
+def _leaf_tasks(group) -> list:
+    tasks = []
+    for child in group.children.values():
+        tasks.extend(_leaf_tasks(child) if hasattr(child, "children") else [child])
+    return tasks
+
+
+def producer_first(group) -> None:
+    """Make the group's `dbt build` the parent of its first model tasks.
+
+    Cosmos leaves a task group's model tasks free to start beside the build and wait for
+    it, deferred. `airflow dags test` runs one task at a time and a deferred task's wait
+    in line, so a model task that started first would wait for a build that cannot start.
+    After the build, each model task finds its result at its first look and finishes in a
+    moment. The first model tasks run when the build succeeded or was skipped (its retry,
+    where cosmos makes each model task run its own model), never when it failed.
+    """
+    tasks = _leaf_tasks(group)
+    producer = producer_task(group)
+    in_group = {t.task_id for t in tasks}
+    for task in tasks:
+        if task is producer or task.task_id.endswith(PRODUCER_WATCHER_DONE_TASK_ID):
+            continue
+        if not task.upstream_task_ids & in_group:
+            producer >> task
+            task.trigger_rule = TriggerRule.NONE_FAILED
