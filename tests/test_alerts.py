@@ -36,6 +36,14 @@ def test_a_failed_dbt_build_names_its_failed_nodes_but_not_their_messages():
         "Stopped before the provider sync: nothing was sent for this run.",
     ]
     assert "a@b.test" not in message
+    # One failed node comes on the header's own line.
+    error = RuntimeError(
+        "dbt invocation completed with errors: customer_rfm: Database Error: (a@b.test)"
+    )
+    message = alerts.failure_message("winback_daily", task, "2026-11-20", error)
+    assert message.splitlines()[1] == (
+        "Error: RuntimeError: dbt invocation completed with errors: customer_rfm"
+    )
 
 
 def test_a_sync_failure_points_at_the_ledger():

@@ -41,11 +41,13 @@ def failure_message(
     lines = str(error).strip().splitlines() if error else []
     first_line = lines[0].strip() if lines else ""
     detail = f"{type(error).__name__}: {first_line}" if error else "unknown error"
-    if first_line.startswith(DBT_FAILURE_HEADER) and len(lines) > 1:
-        # A dbt build lists its failed nodes one a line as `name: dbt's message`; the
-        # names say where to look, the messages (a database error can quote a row) stay
-        # in the log.
-        detail += " " + ", ".join(line.split(":", 1)[0].strip() for line in lines[1:])
+    if first_line.startswith(DBT_FAILURE_HEADER):
+        # A dbt build lists its failed nodes as `name: dbt's message`, the first on the
+        # header's line, one a line: the names say where to look, the messages (a
+        # database error can quote a row) stay in the log.
+        entries = [first_line.removeprefix(DBT_FAILURE_HEADER), *lines[1:]]
+        names = [entry.split(":", 1)[0].strip() for entry in entries if entry.strip()]
+        detail = f"{type(error).__name__}: {DBT_FAILURE_HEADER} {', '.join(names)}"
     if task_id.startswith(STAGES_BEFORE_SENDING):
         consequence = "Stopped before the provider sync: nothing was sent for this run."
     elif task_id.startswith(SENDING_TASKS):
