@@ -71,6 +71,7 @@ def test_a_failed_dbt_build_stops_the_day_before_anything_is_sent(dagbag):
     dag = dagbag.dags["winback_daily"]
     for group in ("dbt_customers", "dbt_features"):
         build = dag.get_task(f"{group}.{PRODUCER_WATCHER_TASK_ID}")
+        assert build.pool == config.WAREHOUSE_WRITES_POOL, "dbt writes outside the pool"
         after_build = build.get_flat_relative_ids(upstream=False)
         in_group = {t.task_id for t in dag.tasks if t.task_id.startswith(f"{group}.")}
         assert in_group - {build.task_id} <= after_build, "a dbt task runs beside the build"

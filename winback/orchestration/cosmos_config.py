@@ -36,6 +36,7 @@ DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
 WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
 WAREHOUSE_WRITES_POOL = config.WAREHOUSE_WRITES_POOL
 DEFAULT_TASK_RETRIES = 2
+DEFAULT_POOL = "default_pool"
 # winback_daily's first task waits (without holding a worker) for the day before and for
 # the run holding the warehouse; after this long it fails with an alert naming them.
 RUN_ORDER_POKE_SECONDS = 20
@@ -181,7 +182,8 @@ def producer_first(group) -> None:
     in line, so a model task that started first would wait for a build that cannot start.
     After the build, each model task finds its result at its first look and finishes in a
     moment. The first model tasks run when the build succeeded or was skipped (its retry,
-    where cosmos makes each model task run its own model), never when it failed.
+    where cosmos makes each model task run its own model), never when it failed. Only the
+    build holds the warehouse-writes pool.
     """
     tasks = _leaf_tasks(group)
     producer = producer_task(group)
@@ -189,6 +191,9 @@ def producer_first(group) -> None:
     for task in tasks:
         if task is producer or task.task_id.endswith(PRODUCER_WATCHER_DONE_TASK_ID):
             continue
+        # A model task only reads its node's result: the pool that keeps warehouse writes
+        # apart is the build's, and the model tasks may run side by side after it.
+        task.pool = DEFAULT_POOL
         if not task.upstream_task_ids & in_group:
             producer >> task
             task.trigger_rule = TriggerRule.NONE_FAILED
