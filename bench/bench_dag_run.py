@@ -19,7 +19,11 @@ neither touches the demo's state. The sync is a dry run, as in the stage benchma
 Per day it records the DAG's wall-clock, each task's seconds, their sum for the dbt tasks
 and for the rest, and the peak resident memory of the Airflow process tree (`dags-test`).
 Results go to `.winback/bench/daily-<size>-dag.json`; `bench_daily.py` puts them beside
-the stage sum in BENCHMARKS.md.
+the stage sum in BENCHMARKS.md. With `WINBACK_DBT_EXECUTION_MODE=local` in the
+environment the DAG runs dbt as before (one invocation per model and per model's tests)
+and the results go to `daily-<size>-dag-local.json`, shown beside:
+
+    WINBACK_DBT_EXECUTION_MODE=local .venv/bin/python bench/bench_daily.py --size 100k --dag-only
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ DAG_ID = "winback_daily"
 WAREHOUSE = "winback_bench_daily_{size}_dag"
 METADATA = "winback_bench_daily_{size}_airflow"
 DBT_GROUPS = ("dbt_customers.", "dbt_features.")
+# cosmos' execution mode the DAG runs dbt in (WINBACK_DBT_EXECUTION_MODE, default watcher);
+# `local`, one dbt invocation per task, is the before of issue 19's item 4.
+MODE_SUFFIX = {"watcher": "", "local": "-local"}
+
+
+def dbt_mode() -> str:
+    return os.environ.get("WINBACK_DBT_EXECUTION_MODE", "").strip().lower() or "watcher"
 
 
 def _recreate_metadata_database(name: str) -> str:
@@ -202,7 +213,8 @@ def run(size: str, ways: tuple[str, ...] = WAYS, timeout: float = 3600) -> dict:
     """Both days of the benchmark shop through winback_daily, each way on a fresh start."""
     customers = bench_dbt.SIZES[size]
     landing = bench_dbt.ensure_shop(customers)
-    logs = bench_dbt.BENCH_DIR / f"daily-{size}-dag-logs"
+    mode = dbt_mode()
+    logs = bench_dbt.BENCH_DIR / f"daily-{size}-dag{MODE_SUFFIX[mode]}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     days = {"day1": bench_dbt.DAY, "day2": bench_dbt.NEXT}
     load = {"start": os.getloadavg()}
@@ -226,7 +238,7 @@ def run(size: str, ways: tuple[str, ...] = WAYS, timeout: float = 3600) -> dict:
                         per_day[label] = scheduler_day(airflow, day, timeout)
                         _say(way, label, per_day[label])
     load["end"] = os.getloadavg()
-    path = bench_dbt.BENCH_DIR / f"daily-{size}-dag.json"
+    path = bench_dbt.BENCH_DIR / f"daily-{size}-dag{MODE_SUFFIX[mode]}.json"
     if path.exists():
         # A run of one way keeps the other way's last figures (each says when it ran).
         earlier = json.loads(path.read_text())
@@ -241,6 +253,7 @@ def run(size: str, ways: tuple[str, ...] = WAYS, timeout: float = 3600) -> dict:
     result = {
         "size": size,
         "customers": customers,
+        "dbt_execution_mode": mode,
         "ways": results,
     }
     path.write_text(json.dumps(result, indent=2, default=str))
@@ -267,19 +280,20 @@ def markdown_section(stage_results: dict, bench_dir: Path = bench_dbt.BENCH_DIR)
         "",
     ]
     found = False
-    for size in ("10k", "100k", "1m"):
-        path = bench_dir / f"daily-{size}-dag.json"
+    for size, mode in [(size, mode) for size in ("10k", "100k", "1m") for mode in MODE_SUFFIX]:
+        path = bench_dir / f"daily-{size}-dag{MODE_SUFFIX[mode]}.json"
         if not path.exists():
             continue
         found = True
         result = json.loads(path.read_text())
         stages = stage_results.get(size)
-        out.append(f"{result['customers']:,} customers:")
+        out.append(f"{result['customers']:,} customers, dbt in cosmos' {mode} mode:")
         out.append("")
         for way, per_day in result["ways"].items():
-            load = per_day["load_average"]
+            load = per_day.get("load_average") or result["load_average"]
+            when = per_day.get("measured_at") or result["measured_at"]
             out.append(
-                f"* {way}: measured {per_day['measured_at']}, load average (1 min)"
+                f"* {way}: measured {when}, load average (1 min)"
                 f" {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end"
             )
         out += [

@@ -110,3 +110,18 @@ def test_every_task_waits_for_the_warehouse_claim_and_the_run_gives_it_back(dagb
     assert release.get_flat_relative_ids(upstream=True) >= others - {release.task_id}
     # A failed day keeps the warehouse: the release runs only when everything succeeded.
     assert release.trigger_rule == "all_success"
+
+
+def test_dbt_runs_in_watcher_mode_unless_the_environment_says_local(dagbag, monkeypatch):
+    """`local` is the way back to one dbt invocation per task; a typo fails the parse."""
+    from cosmos.constants import ExecutionMode
+
+    from winback.orchestration import cosmos_config
+
+    monkeypatch.delenv(cosmos_config.DBT_EXECUTION_MODE_ENV, raising=False)
+    assert cosmos_config.dbt_execution_mode() == ExecutionMode.WATCHER
+    monkeypatch.setenv(cosmos_config.DBT_EXECUTION_MODE_ENV, "Local")
+    assert cosmos_config.dbt_execution_mode() == ExecutionMode.LOCAL
+    monkeypatch.setenv(cosmos_config.DBT_EXECUTION_MODE_ENV, "watch")
+    with pytest.raises(ValueError, match="watcher"):
+        cosmos_config.dbt_execution_mode()

@@ -14,6 +14,7 @@ instead of once per task (see `dbt_task_group` for how retries and failures beha
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.sdk import TriggerRule
@@ -81,8 +82,24 @@ PROFILE_CONFIG = ProfileConfig(
     profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles" / "profiles.yml",
 )
 
+# `WINBACK_DBT_EXECUTION_MODE=local` brings back one dbt invocation per model and per
+# model's tests: cosmos calls its watcher mode experimental, so this is the way back if it
+# misbehaves, and how bench/bench_daily.py measures both (the default is `watcher`).
+DBT_EXECUTION_MODE_ENV = "WINBACK_DBT_EXECUTION_MODE"
+DBT_EXECUTION_MODES = {"watcher": ExecutionMode.WATCHER, "local": ExecutionMode.LOCAL}
+
+
+def dbt_execution_mode() -> ExecutionMode:
+    name = os.environ.get(DBT_EXECUTION_MODE_ENV, "").strip().lower() or "watcher"
+    if name not in DBT_EXECUTION_MODES:
+        raise ValueError(
+            f"{DBT_EXECUTION_MODE_ENV}={name!r}: expected one of {sorted(DBT_EXECUTION_MODES)}"
+        )
+    return DBT_EXECUTION_MODES[name]
+
+
 EXECUTION_CONFIG = ExecutionConfig(
-    execution_mode=ExecutionMode.WATCHER,
+    execution_mode=dbt_execution_mode(),
     invocation_mode=InvocationMode.DBT_RUNNER,
     # A model's test task runs the tests whose other parents are upstream of it, so a
     # relationship test waits for the later model instead of failing on a missing table.
@@ -147,7 +164,8 @@ def dbt_task_group(
         operator_args=DBT_OPERATOR_ARGS,
     )
     without_retries_on_tests(group)
-    producer_first(group)
+    if EXECUTION_CONFIG.execution_mode == ExecutionMode.WATCHER:
+        producer_first(group)
     return group
 
 
