@@ -19,6 +19,11 @@ PostgreSQL server is not a child and is not counted (its shared_buffers are fixe
 The yardstick, one `GROUP BY customer_id` pass over raw.orders, is timed after each
 day's load. Results go to .winback/bench/daily-<size>.json, and BENCHMARKS.md is
 rewritten from every result present.
+
+Then the same days run through Airflow itself (`bench_dag_run.py`: `airflow dags test` and
+the scheduler with the LocalExecutor), and BENCHMARKS.md shows the DAG's wall-clock beside
+the stage sum, so Airflow's overhead is a number (`--no-dag` skips that part, `--dag-only`
+runs only it, `--dag-ways dags-test` one way).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_dag_run  # noqa: E402  (the real DAG run, beside the stage sum)
 import bench_dbt  # noqa: E402  (the shop, the database and the yardstick are shared)
 
 from winback import config  # noqa: E402
@@ -409,6 +415,7 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
             cells += [f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.1f}x"]
         out.append("| GROUP BY pass | " + " | ".join(cells) + " |")
         out.append("")
+    out += bench_dag_run.markdown_section(results)
     import bench_backfill  # the backfill through the scheduler has its own section
 
     out += bench_backfill.markdown_section()
@@ -429,6 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         help="load with an unchecked bulk COPY instead of the winback loader; only for "
         "comparison: the loader is as fast at both sizes (docs/loading.md)",
     )
+    parser.add_argument(
+        "--dag-only", action="store_true", help="run only winback_daily through Airflow"
+    )
+    parser.add_argument(
+        "--no-dag", action="store_true", help="run only the stages, not the DAG through Airflow"
+    )
+    parser.add_argument(
+        "--dag-ways",
+        default=",".join(bench_dag_run.WAYS),
+        help="how Airflow runs the DAG: dags-test, scheduler or both (comma-separated)",
+    )
     parser.add_argument("--run-stage", help=argparse.SUPPRESS)
     parser.add_argument("--ds", help=argparse.SUPPRESS)
     parser.add_argument("--landing", help=argparse.SUPPRESS)
@@ -440,7 +458,20 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, default=str))
         return 0
     if not args.markdown_only:
-        run(args.size, bulk_load=args.bulk_load)
+        if not args.dag_only:
+            run(args.size, bulk_load=args.bulk_load)
+        if not args.no_dag:
+            ways = tuple(way.strip() for way in args.dag_ways.split(",") if way.strip())
+            unknown = set(ways) - set(bench_dag_run.WAYS)
+            if unknown:
+                parser.error(f"--dag-ways: unknown {sorted(unknown)}")
+            bench_dag_run.run(args.size, ways)
+    if args.size not in ("100k", "1m") and not args.markdown_only:
+        # A smoke size is not BENCHMARKS.md's: show its DAG figures here instead.
+        stages = bench_dbt.BENCH_DIR / f"daily-{args.size}.json"
+        stage_results = {args.size: json.loads(stages.read_text())} if stages.exists() else {}
+        print("\n".join(bench_dag_run.markdown_section(stage_results)))
+        return 0
     write_markdown()
     print(f"wrote {BENCHMARKS_MD}")
     return 0

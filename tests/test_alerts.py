@@ -21,6 +21,31 @@ def test_a_gate_failure_says_nothing_was_sent():
     ]
 
 
+def test_a_failed_dbt_build_names_its_failed_nodes_but_not_their_messages():
+    """The group's `dbt build` runs every test: its alert says which ones failed."""
+    error = RuntimeError(
+        "dbt invocation completed with errors: \n"
+        "not_null_stg_shop__orders_customer_id: Got 2 results, configured to fail if != 0\n"
+        "customer_rfm: Database Error in model customer_rfm: Key (email)=(a@b.test) exists"
+    )
+    task = "dbt_customers.dbt_producer_watcher"
+    message = alerts.failure_message("winback_daily", task, "2026-11-20", error)
+    assert message.splitlines()[1:] == [
+        "Error: RuntimeError: dbt invocation completed with errors:"
+        " not_null_stg_shop__orders_customer_id, customer_rfm",
+        "Stopped before the provider sync: nothing was sent for this run.",
+    ]
+    assert "a@b.test" not in message
+    # One failed node comes on the header's own line.
+    error = RuntimeError(
+        "dbt invocation completed with errors: customer_rfm: Database Error: (a@b.test)"
+    )
+    message = alerts.failure_message("winback_daily", task, "2026-11-20", error)
+    assert message.splitlines()[1] == (
+        "Error: RuntimeError: dbt invocation completed with errors: customer_rfm"
+    )
+
+
 def test_a_sync_failure_points_at_the_ledger():
     message = alerts.failure_message("winback_daily", "sync_outbox", "2026-11-20", TimeoutError())
     assert "send ledger" in message and "never sends a step twice" in message

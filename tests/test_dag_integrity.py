@@ -31,12 +31,17 @@ def test_every_dag_is_tagged_and_documented(dagbag):
 
 
 def test_every_task_retries_or_says_why_not(dagbag):
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
     # A DAG without retries in default_args must not crash this test: read it safely.
     for dag_id, dag in dagbag.dags.items():
         assert (dag.default_args or {}).get("retries", 0) >= 1, f"{dag_id}: no default retries"
         for task in dag.tasks:
             # Gates and dbt tests must not retry: a failed check is a verdict, not a glitch.
-            verdict = task.task_id.startswith("check_") or task.task_id.endswith((".test", "_test"))
+            # So is a dbt group's build (cosmos' producer task): it runs the group's tests.
+            verdict = task.task_id.startswith("check_") or task.task_id.endswith(
+                (".test", "_test", PRODUCER_WATCHER_TASK_ID)
+            )
             if verdict or task.task_id == "summarize":
                 assert task.retries == 0, f"{dag_id}.{task.task_id} retries a verdict"
                 continue
@@ -52,6 +57,29 @@ def test_no_cycles_and_the_stages_run_in_order(dagbag):
     dbt_tasks = [t for t in order if t.startswith("dbt_customers.")]
     assert dbt_tasks, "cosmos rendered no dbt tasks"
     assert all(position[t] < position["score_customers"] for t in dbt_tasks)
+
+
+# Trigger rules under which a failed (or upstream-failed) parent stops the task.
+STOPPED_BY_A_FAILED_PARENT = {"all_success", "none_failed"}
+
+
+def test_a_failed_dbt_build_stops_the_day_before_anything_is_sent(dagbag):
+    """Each dbt group's build runs its models and tests in one task; every model and test
+    task waits for it, and nothing on the way to the sync runs past a failed parent."""
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
+    dag = dagbag.dags["winback_daily"]
+    for group in ("dbt_customers", "dbt_features"):
+        build = dag.get_task(f"{group}.{PRODUCER_WATCHER_TASK_ID}")
+        assert build.pool == config.WAREHOUSE_WRITES_POOL, "dbt writes outside the pool"
+        after_build = build.get_flat_relative_ids(upstream=False)
+        in_group = {t.task_id for t in dag.tasks if t.task_id.startswith(f"{group}.")}
+        assert in_group - {build.task_id} <= after_build, "a dbt task runs beside the build"
+        assert "sync_outbox" in after_build
+        on_the_way = after_build & dag.get_task("sync_outbox").get_flat_relative_ids(upstream=True)
+        for task_id in on_the_way | {"sync_outbox"}:
+            rule = dag.get_task(task_id).trigger_rule
+            assert rule in STOPPED_BY_A_FAILED_PARENT, f"{task_id} runs after a failure ({rule})"
 
 
 def test_one_dag_per_run_at_a_time(dagbag):
@@ -82,3 +110,18 @@ def test_every_task_waits_for_the_warehouse_claim_and_the_run_gives_it_back(dagb
     assert release.get_flat_relative_ids(upstream=True) >= others - {release.task_id}
     # A failed day keeps the warehouse: the release runs only when everything succeeded.
     assert release.trigger_rule == "all_success"
+
+
+def test_dbt_runs_in_watcher_mode_unless_the_environment_says_local(dagbag, monkeypatch):
+    """`local` is the way back to one dbt invocation per task; a typo fails the parse."""
+    from cosmos.constants import ExecutionMode
+
+    from winback.orchestration import cosmos_config
+
+    monkeypatch.delenv(cosmos_config.DBT_EXECUTION_MODE_ENV, raising=False)
+    assert cosmos_config.dbt_execution_mode() == ExecutionMode.WATCHER
+    monkeypatch.setenv(cosmos_config.DBT_EXECUTION_MODE_ENV, "Local")
+    assert cosmos_config.dbt_execution_mode() == ExecutionMode.LOCAL
+    monkeypatch.setenv(cosmos_config.DBT_EXECUTION_MODE_ENV, "watch")
+    with pytest.raises(ValueError, match="watcher"):
+        cosmos_config.dbt_execution_mode()

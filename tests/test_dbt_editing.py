@@ -7,14 +7,16 @@ database, so it can rename columns and add models without touching anything else
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import create_database
+from conftest import create_database, using_database
 
 from winback import config
 from winback.campaigns import audiences, campaign_files
@@ -137,6 +139,60 @@ def test_a_new_model_shows_as_a_task_in_the_daily_dag(session_database, tmp_path
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert any("customer_contact_reach" in task for task in result.stdout.split())
+
+
+def test_a_failing_dbt_test_stops_the_day_before_anything_is_sent(session_database, tmp_path):
+    """A data test an engineer adds fails on the day's data: the group's dbt build fails
+    and alerts naming it, and nothing after it runs (no scores, no audiences, no sync)."""
+    from winback.local import airflow_env
+    from winback.simulation import simulator
+
+    day = date(2026, 11, 20)
+    root = tmp_path / "project"
+    shutil.copytree(config.DBT_PROJECT_DIR, root / "dbt_project", ignore=_build_output)
+    shutil.copytree(config.DAGS_DIR, root / "dags", ignore=_build_output)
+    shutil.copytree(config.INCLUDE_DIR, root / "include")
+    # A singular test that fails whenever the shop has an order: every day has some.
+    (root / "dbt_project" / "tests" / "assert_no_orders_yet.sql").write_text(
+        "select order_id from {{ ref('stg_shop__orders') }}\n"
+    )
+    landing = tmp_path / "landing"
+    settings = simulator.SimulationConfig(customers=200, seed=5, as_of=day)
+    simulator.write_landing_files(simulator.simulate_shop(settings), landing / day.isoformat())
+    log_path = tmp_path / "winback_daily.log"
+    with using_database(create_database("dbt_test_fails")) as url:
+        env = airflow_env.airflow_environment() | {
+            "WINBACK_PROJECT_ROOT": str(root),
+            "WINBACK_LANDING_DIR": str(landing),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        }
+        manifest = "from winback.local import dbt_runner; dbt_runner.write_manifest()"
+        written = subprocess.run(
+            [sys.executable, "-c", manifest], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert written.returncode == 0, written.stderr[-4000:]
+        with open(log_path, "w") as log:
+            subprocess.run(
+                [str(airflow_env.airflow_executable()), "dags", "test", "winback_daily", str(day)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=1200,
+                check=False,
+            )
+        with psycopg.connect(url) as conn:
+            exists = conn.execute("select to_regclass('winback.outbox')").fetchone()[0]
+            queued = conn.execute("select count(*) from winback.outbox") if exists else None
+            queued = queued.fetchone()[0] if queued else 0
+    text = log_path.read_text(errors="replace")
+    alert = "winback: winback_daily.dbt_customers.dbt_producer_watcher failed for 2026-11-20"
+    assert alert in text, text[-6000:]
+    assert "assert_no_orders_yet" in text.split(alert, 1)[1].splitlines()[1]
+    assert "nothing was sent for this run" in text
+    started = set(re.findall(r"\[DAG TEST\] starting task_id=(\S+)", text))
+    assert "load_raw_files" in started
+    assert not started & {"check_raw_inputs", "score_customers", "build_audiences", "sync_outbox"}
+    assert queued == 0
 
 
 def _build_output(folder: str, names: list[str]) -> set[str]:

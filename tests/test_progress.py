@@ -146,6 +146,15 @@ DAG_TEST_LINES = [
     " map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1501",
     "2026-12-06T05:36:40.000000Z [warning  ] send capacity smtp (email): 9 messages"
     " [winback.progress] loc=progress.py:80",
+    "2026-12-06T05:36:38.100000Z [info     ] 05:36:38  5 of 116 OK created sql view model"
+    " staging.stg_x ......... [\x1b[32mCREATE VIEW\x1b[0m in 1.86s]"
+    " [cosmos.operators._watcher.base] loc=base.py:227",
+    "2026-12-06T05:36:38.200000Z [info     ] 05:36:38  6 of 116 START sql view model"
+    " staging.stg_y ......... [RUN] [cosmos.operators._watcher.base] loc=base.py:227",
+    "2026-12-06T05:36:38.300000Z [info     ] 05:36:38  7 of 116 PASS not_null_stg_x_id"
+    " ......... [\x1b[32mPASS\x1b[0m in 0.33s] [cosmos.operators._watcher.base] loc=base.py:227",
+    "2026-12-06T05:36:38.400000Z [info     ] 05:36:38  8 of 116 FAIL 2 unique_stg_x_id"
+    " ......... [\x1b[31mFAIL 2\x1b[0m in 0.30s] [cosmos.operators._watcher.base] loc=base.py:227",
     "2026-12-06T05:36:41.700000Z [info     ] Task instance state updated"
     " [airflow.api_fastapi.execution_api.routes.task_instances] new_state=failed ti_id=01a3",
     "2026-12-06T05:36:41.800000Z [info     ] [DAG TEST] end task task_id=dbt_customers.stg_x.run"
@@ -168,6 +177,8 @@ def test_a_dag_test_run_is_shown_task_by_task_with_the_tasks_own_progress():
         "    load 1/2 2026-10-08/customers.csv: 20 rows read, 20 loaded, 0 quarantined in 0.3 s",
         f"[ 1/62] {'load_raw_files':<52} {'24 s':>9}",
         "    warning: send capacity smtp (email): 9 messages",
+        "    dbt 5/116 OK created sql view model staging.stg_x [CREATE VIEW in 1.86s]",
+        "    dbt 8/116 FAIL 2 unique_stg_x_id [FAIL 2 in 0.30s]",
         f"[ 2/62] {'dbt_customers.stg_x.run':<52} {'8.1 s':>9}  FAILED",
     ]
     assert [t.task_id for t in watch.slowest(1)] == ["load_raw_files"]

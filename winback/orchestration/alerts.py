@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_ENV = "WINBACK_ALERT_WEBHOOK_URL"
 SENDING_TASKS = ("sync_outbox",)
+# How cosmos starts the error of a dbt invocation whose nodes failed (cosmos.dbt.runner).
+DBT_FAILURE_HEADER = "dbt invocation completed with errors:"
 STAGES_BEFORE_SENDING = (
     "wait_for_delivery",
     "load_raw_files",
@@ -36,8 +38,16 @@ def failure_message(
     error: BaseException | None,
     log_url: str | None = None,
 ) -> str:
-    first_line = str(error).strip().splitlines()[0] if error and str(error).strip() else ""
+    lines = str(error).strip().splitlines() if error else []
+    first_line = lines[0].strip() if lines else ""
     detail = f"{type(error).__name__}: {first_line}" if error else "unknown error"
+    if first_line.startswith(DBT_FAILURE_HEADER):
+        # A dbt build lists its failed nodes as `name: dbt's message`, the first on the
+        # header's line, one a line: the names say where to look, the messages (a
+        # database error can quote a row) stay in the log.
+        entries = [first_line.removeprefix(DBT_FAILURE_HEADER), *lines[1:]]
+        names = [entry.split(":", 1)[0].strip() for entry in entries if entry.strip()]
+        detail = f"{type(error).__name__}: {DBT_FAILURE_HEADER} {', '.join(names)}"
     if task_id.startswith(STAGES_BEFORE_SENDING):
         consequence = "Stopped before the provider sync: nothing was sent for this run."
     elif task_id.startswith(SENDING_TASKS):

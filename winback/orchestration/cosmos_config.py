@@ -4,14 +4,24 @@ Cosmos renders the dbt project from the manifest that `winback dbt-manifest` wri
 set-up (`make demo`, `make test`, the image build), so parsing a DAG never runs `dbt ls`.
 dbt runs in-process through dbtRunner with the connection settings that
 `dbt_project/profiles/profiles.yml` reads from the environment.
+
+Each dbt task group runs in cosmos' watcher mode: one `dbt build` of the group's models
+and tests (the producer task, `dbt_producer_watcher`) and one task per model and per
+model's tests that reports that node's result as the build reaches it. A model is still a
+task of its own in the UI, with its own log and result, but dbt starts once per group
+instead of once per task (see `dbt_task_group` for how retries and failures behave).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
+from airflow.sdk import TriggerRule
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import (
+    PRODUCER_WATCHER_DONE_TASK_ID,
+    PRODUCER_WATCHER_TASK_ID,
     ExecutionMode,
     InvocationMode,
     LoadMode,
@@ -27,6 +37,7 @@ DBT_MANIFEST = config.DBT_PROJECT_DIR / "target" / "manifest.json"
 WAREHOUSE_CONN_ID = config.WAREHOUSE_CONN_ID
 WAREHOUSE_WRITES_POOL = config.WAREHOUSE_WRITES_POOL
 DEFAULT_TASK_RETRIES = 2
+DEFAULT_POOL = "default_pool"
 # winback_daily's first task waits (without holding a worker) for the day before and for
 # the run holding the warehouse; after this long it fails with an alert naming them.
 RUN_ORDER_POKE_SECONDS = 20
@@ -71,8 +82,24 @@ PROFILE_CONFIG = ProfileConfig(
     profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles" / "profiles.yml",
 )
 
+# `WINBACK_DBT_EXECUTION_MODE=local` brings back one dbt invocation per model and per
+# model's tests: cosmos calls its watcher mode experimental, so this is the way back if it
+# misbehaves, and how bench/bench_daily.py measures both (the default is `watcher`).
+DBT_EXECUTION_MODE_ENV = "WINBACK_DBT_EXECUTION_MODE"
+DBT_EXECUTION_MODES = {"watcher": ExecutionMode.WATCHER, "local": ExecutionMode.LOCAL}
+
+
+def dbt_execution_mode() -> ExecutionMode:
+    name = os.environ.get(DBT_EXECUTION_MODE_ENV, "").strip().lower() or "watcher"
+    if name not in DBT_EXECUTION_MODES:
+        raise ValueError(
+            f"{DBT_EXECUTION_MODE_ENV}={name!r}: expected one of {sorted(DBT_EXECUTION_MODES)}"
+        )
+    return DBT_EXECUTION_MODES[name]
+
+
 EXECUTION_CONFIG = ExecutionConfig(
-    execution_mode=ExecutionMode.LOCAL,
+    execution_mode=dbt_execution_mode(),
     invocation_mode=InvocationMode.DBT_RUNNER,
     # A model's test task runs the tests whose other parents are upstream of it, so a
     # relationship test waits for the later model instead of failing on a missing table.
@@ -119,7 +146,15 @@ def dbt_task_group(
     group_id: str, select: list[str] | None = None, exclude: list[str] | None = None
 ):
     """A cosmos task group for part of the dbt project, with the shared configuration and
-    no retries on its test tasks. Call it inside a DAG."""
+    no retries on its test tasks. Call it inside a DAG.
+
+    The group's `dbt build` (its producer task) runs before any of its model tasks, which
+    then read their node's result from it (`producer_first`). The build runs the tests, so
+    it is a verdict like them and is not retried: a failed model or test fails the producer
+    at once, its alert names the failed nodes, and the day stops there. Clearing the failed
+    producer (after a fix) makes each model task run its own model and each test task its
+    model's tests, the way one task per model always did (cosmos' watcher fallback).
+    """
     group = DbtTaskGroup(
         group_id=group_id,
         project_config=PROJECT_CONFIG,
@@ -129,13 +164,54 @@ def dbt_task_group(
         operator_args=DBT_OPERATOR_ARGS,
     )
     without_retries_on_tests(group)
+    if EXECUTION_CONFIG.execution_mode == ExecutionMode.WATCHER:
+        producer_first(group)
     return group
 
 
+def producer_task(group):
+    """The group's `dbt build` task."""
+    return next(t for t in _leaf_tasks(group) if t.task_id.endswith(PRODUCER_WATCHER_TASK_ID))
+
+
 def without_retries_on_tests(group) -> None:
-    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert."""
+    """dbt tests are verdicts on data, not flaky calls: a retry only delays the alert. The
+    group's `dbt build` runs them, so it does not retry either (cosmos' producer would only
+    skip a second try)."""
     for child in group.children.values():
         if hasattr(child, "children"):
             without_retries_on_tests(child)
-        elif child.task_id.endswith(".test") or child.task_id.endswith("_test"):
+        elif child.task_id.endswith((".test", "_test", PRODUCER_WATCHER_TASK_ID)):
             child.retries = 0
+
+
+def _leaf_tasks(group) -> list:
+    tasks = []
+    for child in group.children.values():
+        tasks.extend(_leaf_tasks(child) if hasattr(child, "children") else [child])
+    return tasks
+
+
+def producer_first(group) -> None:
+    """Make the group's `dbt build` the parent of its first model tasks.
+
+    Cosmos leaves a task group's model tasks free to start beside the build and wait for
+    it, deferred. `airflow dags test` runs one task at a time and a deferred task's wait
+    in line, so a model task that started first would wait for a build that cannot start.
+    After the build, each model task finds its result at its first look and finishes in a
+    moment. The first model tasks run when the build succeeded or was skipped (its retry,
+    where cosmos makes each model task run its own model), never when it failed. Only the
+    build holds the warehouse-writes pool.
+    """
+    tasks = _leaf_tasks(group)
+    producer = producer_task(group)
+    in_group = {t.task_id for t in tasks}
+    for task in tasks:
+        if task is producer or task.task_id.endswith(PRODUCER_WATCHER_DONE_TASK_ID):
+            continue
+        # A model task only reads its node's result: the pool that keeps warehouse writes
+        # apart is the build's, and the model tasks may run side by side after it.
+        task.pool = DEFAULT_POOL
+        if not task.upstream_task_ids & in_group:
+            producer >> task
+            task.trigger_rule = TriggerRule.NONE_FAILED

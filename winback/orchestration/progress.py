@@ -230,6 +230,13 @@ _TASK_EDGE = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)")
 _TASK_INSTANCE = re.compile(r"<TaskInstance: ([^.\s]+)\.\S+ (\S+) \[")
 _NEW_STATE = re.compile(r"Task instance state updated .*new_state=(\w+)")
 _PROGRESS_LINE = re.compile(r"\[(\w+)\s*\]\s+(.*?)\s+\[" + re.escape(log.name) + r"\]")
+# A dbt build's line for a node it finished, as cosmos' watcher producer logs it:
+# `12:00:01  5 of 116 OK created sql view model staging.x ..... [CREATE VIEW in 1.86s]`.
+_DBT_NODE_DONE = re.compile(
+    r"\d\d:\d\d:\d\d\s+(\d+) of (\d+) (OK|PASS|WARN|ERROR|FAIL|SKIP)\b"
+    r"\s*(.*?)\s*\.*\s*\[(.*?)\]\s+\[cosmos"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _log_time(line: str) -> float | None:
@@ -256,8 +263,9 @@ class DagTestProgress:
 
     Each task that ends becomes `[n/N] task_id  seconds` (N from `count_tasks(dag_id,
     run_id)`, asked once the run exists; None leaves it out), and the tasks' own
-    `winback.progress` lines are passed on. `say` prints a line; `done` collects the
-    finished tasks for a summary.
+    `winback.progress` lines are passed on, as are the nodes a dbt build finishes (all
+    but passing tests). `say` prints a line; `done` collects the finished tasks for a
+    summary.
     """
 
     def __init__(
@@ -304,6 +312,13 @@ class DagTestProgress:
             level, text = progress.groups()
             prefix = "" if level == "info" else f"{level}: "
             self.say(f"{self.indent}    {prefix}{text}")
+            return
+        node = _DBT_NODE_DONE.search(_ANSI.sub("", line))
+        # A dbt build (one task for a whole group) shows each model as dbt finishes it;
+        # passing tests stay in the log, any other test result is shown.
+        if node and node.group(3) != "PASS":
+            number, total, status, what, result = node.groups()
+            self.say(f"{self.indent}    dbt {number}/{total} {status} {what} [{result}]")
 
     def _finish(self, task_id: str, when: float) -> None:
         seconds = max(0.0, when - self._started.pop(task_id, when))
