@@ -160,7 +160,7 @@ def task_log(home: Path, run_id: str, task_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def scheduled(tmp_path_factory):
+def scheduled(tmp_path_factory, session_database):
     """A running local Airflow with its own metadata database, warehouse and landing."""
     from winback.local import dbt_runner
 
