@@ -1056,4 +1056,6 @@ def result_summary(result: ScoringResult) -> dict:
         if result.backtest
         else None,
         "seconds": round(result.seconds, 2),
+        # Where the seconds went (read, fit, back-test, write): bench_daily's score stage.
+        "timings": {stage: round(seconds, 2) for stage, seconds in result.timings.items()},
     }
