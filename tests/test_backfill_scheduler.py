@@ -125,7 +125,7 @@ def test_a_backfill_runs_its_days_in_order_through_the_scheduler(
             "select count(*) from winback.send_ledger where mode = 'live'"
         ).fetchone()[0]
         history = conn.execute(
-            "select as_of_date, count(*) from marts.customer_lifecycle_history"
+            "select as_of_date, count(*) from marts.customer_lifecycle_by_day"
             " where as_of_date between %s and %s group by 1 order by 1",
             (start, end),
         ).fetchall()

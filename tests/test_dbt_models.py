@@ -155,17 +155,17 @@ def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
     days = [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY]
     with using_database(warehouse["url"]):
         for day in days:
-            dbt("run", "--select", "+customer_lifecycle_history", day=day)
+            dbt("run", "--select", "+customer_lifecycle_history+", day=day)
         with db.connect() as conn:
             in_order = snapshot(conn, "marts.customer_lifecycle_history")
             transitions = snapshot(conn, "marts.customer_lifecycle_transitions")
         for day in [days[1], days[0], days[2], days[1]]:  # out of order, and twice
-            dbt("run", "--select", "+customer_lifecycle_history", day=day)
+            dbt("run", "--select", "+customer_lifecycle_history+", day=day)
         with db.connect() as conn:
             shuffled = snapshot(conn, "marts.customer_lifecycle_history")
             transitions_again = snapshot(conn, "marts.customer_lifecycle_transitions")
             per_day = conn.execute(
-                "select as_of_date, count(*) from marts.customer_lifecycle_history group by 1"
+                "select as_of_date, count(*) from marts.customer_lifecycle_by_day group by 1"
             ).fetchall()
     assert in_order == shuffled
     assert transitions == transitions_again

@@ -41,14 +41,19 @@ def add_customer(
         " assigned_group, lifecycle_stage, entered_on) values (%s, %s, %s, 'email', %s, %s, %s)",
         (entered, campaign, cid, group, stage_at_start, entered),
     )
+    # The history's validity ranges: the stage at the start holds until the stage at the
+    # measurement date (window end + 14 days of attribution) replaces it.
+    measured_on = END + timedelta(days=14)
     conn.execute(
-        "insert into marts.customer_lifecycle_history values (%s, %s, %s)",
-        (cid, START, stage_at_start),
+        "insert into marts.customer_lifecycle_history"
+        " (customer_id, valid_from, valid_to, lifecycle_stage) values (%s, %s, %s, %s)",
+        (cid, START, measured_on if stage_at_end else None, stage_at_start),
     )
     if stage_at_end:
         conn.execute(
-            "insert into marts.customer_lifecycle_history values (%s, %s, %s)",
-            (cid, END + timedelta(days=14), stage_at_end),
+            "insert into marts.customer_lifecycle_history"
+            " (customer_id, valid_from, lifecycle_stage) values (%s, %s, %s)",
+            (cid, measured_on, stage_at_end),
         )
     if group == "treatment":
         conn.execute(
@@ -228,9 +233,16 @@ def test_measuring_again_later_gives_the_same_numbers(warehouse):
     first = [r.row() for r in measurement.measure_window(warehouse, "we_miss_you", START, END)]
     # Later: a newer history day and a new audience day outside the window arrive.
     add_order(warehouse, "t2", END + timedelta(days=60), loaded=END + timedelta(days=60))
+    later = END + timedelta(days=60)  # t3 is lost by then: its open range closes
     warehouse.execute(
-        "insert into marts.customer_lifecycle_history values ('t3', %s, 'active')",
-        (END + timedelta(days=60),),
+        "update marts.customer_lifecycle_history set valid_to = %s"
+        " where customer_id = 't3' and valid_to is null",
+        (later,),
+    )
+    warehouse.execute(
+        "insert into marts.customer_lifecycle_history"
+        " (customer_id, valid_from, lifecycle_stage) values ('t3', %s, 'lost')",
+        (later,),
     )
     warehouse.commit()
     second = [r.row() for r in measurement.measure_window(warehouse, "we_miss_you", START, END)]

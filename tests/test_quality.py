@@ -169,3 +169,20 @@ def test_orders_whose_lines_are_gone_fail_the_gate(raw):
     add_batch(raw, "order_lines", 10, 0)
     with pytest.raises(quality.QualityGateError, match="orders without an order line"):
         quality.check_raw_inputs(DAY)
+
+
+def test_gates_build_their_gx_objects_once_per_process(raw):
+    """The context, data source and batch definition are built by the first gate and
+    reused by the next: each gate then costs its queries and one validation."""
+    add_order(raw, "o1", "10.00")
+    quality._gate_batch_definition.cache_clear()
+    quality.check_raw_inputs(DAY)
+    quality.check_raw_inputs(DAY)
+    info = quality._gate_batch_definition.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    recorded = raw.execute(
+        "select count(*), bool_and(success) from winback.quality_results"
+        " where gate = 'raw_inputs' and run_date = %s",
+        (DAY,),
+    ).fetchone()
+    assert recorded == (len(quality.raw_input_checks(DAY)), True)

@@ -441,3 +441,91 @@ def test_a_healthy_fit_is_not_flagged(summary_table):
     )
     assert not result.bgnbd.is_degenerate and result.churn_band_source == "p_alive"
     assert scoring.fit_alert(result) is None
+
+
+# --------------------------------------------------------------------------- back-test cadence
+
+LAST_BACKTEST = {
+    "model_fit_id": 7,
+    "as_of_date": date(2026, 11, 13),
+    "customers": 1000,
+    "params": {"r": 0.5, "alpha": 10.0, "a": 0.8, "b": 2.0},
+}
+SAME_PARAMS = bgnbd.BgNbdParams(**LAST_BACKTEST["params"])
+
+
+@pytest.mark.parametrize(
+    ("last", "as_of", "customers", "params", "runs", "says"),
+    [
+        (None, date(2026, 11, 14), 1000, SAME_PARAMS, True, "no earlier back-test"),
+        (LAST_BACKTEST, date(2026, 11, 20), 1000, SAME_PARAMS, True, "7 days old"),
+        (LAST_BACKTEST, date(2026, 11, 19), 1000, SAME_PARAMS, False, "fit 7 (2026-11-13"),
+        (LAST_BACKTEST, date(2026, 11, 19), 1150, SAME_PARAMS, True, "customers fitted"),
+        (LAST_BACKTEST, date(2026, 11, 19), 1050, SAME_PARAMS, False, "stands"),
+        (
+            LAST_BACKTEST,
+            date(2026, 11, 14),
+            1000,
+            bgnbd.BgNbdParams(r=0.5, alpha=10.0, a=0.96, b=2.0),
+            True,
+            "a moved 20.0%",
+        ),
+    ],
+)
+def test_the_backtest_runs_weekly_and_when_the_data_moves(
+    last, as_of, customers, params, runs, says
+):
+    decision = scoring.backtest_decision(last, as_of, customers, params, scoring.ScoringSettings())
+    assert decision.runs is runs
+    assert says in decision.reason
+    assert decision.standing_fit_id == (None if runs else 7)
+
+
+def test_the_registry_says_which_fit_each_score_and_backtest_came_from(summary_table):
+    """Day 1 back-tests its fit; day 2 refits (warm, from day 1's) without a back-test, and
+    the registry says day 1's stands; the scores come from day 2's own fit. A week later,
+    or once the customers changed by more than 10%, the back-test runs again."""
+    summary_table.execute(
+        "create table marts.customer_order_days as"
+        " select s.customer_id,"
+        "  date '2026-11-20' - s.customer_age_days"
+        "   + (s.recency_days * k / greatest(s.repeat_purchase_days, 1)) as order_date"
+        " from marts.customer_order_summary s, generate_series(0, s.repeat_purchase_days) k"
+    )
+    summary_table.commit()
+    settings = scoring.ScoringSettings(bgnbd_penalizer=0.001)
+    first = scoring.score_customers(summary_table, date(2026, 11, 20), settings)
+    second = scoring.score_customers(summary_table, date(2026, 11, 21), settings)
+    assert first.backtest_decision.runs and first.backtest is not None
+    assert not second.backtest_decision.runs and second.backtest is None
+    assert "back-test" not in second.timings
+    fits = {
+        row[0]: row[1:]
+        for row in summary_table.execute(
+            "select model_fit_id, as_of_date, backtest is not null, backtest_model_fit_id,"
+            " warm_start_model_fit_id, backtest_reason from winback.model_fits"
+            " where model = 'bgnbd'"
+        ).fetchall()
+    }
+    one, two = first.bgnbd.model_fit_id, second.bgnbd.model_fit_id
+    assert fits[one][:4] == (date(2026, 11, 20), True, one, None)
+    assert fits[two][:4] == (date(2026, 11, 21), False, one, one)
+    assert f"the back-test of fit {one}" in fits[two][4]
+    scored_by = summary_table.execute(
+        "select distinct model_fit_id, as_of_date from winback.customer_scores"
+    ).fetchall()
+    assert scored_by == [(two, date(2026, 11, 21))]
+    assert scoring.result_summary(second)["backtest"]["standing_fit_id"] == one
+
+    week_later = scoring.score_customers(summary_table, date(2026, 11, 27), settings)
+    assert week_later.backtest_decision.runs and "7 days old" in week_later.backtest_decision.reason
+    summary_table.execute(
+        "delete from marts.customer_order_summary where customer_id in"
+        " (select customer_id from marts.customer_order_summary order by customer_id limit 80)"
+    )
+    summary_table.commit()
+    fewer = scoring.score_customers(summary_table, date(2026, 11, 28), settings)
+    assert (
+        fewer.backtest_decision.runs
+        and "customers fitted changed" in fewer.backtest_decision.reason
+    )

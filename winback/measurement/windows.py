@@ -58,7 +58,8 @@ DEFAULT_MINIMUM_UPLIFT = 0.02
 
 # Everyone who entered the audience in the window, once, with what they were at entry.
 # {cohort_filter} picks the campaign's rows (or every campaign's, for the global control),
-# {group} names each customer's group, {lifecycle_history} is the mart of stages by day.
+# {group} names each customer's group, {stage_at_measurement} the stages as of the
+# measurement date (`relations.lifecycle_stage_as_of`).
 COHORT_SQL = """
 create temporary table cohort on commit drop as
 with entries as (
@@ -75,12 +76,7 @@ with entries as (
     order by a.customer_id, a.run_date, a.campaign_id
 ),
 stage_at_measurement as (
-    select customer_id, lifecycle_stage
-    from {lifecycle_history}
-    where as_of_date = (
-        select max(as_of_date) from {lifecycle_history}
-        where as_of_date <= %(measured_on)s
-    )
+    {stage_at_measurement}
 ),
 orders_in_window as (
     select e.customer_id,
@@ -288,7 +284,8 @@ def _has_column(conn, schema: str, table: str, column: str) -> bool:
 def cohort_sql(conn: psycopg.Connection, cohort: dict | None = None) -> str:
     """The statement creating the temporary `cohort` table for a window."""
     statement = COHORT_SQL.format(
-        **(cohort or CAMPAIGN_COHORT), lifecycle_history=relations.CUSTOMER_LIFECYCLE_HISTORY
+        **(cohort or CAMPAIGN_COHORT),
+        stage_at_measurement=relations.lifecycle_stage_as_of("%(measured_on)s"),
     )
     if _has_column(conn, "raw", "orders", "coupon_code"):
         return statement

@@ -118,6 +118,13 @@ class ScoringSettings:
     monthly_discount_rate: float = 0.01
     chunk_size: int = 250_000
     backtest_holdout_days: int = 180  # 0 switches the back-test off
+    # The back-test is a second fit and a pass over every purchase day: it runs when none
+    # ran in the last `backtest_every_days` days up to the run date (1: every day), and
+    # whenever the data moved, the customers fitted or a BG/NBD parameter changing by more
+    # than `backtest_on_change` (a share) against the back-tested fit. Otherwise that
+    # fit's back-test stands, and model_fits says which (`backtest_decision`).
+    backtest_every_days: int = 7
+    backtest_on_change: float = 0.1
     # Start each fit from the last converged one of the same time unit: same optimum,
     # fewer iterations (tests/test_scoring.py checks both starts agree).
     warm_start: bool = True
@@ -134,6 +141,10 @@ class ScoringSettings:
             raise ValueError("degenerate_share and degenerate_p_alive must be in (0, 1]")
         if self.default_gap_days < 1:
             raise ValueError("default_gap_days must be >= 1")
+        if self.backtest_every_days < 1:
+            raise ValueError("backtest_every_days must be >= 1")
+        if not self.backtest_on_change > 0:
+            raise ValueError("backtest_on_change must be > 0")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -184,6 +195,7 @@ class FitResult:
     model_fit_id: int | None = None
     iterations: int | None = None
     warm_start: bool = False  # started from the previous model's parameters
+    warm_start_model_fit_id: int | None = None  # the fit it started from
     is_degenerate: bool = False
     degenerate_reason: str | None = None
     fallback: str | None = None  # what the scores used instead of this fit, if anything
@@ -200,6 +212,7 @@ class ScoringResult:
     stale_reason: str | None
     backtest: dict | None = None
     seconds: float = 0.0
+    backtest_decision: BacktestDecision | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     churn_band_source: str = "p_alive"
     band_counts: dict[str, int] = field(default_factory=dict)
@@ -465,14 +478,86 @@ def _previous_fit(conn, model: str, time_unit: str | None = None) -> tuple[int, 
 
 def _warm_starts(
     conn, settings: ScoringSettings
-) -> tuple[bgnbd.BgNbdParams | None, bgnbd.GammaGammaParams | None]:
+) -> tuple[tuple[bgnbd.BgNbdParams, int] | None, tuple[bgnbd.GammaGammaParams, int] | None]:
+    """The previous usable fits to start from, with their ids (None: a cold start)."""
     if not settings.warm_start:
         return None, None
     previous_bgnbd = _previous_fit(conn, "bgnbd", settings.time_unit)
     previous_spend = _previous_fit(conn, "gamma_gamma")
     return (
-        bgnbd.BgNbdParams(**previous_bgnbd[1]) if previous_bgnbd else None,
-        bgnbd.GammaGammaParams(**previous_spend[1]) if previous_spend else None,
+        (bgnbd.BgNbdParams(**previous_bgnbd[1]), previous_bgnbd[0]) if previous_bgnbd else None,
+        (bgnbd.GammaGammaParams(**previous_spend[1]), previous_spend[0])
+        if previous_spend
+        else None,
+    )
+
+
+@dataclass(frozen=True)
+class BacktestDecision:
+    """Whether today's fit is back-tested, why, and which fit's back-test stands for it
+    (None until it is recorded, on a day it runs: then it is today's own)."""
+
+    runs: bool
+    reason: str
+    standing_fit_id: int | None = None
+
+
+def last_backtest(conn, as_of: date, settings: ScoringSettings) -> dict | None:
+    """The latest back-tested BG/NBD fit up to `as_of` with today's time unit and holdout
+    (its id, run date, customers and parameters), or None."""
+    row = conn.execute(
+        "select model_fit_id, as_of_date, customers, params from winback.model_fits"
+        " where model = 'bgnbd' and backtest is not null and converged and time_unit = %s"
+        " and as_of_date <= %s"
+        " and (settings->>'backtest_holdout_days')::int = %s"
+        " order by as_of_date desc, model_fit_id desc limit 1",
+        (settings.time_unit, as_of, settings.backtest_holdout_days),
+    ).fetchone()
+    if row is None:
+        return None
+    return {"model_fit_id": row[0], "as_of_date": row[1], "customers": row[2], "params": row[3]}
+
+
+def backtest_decision(
+    last: dict | None,
+    as_of: date,
+    customers: int,
+    params: bgnbd.BgNbdParams,
+    settings: ScoringSettings,
+) -> BacktestDecision:
+    """Run the back-test today? Yes without an earlier one, when the last is
+    `backtest_every_days` old or more, or when the customers or a parameter moved by more
+    than `backtest_on_change` since; else the last one stands, and the reason says so."""
+    if last is None:
+        return BacktestDecision(True, "no earlier back-test")
+    age = (as_of - last["as_of_date"]).days
+    if age >= settings.backtest_every_days:
+        return BacktestDecision(
+            True, f"the last, of fit {last['model_fit_id']}, is {age} days old"
+            f" (every {settings.backtest_every_days})",
+        )  # fmt: skip
+    limit = settings.backtest_on_change
+    customer_change = abs(customers - last["customers"]) / max(last["customers"], 1)
+    if customer_change > limit:
+        return BacktestDecision(
+            True, f"customers fitted changed {customer_change:.1%} since fit"
+            f" {last['model_fit_id']} (> {limit:.0%})",
+        )  # fmt: skip
+    moved = {
+        name: abs(value - last["params"][name]) / max(abs(last["params"][name]), 1e-12)
+        for name, value in params.as_dict().items()
+    }
+    name, change = max(moved.items(), key=lambda item: item[1])
+    if change > limit:
+        return BacktestDecision(
+            True, f"{name} moved {change:.1%} since fit {last['model_fit_id']} (> {limit:.0%})"
+        )
+    return BacktestDecision(
+        False,
+        f"the back-test of fit {last['model_fit_id']} ({last['as_of_date']}, {age} days ago)"
+        f" stands: customers {customer_change:.1%} and parameters {change:.1%} apart"
+        f" (<= {limit:.0%})",
+        last["model_fit_id"],
     )
 
 
@@ -484,15 +569,19 @@ def _record_fit(
     penalizer: float,
     window: tuple,
     backtest: dict | None = None,
+    decision: BacktestDecision | None = None,
 ) -> int:
+    """Insert the fit into the registry; a fit back-tested today stands for itself."""
     row = conn.execute(
         """
         insert into winback.model_fits
             (as_of_date, model, params, log_likelihood, customers, distinct_rows,
              first_order_date, last_order_date, time_unit, penalizer, seconds, converged,
              message, backtest, settings, is_degenerate, degenerate_reason, fallback,
-             churn_band_source)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+             churn_band_source, warm_start_model_fit_id, backtest_model_fit_id,
+             backtest_reason)
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                %s, %s, %s)
         returning model_fit_id
         """,
         (
@@ -501,8 +590,16 @@ def _record_fit(
             penalizer, fit.seconds, fit.converged, fit.message or None,
             json.dumps(backtest) if backtest else None, json.dumps(settings.as_dict()),
             fit.is_degenerate, fit.degenerate_reason, fit.fallback, fit.churn_band_source,
+            fit.warm_start_model_fit_id, decision.standing_fit_id if decision else None,
+            decision.reason if decision else None,
         ),
     ).fetchone()  # fmt: skip
+    if backtest is not None:
+        conn.execute(
+            "update winback.model_fits set backtest_model_fit_id = model_fit_id"
+            " where model_fit_id = %s",
+            (row[0],),
+        )
     return int(row[0])
 
 
@@ -591,7 +688,9 @@ def score_customers(
         raise ScoringError(f"{summary_table} is empty: no customer has a completed order")
     spend_data = read_compressed_spend(conn, summary_table)
     timings["read compressed"], mark = time.perf_counter() - mark, time.perf_counter()
-    bgnbd_start, spend_start = _warm_starts(conn, settings)
+    bgnbd_warm, spend_warm = _warm_starts(conn, settings)
+    bgnbd_start = bgnbd_warm[0] if bgnbd_warm else None
+    spend_start = spend_warm[0] if spend_warm else None
     bgnbd_penalizer = settings.bgnbd_penalizer
     params, bgnbd_fit = fit_bgnbd(compressed, bgnbd_penalizer, start=bgnbd_start)
     params = params or at_bound(bgnbd_fit, settings)
@@ -608,12 +707,21 @@ def score_customers(
     spend, spend_fit = fit_gamma_gamma(
         spend_data, settings.gamma_gamma_penalizer, start=spend_start
     )
+    if bgnbd_fit.warm_start:
+        bgnbd_fit.warm_start_model_fit_id = bgnbd_warm[1]
+    if spend_fit.warm_start:
+        spend_fit.warm_start_model_fit_id = spend_warm[1]
     timings["fit"], mark = time.perf_counter() - mark, time.perf_counter()
 
-    backtest = None
+    backtest = decision = None
     if params is not None and settings.backtest_holdout_days > 0:
-        backtest = run_backtest(conn, as_of, settings)
-        timings["back-test"], mark = time.perf_counter() - mark, time.perf_counter()
+        decision = backtest_decision(
+            last_backtest(conn, as_of, settings), as_of, bgnbd_fit.customers, params, settings
+        )
+        log.info("back-test %s: %s", "runs" if decision.runs else "skipped", decision.reason)
+        if decision.runs:
+            backtest = run_backtest(conn, as_of, settings)
+            timings["back-test"], mark = time.perf_counter() - mark, time.perf_counter()
 
     stale_reasons = []
     is_stale = params is None  # scores from an older model than today's data
@@ -663,7 +771,7 @@ def score_customers(
     stale_reason = "; ".join(stale_reasons) or None
 
     bgnbd_fit.model_fit_id = _record_fit(
-        conn, bgnbd_fit, as_of, settings, bgnbd_penalizer, window, backtest
+        conn, bgnbd_fit, as_of, settings, bgnbd_penalizer, window, backtest, decision
     )
     spend_fit.model_fit_id = _record_fit(
         conn, spend_fit, as_of, settings, settings.gamma_gamma_penalizer, window
@@ -688,7 +796,8 @@ def score_customers(
     )  # fmt: skip
     return ScoringResult(
         as_of, scored, bgnbd_fit, spend_fit, is_stale, stale_reason, backtest,
-        time.perf_counter() - started, timings, bgnbd_fit.churn_band_source, band_counts,
+        time.perf_counter() - started, decision, timings, bgnbd_fit.churn_band_source,
+        band_counts,
     )  # fmt: skip
 
 
@@ -939,6 +1048,7 @@ def result_summary(result: ScoringResult) -> dict:
         "stale_reason": result.stale_reason,
         "churn_band_source": result.churn_band_source,
         "band_counts": result.band_counts,
+        "backtest": asdict(result.backtest_decision) if result.backtest_decision else None,
         "backtest_total": {
             k: result.backtest.get(k)
             for k in ("actual_repeat_purchases", "predicted_repeat_purchases")
@@ -946,4 +1056,6 @@ def result_summary(result: ScoringResult) -> dict:
         if result.backtest
         else None,
         "seconds": round(result.seconds, 2),
+        # Where the seconds went (read, fit, back-test, write): bench_daily's score stage.
+        "timings": {stage: round(seconds, 2) for stage, seconds in result.timings.items()},
     }

@@ -26,7 +26,7 @@ from winback.campaigns import assignment, audiences
 from winback.measurement import global_control
 from winback.measurement import windows as measurement
 from winback.simulation import simulator
-from winback.warehouse import raw_schema, tables
+from winback.warehouse import contracts, raw_schema, relations, tables
 
 WINDOW_START = date(2026, 9, 1)
 WINDOW_END = date(2026, 9, 30)
@@ -71,10 +71,13 @@ def reset_measurement_tables(conn: psycopg.Connection) -> None:
     conn.execute("drop schema if exists winback cascade")
     raw_schema.ensure_raw_schema(conn)
     tables.ensure_schema(conn)  # the outbox, its send ledger and the provider feedback
+    # The history's columns as its dbt contract declares them (validity ranges), so this
+    # copy cannot drift from the model measurement reads.
+    columns = contracts.contracted_columns("customer_lifecycle_history")
     conn.execute(
-        "create schema marts; create table marts.customer_lifecycle_history ("
-        " customer_id text, as_of_date date, lifecycle_stage text,"
-        " primary key (customer_id, as_of_date))"
+        f"create schema marts; create table {relations.CUSTOMER_LIFECYCLE_HISTORY} ("
+        + ", ".join(f"{name} {data_type}" for name, data_type in columns.items())
+        + ", primary key (customer_id, valid_from))"
     )
 
 

@@ -20,7 +20,9 @@ CUSTOMER_ORDER_SUMMARY = "marts.customer_order_summary"  # scoring's input
 CUSTOMER_ORDER_DAYS = "marts.customer_order_days"  # scoring's back-test
 CUSTOMER_RFM = "marts.customer_rfm"
 CUSTOMER_LIFECYCLE = "marts.customer_lifecycle"
-CUSTOMER_LIFECYCLE_HISTORY = "marts.customer_lifecycle_history"  # measurement's stages
+# Stage and segment as validity ranges (measurement's stages): read through
+# `lifecycle_stage_as_of`, not with range arithmetic of one's own.
+CUSTOMER_LIFECYCLE_HISTORY = "marts.customer_lifecycle_history"
 ORDERS = "marts.orders"
 ORDER_LINES = "marts.order_lines"
 PRODUCTS = "marts.products"
@@ -44,3 +46,14 @@ def identifier(relation: str) -> sql.Identifier:
     """`relation` ("schema.name") as a quoted `psycopg.sql` identifier."""
     schema, name = relation.split(".")
     return sql.Identifier(schema, name)
+
+
+def lifecycle_stage_as_of(day: str) -> str:
+    """A query of each customer's `lifecycle_stage` and `rfm_segment` as of `day` (a SQL
+    date expression or a placeholder such as `%(measured_on)s`): the history's range
+    holding that day. That is the stage of the latest recorded day on or before it, as the
+    daily snapshot gave it (the dbt macro `lifecycle_as_of` is the same for models)."""
+    return (
+        f"select customer_id, lifecycle_stage, rfm_segment from {CUSTOMER_LIFECYCLE_HISTORY}"
+        f" where valid_from <= {day} and (valid_to is null or valid_to > {day})"
+    )

@@ -54,6 +54,11 @@ alter table winback.model_fits add column if not exists is_degenerate boolean no
 alter table winback.model_fits add column if not exists degenerate_reason text;
 alter table winback.model_fits add column if not exists fallback text;
 alter table winback.model_fits add column if not exists churn_band_source text;
+-- Issue 19: the fit a warm start began from, and the fit whose back-test stands for this
+-- one (itself on a day the back-test ran) with why it ran or did not.
+alter table winback.model_fits add column if not exists warm_start_model_fit_id bigint;
+alter table winback.model_fits add column if not exists backtest_model_fit_id bigint;
+alter table winback.model_fits add column if not exists backtest_reason text;
 """
 
 # customer_features left-joins the scores, so the table exists (empty) before the first

@@ -1,7 +1,9 @@
 {{ config(materialized='view') }}
 
--- Stage changes between consecutive recorded days of the history. A view, so a backfill
--- of a missing day is reflected at once in the transitions on both sides of it.
+-- Stage changes between a customer's consecutive ranges of the history (a change of
+-- segment alone is none). A view, so a backfill of a missing day is reflected at once in
+-- the transitions on both sides of it. The same changes as between consecutive recorded
+-- days of the daily snapshot: a customer absent for some days has no range then.
 with history as (
     select * from {{ ref('customer_lifecycle_history') }}
 ),
@@ -9,9 +11,9 @@ with history as (
 with_previous as (
     select
         customer_id,
-        as_of_date,
+        valid_from,
         lifecycle_stage,
-        lag(lifecycle_stage) over (partition by customer_id order by as_of_date) as previous_stage
+        lag(lifecycle_stage) over (partition by customer_id order by valid_from) as previous_stage
     from history
 ),
 
@@ -20,7 +22,7 @@ final as (
         customer_id,
         previous_stage as from_stage,
         lifecycle_stage as to_stage,
-        as_of_date as transitioned_on
+        valid_from as transitioned_on
     from with_previous
     where previous_stage is not null and previous_stage <> lifecycle_stage
 )
