@@ -253,6 +253,7 @@ def state_folder(request, tmp_path):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.integration  # starts a PostgreSQL cluster of its own
 def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(state_folder):
     """An older checkout's cluster trusted every local connection: the next start gives
     the superuser a new password, replaces the login rules and says so, without the
@@ -317,6 +318,7 @@ def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(state
             shutil.rmtree(pg_root.resolve(), ignore_errors=True)
 
 
+@pytest.mark.integration  # starts a PostgreSQL cluster of its own
 def test_a_missing_password_file_is_reported_not_replaced(tmp_path):
     """A cluster that takes password logins, whose password file is gone: the start fails
     with a message saying what to do, and no new password is made that cannot work."""
