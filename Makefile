@@ -47,7 +47,7 @@ test-quick: venv ## The inner loop: every test that needs no PostgreSQL (under a
 	$(BIN)/python -m pytest -m "not integration" -q
 
 .PHONY: test-backfill
-test-backfill: venv ## The scheduler-driven backfill test alone (not yet part of make test)
+test-backfill: venv ## The scheduler-driven backfill test alone (make test runs it too)
 	$(BIN)/winback airflow-setup
 	$(BIN)/python -m pytest -m backfill_scheduler tests/test_backfill_scheduler.py
 

@@ -29,7 +29,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, chain, dag, task
 
-from winback import pipeline
+from winback import pipeline, quality
 from winback.delivery import send_policy
 from winback.orchestration import airflow_runs, schedule
 from winback.orchestration import cosmos_config as orch
@@ -60,10 +60,18 @@ FEATURE_MODELS = ["customer_features+"]
             description="let a backfill or a run of a past day send live (normally never)",
         ),
         "max_audience_growth": Param(
-            3.0,
+            quality.DEFAULT_MAX_AUDIENCE_GROWTH,
             type="number",
             minimum=1,
-            description="fail the audience gate when an audience grows past this multiple",
+            description="fail the audience gate when an audience grows past this multiple "
+            "of its previous run (and past audience_growth_floor)",
+        ),
+        "audience_growth_floor": Param(
+            quality.DEFAULT_AUDIENCE_GROWTH_FLOOR,
+            type="integer",
+            minimum=0,
+            description="an audience of at most this many customers never fails the growth "
+            "check (1 to 5 customers is growth, not a broken rule)",
         ),
     },
 )
@@ -129,7 +137,11 @@ def winback_daily():
     @task(retries=0)
     def check_audiences(ds: str | None = None, params: dict | None = None) -> dict:
         """Gate: one row per customer, consent for every message, no sudden growth."""
-        return pipeline.check_audiences(ds, max_growth=params["max_audience_growth"])
+        return pipeline.check_audiences(
+            ds,
+            max_growth=params["max_audience_growth"],
+            growth_floor=params["audience_growth_floor"],
+        )
 
     @task(pool=orch.WAREHOUSE_WRITES_POOL)
     def sync_outbox(ds: str | None = None, params: dict | None = None, dag_run=None) -> dict:

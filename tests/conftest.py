@@ -171,6 +171,16 @@ class DailyDagRun:
     def connect(self):
         return psycopg.connect(self.url)
 
+    def copy(self, suffix: str) -> str:
+        """A copy of this warehouse (a database of the session), so a test that changes
+        it never changes what the other tests read; returns its URL."""
+        url = create_database(suffix)
+        name, source = url.rsplit("/", 1)[1], self.url.rsplit("/", 1)[1]
+        with psycopg.connect(db.with_database(url, "postgres"), autocommit=True) as conn:
+            conn.execute(f'drop database "{name}"')
+            conn.execute(f'create database "{name}" template "{source}"')
+        return url
+
 
 def run_daily_dag(landing: Path, day: date, log_path: Path) -> subprocess.CompletedProcess:
     from winback.local import airflow_env

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
 from winback import quality
-from winback.warehouse import raw_schema
+from winback.warehouse import db, raw_schema, tables
 
 DAY = date(2026, 11, 20)
 
@@ -186,3 +186,57 @@ def test_gates_build_their_gx_objects_once_per_process(raw):
         (DAY,),
     ).fetchone()
     assert recorded == (len(quality.raw_input_checks(DAY)), True)
+
+
+def test_growth_limit_has_a_floor_for_tiny_audiences():
+    # 1 -> 5 customers is 5x, but an audience of 5 is no sign of a broken rule.
+    assert quality.audience_growth_limit(1, 3.0, 100) == 100
+    # Above the floor the multiple decides: 200 customers may reach 600, not 601.
+    assert quality.audience_growth_limit(200, 3.0, 100) == 600
+    # Without a floor, the multiple alone (the gate as it was).
+    assert quality.audience_growth_limit(1, 3.0, 0) == 3
+    with pytest.raises(ValueError, match="growth_floor"):
+        quality.audience_growth_limit(1, 3.0, -1)
+    with pytest.raises(ValueError, match="max_growth"):
+        quality.audience_growth_limit(1, 0.5, 100)
+
+
+def add_audience(conn, campaign_id: str, run_date: date, customers: int) -> None:
+    conn.execute(
+        "insert into winback.campaign_audiences (run_date, campaign_id, customer_id, channel,"
+        " assigned_group) select %s, %s, 'c' || n, 'sms', 'treatment'"
+        " from generate_series(1, %s) n",
+        (run_date, campaign_id, customers),
+    )
+    conn.commit()
+
+
+@pytest.fixture
+def audiences(conn):
+    tables.ensure_schema(conn)
+    conn.execute("delete from winback.campaign_audiences")
+    conn.commit()
+    return conn
+
+
+def growth_outcomes(run_date: date, max_growth: float = 3.0, floor: int = 100) -> dict:
+    with db.connect() as conn:
+        checks = quality.audience_growth_checks(conn, run_date, max_growth, floor)
+    return {o.name.split()[0]: o.success for o in quality.run_checks("audiences", checks, run_date)}
+
+
+def test_a_tiny_audience_growing_passes_and_a_blow_up_fails(audiences):
+    before = DAY - timedelta(days=1)
+    add_audience(audiences, "tiny_growth", before, 1)
+    add_audience(audiences, "tiny_growth", DAY, 5)  # 5x, under the floor: the day-3 case
+    add_audience(audiences, "steady", before, 300)
+    add_audience(audiences, "steady", DAY, 900)  # exactly 3x
+    add_audience(audiences, "blow_up", before, 10)
+    add_audience(audiences, "blow_up", DAY, 500)  # 50x and past the floor: a broken rule
+    assert growth_outcomes(DAY) == {"tiny_growth": True, "steady": True, "blow_up": False}
+    # The floor is a setting: without it, the tiny audience's 5x fails again.
+    assert growth_outcomes(DAY, floor=0)["tiny_growth"] is False
+    with db.connect() as conn:
+        checks = quality.audience_growth_checks(conn, DAY, 3.0, 100)
+    with pytest.raises(quality.QualityGateError, match="blow_up audience at most 3x"):
+        quality.enforce("audiences", quality.run_checks("audiences", checks, DAY))

@@ -132,10 +132,16 @@ def check_scores(ds: str) -> dict:
     return quality.check_scores(_day(ds))
 
 
-def check_audiences(ds: str, max_growth: float | None = None) -> dict:
+def check_audiences(
+    ds: str, max_growth: float | None = None, growth_floor: int | None = None
+) -> dict:
     from winback import quality
 
-    return quality.check_audiences(_day(ds), max_growth or quality.DEFAULT_MAX_AUDIENCE_GROWTH)
+    return quality.check_audiences(
+        _day(ds),
+        max_growth or quality.DEFAULT_MAX_AUDIENCE_GROWTH,
+        quality.DEFAULT_AUDIENCE_GROWTH_FLOOR if growth_floor is None else growth_floor,
+    )
 
 
 def score_customers(ds: str) -> dict:

@@ -9,7 +9,9 @@ Three gates, each a GX expectation suite run on the warehouse:
 * `scores`: `winback.customer_scores`: p_alive within [0, 1] and never missing, every
   customer with an order scored;
 * `audiences`: the day's audiences: one row per customer, nobody without consent for the
-  channel, and no audience larger than `max_growth` x its previous run (a param overrides).
+  channel, and no audience that grew past `max_growth` x its previous run (a param
+  overrides) unless it is still at most `growth_floor` customers: a campaign that
+  reached 1 customer yesterday and 5 today is not a broken rule (`audience_growth_limit`).
 
 Each check's query returns one row of counts (rows present, rows breaking the rule) and
 the expectation bounds it: PostgreSQL does the work, and a per-row query never pulls ten
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 DEFAULT_MAX_AUDIENCE_GROWTH = 3.0
+# An audience of at most this many customers never fails the growth check: growth from
+# 1 to 5 is 5x but no sign of a broken rule; a broken rule shows as hundreds or thousands.
+# The DAG's `audience_growth_floor` param overrides it.
+DEFAULT_AUDIENCE_GROWTH_FLOOR = 100
 
 # The share of a file's rows that may be quarantined before the day fails, per table
 # (`default` for the others). Override with WINBACK_QUARANTINE_LIMITS, e.g.
@@ -388,7 +394,25 @@ CONSENT_PREDICATE = {
 }
 
 
-def audience_checks(conn: psycopg.Connection, run_date: date, max_growth: float) -> list[Check]:
+def audience_growth_limit(previous_size: int, max_growth: float, growth_floor: int) -> int:
+    """The largest audience that passes the growth check after a run of `previous_size`.
+
+    Growth is suspicious only when the audience is both above `max_growth` x its previous
+    size and above `growth_floor` customers.
+    """
+    if max_growth < 1 or growth_floor < 0:
+        raise ValueError(
+            f"max_growth must be >= 1 and growth_floor >= 0, not {max_growth} and {growth_floor}"
+        )
+    return max(int(previous_size * max_growth), growth_floor)
+
+
+def audience_checks(
+    conn: psycopg.Connection,
+    run_date: date,
+    max_growth: float,
+    growth_floor: int = DEFAULT_AUDIENCE_GROWTH_FLOOR,
+) -> list[Check]:
     import great_expectations.expectations as gxe
 
     day = run_date.isoformat()
@@ -409,6 +433,17 @@ def audience_checks(conn: psycopg.Connection, run_date: date, max_growth: float)
             gxe.ExpectColumnMaxToBeBetween(column="messages_without_consent", max_value=0),
         ),
     ]
+    return checks + audience_growth_checks(conn, run_date, max_growth, growth_floor)
+
+
+def audience_growth_checks(
+    conn: psycopg.Connection, run_date: date, max_growth: float, growth_floor: int
+) -> list[Check]:
+    """One check per campaign of the previous run: its audience within `audience_growth_limit`."""
+    import great_expectations.expectations as gxe
+
+    day = run_date.isoformat()
+    checks = []
     previous = dict(
         conn.execute(
             """
@@ -423,10 +458,11 @@ def audience_checks(conn: psycopg.Connection, run_date: date, max_growth: float)
     for campaign_id, size in sorted(previous.items()):
         if not re.fullmatch(r"[a-z0-9_]+", campaign_id):  # ids are validated; be sure anyway
             raise QualityGateError(f"unexpected campaign id in the audience table: {campaign_id!r}")
-        limit = int(size * max_growth)
+        limit = audience_growth_limit(size, max_growth, growth_floor)
         checks.append(
             Check(
-                f"{campaign_id} audience at most {max_growth:g}x the previous run ({size})",
+                f"{campaign_id} audience at most {max_growth:g}x the previous run ({size})"
+                f" or {growth_floor} customers",
                 "select count(*) as audience_size from winback.campaign_audiences "
                 f"where run_date = '{day}' and campaign_id = '{campaign_id}'",
                 gxe.ExpectColumnMaxToBeBetween(column="audience_size", max_value=limit),
@@ -448,7 +484,11 @@ def check_scores(run_date: date) -> dict:
     return enforce("scores", run_checks("scores", score_checks(), run_date))
 
 
-def check_audiences(run_date: date, max_growth: float = DEFAULT_MAX_AUDIENCE_GROWTH) -> dict:
+def check_audiences(
+    run_date: date,
+    max_growth: float = DEFAULT_MAX_AUDIENCE_GROWTH,
+    growth_floor: int = DEFAULT_AUDIENCE_GROWTH_FLOOR,
+) -> dict:
     with db.connect() as conn:
-        checks = audience_checks(conn, run_date, max_growth)
+        checks = audience_checks(conn, run_date, max_growth, growth_floor)
     return enforce("audiences", run_checks("audiences", checks, run_date))
