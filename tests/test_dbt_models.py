@@ -128,6 +128,27 @@ def test_incremental_run_equals_a_full_refresh(warehouse):
     assert len(kept) == len({row[0] for row in before["staging.stg_shop__engagement_events"]}) + 4
 
 
+def test_customer_features_keeps_its_indexes_on_every_rebuild(warehouse):
+    """The audiences probe customer_features by customer once per journey; without the
+    index a day's exits took 23 s instead of 0.1 s at 20k customers. A named
+    `create index if not exists` hook skipped every other build (the name was still taken
+    by the replaced table), so check two builds in a row."""
+
+    def indexed_columns() -> set[tuple[str, bool]]:
+        with db.connect() as conn:
+            rows = conn.execute(
+                "select a.attname, i.indisunique from pg_index i"
+                " join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
+                " where i.indrelid = 'marts.customer_features'::regclass"
+            ).fetchall()
+        return {(column, unique) for column, unique in rows}
+
+    with using_database(warehouse["url"]):
+        for _ in range(2):
+            dbt("run", "--select", "customer_features", day=DAY)
+            assert indexed_columns() == {("customer_id", True), ("rfm_segment", False)}
+
+
 def test_a_backfill_to_an_earlier_day_equals_its_full_refresh(warehouse):
     earlier = DAY - timedelta(days=30)
     with using_database(warehouse["url"]):

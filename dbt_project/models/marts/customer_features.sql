@@ -1,7 +1,14 @@
+{#
+    dbt-postgres creates these indexes on each new build of the table, under names of its
+    own; a named `create index if not exists` post-hook would find the name still taken
+    by the replaced table's index and skip, leaving every other build without one.
+    The customer index serves the audiences' per-journey look-ups (exits, messages).
+#}
 {{
     config(
-        post_hook=[
-            "create index if not exists {{ this.name }}_segment_idx on {{ this }} (rfm_segment)",
+        indexes=[
+            {"columns": ["customer_id"], "unique": True},
+            {"columns": ["rfm_segment"]},
         ],
     )
 }}
