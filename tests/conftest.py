@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -175,7 +176,8 @@ class DailyDagRun:
         """A copy of this warehouse (a database of the session), so a test that changes
         it never changes what the other tests read; returns its URL."""
         url = create_database(suffix)
-        name, source = url.rsplit("/", 1)[1], self.url.rsplit("/", 1)[1]
+        # The path names the database; the query may name the password file.
+        name, source = (urlsplit(u).path.lstrip("/") for u in (url, self.url))
         with psycopg.connect(db.with_database(url, "postgres"), autocommit=True) as conn:
             conn.execute(f'drop database "{name}"')
             conn.execute(f'create database "{name}" template "{source}"')
