@@ -163,6 +163,17 @@ def test_a_clone_in_a_private_directory_starts_its_cluster(tmp_path_factory):
 # --------------------------------------------------------------------------- locked down
 
 
+def _winback_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`winback ARGS` in a fresh interpreter with exactly `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "winback.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def _connect_without_the_password_file(cluster, **settings) -> psycopg.Connection:
     return psycopg.connect(
         host="127.0.0.1",
@@ -269,13 +280,7 @@ def test_a_cluster_made_with_trust_is_given_the_password_on_its_next_start(state
     env["WINBACK_STATE_DIR"] = str(state)
 
     def winback(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "winback.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return _winback_cli(env, *args)
 
     pg_root = state / "pg"
     try:
@@ -328,13 +333,7 @@ def test_a_missing_password_file_is_reported_not_replaced(tmp_path):
     env["WINBACK_STATE_DIR"] = str(state)
 
     def winback(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "winback.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return _winback_cli(env, *args)
 
     try:
         assert winback("db-url").returncode == 0
