@@ -135,7 +135,7 @@ def wait_for_backfill(
 ) -> list[Run]:
     """Block until every day in [start, end] has a finished run; TimeoutError after `timeout`.
 
-    Raises early when an Airflow process died.
+    Raises early when an Airflow process died or a day failed.
     """
     expected = (end - start).days + 1
     deadline = time.monotonic() + timeout
@@ -152,6 +152,12 @@ def wait_for_backfill(
             continue
         if len(found) >= expected and all(r.state in FINISHED for r in found):
             return found
+        if failed := [r for r in found if r.state == "failed"]:
+            # Later days wait on this one (depends_on_past): they would never finish.
+            raise RuntimeError(
+                f"backfill day {failed[0].logical_date} failed; later days wait on it "
+                f"({', '.join(f'{r.logical_date} {r.state}' for r in found)})"
+            )
         time.sleep(poll)
     states = ", ".join(f"{r.logical_date} {r.state}" for r in found) or "no runs"
     raise TimeoutError(
