@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ import pytest
 from winback import config
 from winback.campaigns import audiences
 from winback.delivery import sync
-from winback.delivery.providers import parse_connection
+from winback.delivery.providers import Outcome, OutgoingMessage, parse_connection
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.popup import PopupCsvExport, PopupWebhook
 from winback.delivery.providers.ratelimit import RateLimits
@@ -289,6 +291,51 @@ def test_smtp_sends_to_a_real_smtp_server_and_never_resends_an_unclear_message(w
         assert set(ledger_rows(warehouse)[k][0] for k in keys) == {"acknowledged"}
         accepted = handle.accepted()["messages_by_reference"]
         assert len(accepted) == 12 and all(n == 1 for n in accepted.values())
+    finally:
+        handle.stop()
+
+
+def test_smtp_reuses_its_sessions_and_replaces_one_closed_while_idle(warehouse):
+    """Many messages per session (what ESPs ask of bulk senders), each still exactly once;
+    a session that died while idle is replaced without losing or repeating its message."""
+    handle = sandbox.start_sandbox(seed=3)
+    try:
+        enqueue(warehouse, add_customers(warehouse, 40), "email")
+        email = SmtpEmail(
+            "127.0.0.1",
+            handle.smtp_port,
+            "shop@shop.test",
+            limits=RateLimits(200.0, 4, 5.0),
+            messages_per_connection=10,
+        )
+        result = sync.run(warehouse, RUN, "live", {"email": email}, {}, collect_feedback=False)
+        assert result.by_provider["smtp"] == {"acknowledged": 40}
+        accepted = handle.accepted()["messages_by_reference"]
+        assert len(accepted) == 40 and all(n == 1 for n in accepted.values())
+        assert {row[0] for row in ledger_rows(warehouse).values()} == {"acknowledged"}
+        # Each session carries 10 messages before it is retired, except the (at most 4)
+        # still open at the end: one session per message would be 40.
+        sessions = handle.stats()["counters"]["smtp_sessions"]
+        assert sessions == email.sessions_opened and 4 <= sessions <= 40 // 10 + 4
+
+        def message(n: int) -> OutgoingMessage:
+            return OutgoingMessage(
+                f"idle-{n}", "c0", "we_miss_you", "email", "a@shop.test", "s", "b"
+            )
+
+        async def send_twice():
+            first = await email.send(message(1))
+            # The server ends an idle session (its timeout): the socket goes dead under it.
+            email._idle[0].smtp.sock.shutdown(socket.SHUT_RDWR)
+            second = await email.send(message(2))
+            await email.aclose()
+            return first, second
+
+        first, second = asyncio.run(send_twice())
+        assert (first.outcome, second.outcome) == (Outcome.ACCEPTED, Outcome.ACCEPTED)
+        accepted = handle.accepted()["messages_by_reference"]
+        assert accepted[second.provider_message_id] == 1 and len(accepted) == 42
+        assert email.sessions_opened == sessions + 2, "the dead session was replaced"
     finally:
         handle.stop()
 

@@ -12,9 +12,18 @@ unclear: plain SMTP cannot say whether the message was queued, so the row stays
 `unclear` unless the connection names a `lookup_url` (an ESP's message-search endpoint,
 queried by Message-ID) that settles it.
 
+Sessions are kept open and reused, one message after another (RFC 5321 3.3: a mail
+transaction ends with the reply to DATA, and the next MAIL starts a new one), as ESPs ask
+of bulk senders (SendGrid, Amazon SES and Mailgun all recommend many messages per
+connection): the TCP and TLS handshakes, the greeting, EHLO and AUTH are paid once per
+`messages_per_connection` messages instead of once per message. A session is dropped
+after any doubt about its state: a 421 (the server closes the channel), an error after
+DATA, a timeout. A reused session found closed before the message went out (the server's
+idle timeout) is replaced once, at no risk: nothing was sent on it.
+
 Connection `winback_smtp` (smtp): host, port, login, password; extra: `from`,
 `starttls` (bool), `lookup_url`, `requests_per_second`, `max_concurrency`,
-`timeout_seconds`.
+`timeout_seconds`, `messages_per_connection`.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import asyncio
 import hashlib
 import hmac
 import smtplib
+import threading
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -46,6 +56,10 @@ CONN_ID = "winback_smtp"
 # unless `extra.lookup_trust_seconds` says otherwise.
 DEFAULT_LOOKUP_TRUST_SECONDS = 900.0
 DEFAULT_LIMITS = RateLimits(requests_per_second=20.0, max_concurrency=4, timeout_seconds=30.0)
+# Messages sent on one session before it is closed and a new one opened. Providers cap it
+# (SendGrid at 5,000, SocketLabs at 50: docs/providers.md); 100 is nodemailer's pooled
+# default, and `extra.messages_per_connection` sets the provider's own figure.
+DEFAULT_MESSAGES_PER_CONNECTION = 100
 
 
 _MESSAGE_ID_PURPOSE = b"winback smtp message-id v1"
@@ -62,6 +76,17 @@ def message_id(idempotency_key: str) -> str:
     return f"<{tag}@winback>"
 
 
+class _Session:
+    """An open SMTP session and how many messages it has carried."""
+
+    def __init__(self, smtp: smtplib.SMTP):
+        self.smtp, self.messages = smtp, 0
+
+
+class _SessionLost(Exception):
+    """A reused session was closed before this message's data went out."""
+
+
 class SmtpEmail(MessageProvider):
     name = "smtp"
 
@@ -76,6 +101,7 @@ class SmtpEmail(MessageProvider):
         lookup_url: str | None = None,
         limits: RateLimits = DEFAULT_LIMITS,
         lookup_trust_seconds: float = DEFAULT_LOOKUP_TRUST_SECONDS,
+        messages_per_connection: int = DEFAULT_MESSAGES_PER_CONNECTION,
     ):
         self.host, self.port, self.sender = host, port, sender
         self._login, self._password, self._starttls = login, password, starttls
@@ -83,6 +109,13 @@ class SmtpEmail(MessageProvider):
         self.can_lookup = bool(lookup_url)
         self.negative_lookup_trusted_after = lookup_trust_seconds
         self.limits = limits
+        if messages_per_connection < 1:
+            raise ValueError("messages_per_connection must be at least 1")
+        self.messages_per_connection = messages_per_connection
+        # Idle sessions; the limiter's concurrency caps how many exist at once.
+        self._idle: list[_Session] = []
+        self._idle_lock = threading.Lock()
+        self.sessions_opened = 0
 
     @classmethod
     def from_connection(cls, conn: Connection | None = None) -> SmtpEmail:
@@ -97,6 +130,7 @@ class SmtpEmail(MessageProvider):
             conn.extra.get("lookup_url"),
             conn.limits(DEFAULT_LIMITS),
             float(conn.extra.get("lookup_trust_seconds", DEFAULT_LOOKUP_TRUST_SECONDS)),
+            int(conn.extra.get("messages_per_connection", DEFAULT_MESSAGES_PER_CONNECTION)),
         )
 
     def _build(self, message: OutgoingMessage) -> EmailMessage:
@@ -116,42 +150,115 @@ class SmtpEmail(MessageProvider):
         email.set_content(message.body + footer)
         return email
 
-    def _send_blocking(self, message: OutgoingMessage, email: EmailMessage) -> SendResult:
-        data_sent = False
+    def _open(self) -> _Session:
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.limits.timeout_seconds)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.limits.timeout_seconds) as smtp:
+            smtp.ehlo()
+            if self._starttls:
+                smtp.starttls()
                 smtp.ehlo()
-                if self._starttls:
-                    smtp.starttls()
-                    smtp.ehlo()
-                if self._login:
-                    smtp.login(self._login, self._password or "")
-                code, reply = smtp.mail(self.sender)
-                if code >= 400:
-                    return _reply_result(code, reply)
-                code, reply = smtp.rcpt(message.to)
-                if code >= 400:
-                    return _reply_result(code, reply)
-                data_sent = True
-                # SMTP lines end in CRLF (RFC 5321 2.3.8); smtplib converts bare LFs only
-                # in text, so the bytes are made with the SMTP policy's line ends.
-                code, reply = smtp.data(email.as_bytes(policy=SMTP_POLICY))
-                if code >= 400:
-                    return _reply_result(code, reply)
-                return SendResult(Outcome.ACCEPTED, provider_message_id=email["Message-ID"])
+            if self._login:
+                smtp.login(self._login, self._password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        with self._idle_lock:
+            self.sessions_opened += 1
+        return _Session(smtp)
+
+    def _take(self) -> _Session | None:
+        with self._idle_lock:
+            return self._idle.pop() if self._idle else None
+
+    def _give_back(self, session: _Session) -> None:
+        if session.messages >= self.messages_per_connection:
+            _quit(session)
+            return
+        with self._idle_lock:
+            self._idle.append(session)
+
+    def _send_blocking(self, message: OutgoingMessage, data: bytes) -> SendResult:
+        session = self._take()
+        if session is not None:
+            try:
+                return self._transaction(session, message, data, reused=True)
+            except _SessionLost:
+                pass  # closed while idle, before anything of this message went out
+        try:
+            session = self._open()
+        except smtplib.SMTPResponseException as error:  # a refused greeting, EHLO or login
+            return _reply_result(error.smtp_code, error.smtp_error)
+        except (TimeoutError, smtplib.SMTPException, OSError) as error:
+            return SendResult(Outcome.RETRY, reason=type(error).__name__)
+        try:
+            return self._transaction(session, message, data, reused=False)
+        except _SessionLost as lost:
+            return SendResult(Outcome.RETRY, reason=str(lost))
+
+    def _transaction(
+        self, session: _Session, message: OutgoingMessage, data: bytes, reused: bool
+    ) -> SendResult:
+        """One mail transaction on `session`; the session goes back to the pool only when
+        its state is known to be clean."""
+        smtp, data_sent = session.smtp, False
+        try:
+            code, reply = smtp.mail(self.sender)
+            if code == 421 and reused:
+                # A server ending an idle session answers the next command with 421 and
+                # closes (RFC 5321 3.8, 4.5.3.2.7): nothing of this message was sent.
+                _drop(session)
+                raise _SessionLost("421 on a reused session")
+            if code >= 400:
+                return self._refused(session, code, reply)
+            code, reply = smtp.rcpt(message.to)
+            if code >= 400:
+                return self._refused(session, code, reply)
+            data_sent = True
+            code, reply = smtp.data(data)
+            session.messages += 1
+            if code == 421:
+                _drop(session)  # the server closes the channel after a 421 (RFC 5321 3.8)
+            else:
+                self._give_back(session)
+            if code >= 400:
+                return _reply_result(code, reply)
+            return SendResult(
+                Outcome.ACCEPTED, provider_message_id=message_id(message.idempotency_key)
+            )
         except smtplib.SMTPResponseException as error:  # a reply outside the dialogue above
+            _drop(session)
+            if error.smtp_code == 421 and reused and not data_sent:
+                raise _SessionLost(type(error).__name__) from error
             return _reply_result(error.smtp_code, error.smtp_error)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as error:
+            _drop(session)
             if data_sent:
                 return SendResult(Outcome.UNCLEAR, reason=f"{type(error).__name__} after DATA")
+            if reused and not isinstance(error, TimeoutError):
+                raise _SessionLost(type(error).__name__) from error
             return SendResult(Outcome.RETRY, reason=type(error).__name__)
+
+    def _refused(self, session: _Session, code: int, reply) -> SendResult:
+        """MAIL or RCPT refused: the transaction is abandoned with RSET (RFC 5321 4.1.1.5)
+        and the session kept, unless the refusal closes it."""
+        if code == 421:
+            _drop(session)
+        else:
+            try:
+                session.smtp.rset()
+                self._give_back(session)
+            except (smtplib.SMTPException, OSError):
+                _drop(session)
+        return _reply_result(code, reply)
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         if not message.to:
             return SendResult(Outcome.REJECTED, reason="no email address")
         try:
-            email = self._build(message)
-            email.as_bytes()  # header values are checked when serialised, not when set
+            # Header values are checked when serialised, not when set. SMTP lines end in
+            # CRLF (RFC 5321 2.3.8); smtplib converts bare LFs only in text, so the bytes
+            # are made with the SMTP policy's line ends.
+            data = self._build(message).as_bytes(policy=SMTP_POLICY)
         except (ValueError, TypeError, UnicodeError) as error:
             # A header the email library refuses (a line break or other vertical space in a
             # rendered subject, an address it cannot parse) is this message's failure: nothing
@@ -160,7 +267,7 @@ class SmtpEmail(MessageProvider):
             return SendResult(
                 Outcome.REJECTED, reason=f"message cannot be built: {type(error).__name__}"
             )
-        return await asyncio.to_thread(self._send_blocking, message, email)
+        return await asyncio.to_thread(self._send_blocking, message, data)
 
     async def lookup(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
         if not self.lookup_url:
@@ -174,7 +281,21 @@ class SmtpEmail(MessageProvider):
         return SendResult(Outcome.ACCEPTED, provider_message_id=msg_id)
 
     async def aclose(self) -> None:
-        return None
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            await asyncio.to_thread(_quit, session)
+
+
+def _quit(session: _Session) -> None:
+    try:
+        session.smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        session.smtp.close()
+
+
+def _drop(session: _Session) -> None:
+    session.smtp.close()
 
 
 def _reply_result(code: int, reply: bytes | str) -> SendResult:

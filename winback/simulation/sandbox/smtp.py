@@ -28,6 +28,13 @@ class SmtpHandler:
     def __init__(self, state: SandboxState):
         self.state = state
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # Sessions, not messages: a client that reuses its sessions opens few.
+        with self.state.lock:
+            self.state.counters["smtp_sessions"] += 1
+        session.host_name = hostname
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if "@" not in address or address.split("@")[-1] in ("invalid", "example.invalid"):
             return "550 5.1.1 mailbox unavailable"
@@ -42,6 +49,8 @@ class SmtpHandler:
         reference = "".join(str(parsed.get("Message-ID", "")).split())  # unfold the header
         kind = self.state.fault_for(f"smtp|{reference}", FAULT_KINDS)
         if kind == "rate_limit":
+            # A 421 closes the transmission channel (RFC 5321 3.8): once the reply is out.
+            asyncio.get_running_loop().call_soon(server.transport.close)
             return "421 4.7.0 too many messages, slow down"
         if kind in ("server_error", "unavailable"):
             return "451 4.3.0 temporary failure, try again later"
