@@ -125,3 +125,20 @@ def test_dbt_runs_in_watcher_mode_unless_the_environment_says_local(dagbag, monk
     monkeypatch.setenv(cosmos_config.DBT_EXECUTION_MODE_ENV, "watch")
     with pytest.raises(ValueError, match="watcher"):
         cosmos_config.dbt_execution_mode()
+
+
+def test_the_daily_dbt_builds_run_data_tests_but_not_unit_tests(dagbag):
+    """Unit tests check logic on fixed inputs: `make test` runs them, the daily run does
+    not repeat them (dbt's advice). Every producer's build still runs the data tests."""
+    from winback.orchestration import cosmos_config
+
+    dag = dagbag.dags["winback_daily"]
+    producers = [
+        t for t in dag.tasks if t.task_id.endswith(f".{cosmos_config.PRODUCER_WATCHER_TASK_ID}")
+    ]
+    assert {t.task_id.split(".")[0] for t in producers} == {"dbt_customers", "dbt_features"}
+    for producer in producers:
+        exclude = producer.exclude
+        excluded = exclude.split() if isinstance(exclude, str) else list(exclude)
+        assert "resource_type:unit_test" in excluded and "resource_type:exposure" in excluded
+        assert "resource_type:test" not in excluded and producer.base_cmd == ["build"]

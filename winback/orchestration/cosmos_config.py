@@ -108,8 +108,12 @@ EXECUTION_CONFIG = ExecutionConfig(
 
 
 # The exposures (the Python stages that read the marts) document the flow in dbt docs; the
-# DAG runs those stages itself, so they are no dbt tasks.
-NOT_RENDERED = ["resource_type:exposure"]
+# DAG runs those stages itself, so they are no dbt tasks. dbt's unit tests check model
+# logic against fixed inputs, so a daily run would only repeat them on the same inputs:
+# dbt's docs recommend running them in development and CI only and excluding them from
+# production builds (docs.getdbt.com/docs/build/unit-tests, "When to run unit tests").
+# `make test` runs them: tests/test_dbt_models.py builds the whole project.
+NOT_RENDERED = ["resource_type:exposure", "resource_type:unit_test"]
 
 
 def render_config(select: list[str] | None = None, exclude: list[str] | None = None):
