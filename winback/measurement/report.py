@@ -298,14 +298,15 @@ def write(data: ReportData, folder: Path | None = None) -> tuple[Path, Path]:
     config.private_folder(folder)
     stem = f"{data.campaign_id}_{data.window_start}_{data.window_end}"
     figure = _figure(data)
-    png_path = folder / f"{stem}.png"
-    with config.open_private(png_path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+    # Rendered once: the same bytes are the chart file and the image inside the page.
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+    png_path = folder / f"{stem}.png"
+    with config.open_private(png_path, "wb") as handle:
+        handle.write(buffer.getvalue())
     image = base64.b64encode(buffer.getvalue()).decode()
     html_path = folder / f"{stem}.html"
     with config.open_private(html_path) as handle:
