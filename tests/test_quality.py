@@ -240,3 +240,43 @@ def test_a_tiny_audience_growing_passes_and_a_blow_up_fails(audiences):
         checks = quality.audience_growth_checks(conn, DAY, 3.0, 100)
     with pytest.raises(quality.QualityGateError, match="blow_up audience at most 3x"):
         quality.enforce("audiences", quality.run_checks("audiences", checks, DAY))
+
+
+def loaded_a_delivery(conn, load_date: date) -> None:
+    raw_schema.ensure_raw_schema(conn)
+    conn.execute(
+        "insert into raw.load_batches (load_date, table_name, source_file, rows_read,"
+        " rows_loaded, rows_quarantined) values (%s, 'orders', %s, 1, 1, 0)"
+        " on conflict do nothing",
+        (load_date, f"{load_date}/orders.csv"),
+    )
+    conn.commit()
+
+
+def test_growth_is_judged_against_the_last_day_that_loaded_a_delivery(audiences):
+    """A backfill: a delivery, days rebuilt without files (the audience ages away), then a
+    delivery of weeks of orders. The day before it is no yardstick; the last delivered is."""
+    raw_schema.ensure_raw_schema(audiences)
+    audiences.execute("delete from raw.load_batches")
+    audiences.commit()
+    delivered = DAY - timedelta(days=30)
+    loaded_a_delivery(audiences, delivered)
+    add_audience(audiences, "personal_timing", delivered, 180)
+    for back, size in ((20, 160), (10, 110), (1, 40)):  # rebuilt from the warehouse
+        add_audience(audiences, "personal_timing", DAY - timedelta(days=back), size)
+    add_audience(audiences, "personal_timing", DAY, 154)
+    loaded_a_delivery(audiences, DAY)
+    with db.connect() as conn:
+        assert quality.growth_baseline(conn, DAY) == (delivered, True)
+        (check,) = quality.audience_growth_checks(conn, DAY, 3.0, 100)
+    assert f"the previous delivered day's run (180 on {delivered})" in check.name
+    assert growth_outcomes(DAY) == {"personal_timing": True}
+    # Had the day before loaded a delivery too, 154 after 40 would be the jump to stop.
+    loaded_a_delivery(audiences, DAY - timedelta(days=1))
+    assert growth_outcomes(DAY) == {"personal_timing": False}
+    # With no delivered day before it at all, the latest run is the yardstick, as before.
+    audiences.execute("delete from raw.load_batches")
+    audiences.commit()
+    with db.connect() as conn:
+        assert quality.growth_baseline(conn, DAY) == (DAY - timedelta(days=1), False)
+    assert growth_outcomes(DAY) == {"personal_timing": False}

@@ -12,6 +12,10 @@ Three gates, each a GX expectation suite run on the warehouse:
   channel, and no audience that grew past `max_growth` x its previous run (a param
   overrides) unless it is still at most `growth_floor` customers: a campaign that
   reached 1 customer yesterday and 5 today is not a broken rule (`audience_growth_limit`).
+  The previous run is the latest earlier run of a day that loaded a delivery, when there
+  is one (`growth_baseline`): a day rebuilt from the warehouse knew no new data, so its
+  audiences drift (customers age out of their rules) and are no yardstick for a day that
+  brings weeks of orders at once.
 
 Each check's query returns one row of counts (rows present, rows breaking the rule) and
 the expectation bounds it: PostgreSQL does the work, and a per-row query never pulls ten
@@ -436,6 +440,35 @@ def audience_checks(
     return checks + audience_growth_checks(conn, run_date, max_growth, growth_floor)
 
 
+def growth_baseline(conn: psycopg.Connection, run_date: date) -> tuple[date | None, bool]:
+    """The run whose audiences today's are compared with, and whether its day loaded data.
+
+    The latest earlier run of a day with a row in `raw.load_batches`; without one, the
+    latest earlier run. Every day of a daily schedule loads its delivery, so there both
+    are yesterday. In a backfill, days without files are rebuilt from what the last
+    delivery said, and their audiences shrink as customers age past their rules' windows;
+    the day a delivery of several weeks lands is compared with the last day that also
+    loaded one, not with the shrunken day before it.
+    """
+    has_batches = conn.execute("select to_regclass('raw.load_batches') is not null").fetchone()[0]
+    delivered = None
+    if has_batches:
+        delivered = conn.execute(
+            """
+            select max(a.run_date) from winback.campaign_audiences a
+            where a.run_date < %s
+              and exists (select 1 from raw.load_batches b where b.load_date = a.run_date)
+            """,
+            (run_date,),
+        ).fetchone()[0]
+    if delivered is not None:
+        return delivered, True
+    latest = conn.execute(
+        "select max(run_date) from winback.campaign_audiences where run_date < %s", (run_date,)
+    ).fetchone()[0]
+    return latest, False
+
+
 def audience_growth_checks(
     conn: psycopg.Connection, run_date: date, max_growth: float, growth_floor: int
 ) -> list[Check]:
@@ -444,24 +477,22 @@ def audience_growth_checks(
 
     day = run_date.isoformat()
     checks = []
+    baseline, delivered = growth_baseline(conn, run_date)
     previous = dict(
         conn.execute(
-            """
-            select campaign_id, count(*) from winback.campaign_audiences
-            where run_date = (select max(run_date) from winback.campaign_audiences
-                              where run_date < %s)
-            group by 1
-            """,
-            (run_date,),
+            "select campaign_id, count(*) from winback.campaign_audiences"
+            " where run_date = %s group by 1",
+            (baseline,),
         ).fetchall()
     )
+    which = "the previous delivered day's run" if delivered else "the previous run"
     for campaign_id, size in sorted(previous.items()):
         if not re.fullmatch(r"[a-z0-9_]+", campaign_id):  # ids are validated; be sure anyway
             raise QualityGateError(f"unexpected campaign id in the audience table: {campaign_id!r}")
         limit = audience_growth_limit(size, max_growth, growth_floor)
         checks.append(
             Check(
-                f"{campaign_id} audience at most {max_growth:g}x the previous run ({size})"
+                f"{campaign_id} audience at most {max_growth:g}x {which} ({size} on {baseline})"
                 f" or {growth_floor} customers",
                 "select count(*) as audience_size from winback.campaign_audiences "
                 f"where run_date = '{day}' and campaign_id = '{campaign_id}'",
