@@ -43,7 +43,7 @@ test: venv browser ## Run every test: lint, unit, integration (real PostgreSQL),
 	$(BIN)/python -m pytest
 
 .PHONY: test-quick
-test-quick: venv ## The inner loop: every test that needs no PostgreSQL (about a minute)
+test-quick: venv ## The inner loop: every test that needs no PostgreSQL (under a minute)
 	$(BIN)/python -m pytest -m "not integration" -q
 
 .PHONY: test-backfill

@@ -161,7 +161,7 @@ def test_feedback_events_follow_the_configured_rates(http):
 
 def test_twilio_messages_are_queued_then_sent_and_listed_late_page_by_page(http):
     """Queued with date_sent null, a list that lags, GMT DateSent filters, real pages."""
-    handle = sandbox.start_sandbox(smtp=False, queue_seconds=4.0, list_lag=0.6)
+    handle = sandbox.start_sandbox(smtp=False, queue_seconds=2.5, list_lag=0.6)
     try:
         created = [send_sms(http, handle.url, f"r{i}").json() for i in range(5)]
         last_created = time.monotonic()
@@ -181,7 +181,7 @@ def test_twilio_messages_are_queued_then_sent_and_listed_late_page_by_page(http)
             seen += [m["sid"] for m in page["messages"]]
             url, params = page["next_page_uri"], None
         assert seen == [m["sid"] for m in reversed(created)], "newest first, each once"
-        time.sleep(max(0.0, last_created + 4.2 - time.monotonic()))
+        time.sleep(max(0.0, last_created + 2.7 - time.monotonic()))
         sent = http.get(f"{handle.url}{TWILIO}", params=by_date, auth=TWILIO_AUTH).json()
         assert len(sent["messages"]) == 5 and all(m["status"] == "sent" for m in sent["messages"])
         wrong = http.post(f"{handle.url}{TWILIO}", data={"To": "+1"}, auth=("ACsandbox", "no"))
