@@ -38,6 +38,12 @@ def airflow_environment() -> dict[str, str]:
         # cosmos keeps dbt's partial-parse file between tasks; in /tmp (its default) every
         # checkout on the machine would share one and re-parse the project on each switch.
         "AIRFLOW__COSMOS__CACHE_DIR": str(config.STATE_DIR / "cosmos"),
+        # cosmos' watcher build copies its node results to an Airflow Variable on every
+        # result (the whole, growing set, compiled SQL included: quadratic in the nodes)
+        # so a retried build can restore them. winback's builds are never retried (see
+        # cosmos_config.dbt_task_group); with this off, cosmos still writes the Variable
+        # once when a build fails, and a cleared build falls back to one task per model.
+        "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         "DO_NOT_TRACK": "1",
