@@ -17,7 +17,7 @@ import pytest
 from winback import config
 from winback.campaigns import audiences
 from winback.delivery import sync
-from winback.delivery.providers import Outcome, OutgoingMessage, parse_connection
+from winback.delivery.providers import Outcome, OutgoingMessage, SendResult, parse_connection
 from winback.delivery.providers.mailchimp import MailchimpAudience, subscriber_hash
 from winback.delivery.providers.popup import PopupCsvExport, PopupWebhook
 from winback.delivery.providers.ratelimit import RateLimits
@@ -495,3 +495,68 @@ def test_a_row_scheduled_for_later_waits_for_its_time_and_not_past_its_window(wa
     assert states[keys[0]][0] == "acknowledged"
     assert states[keys[1]][0] == "skipped" and "send window missed" in states[keys[1]][2]
     assert set(box.accepted()["messages_by_reference"]) == {keys[0], keys[2]}
+
+
+class _Handshake:
+    """Two fake providers whose sends wait for each other: only channels synced side by
+    side can finish (one channel after the other would wait forever)."""
+
+    def __init__(self):
+        self.arrived = {"email": asyncio.Event(), "sms": asyncio.Event()}
+
+    def provider(self, channel: str, other: str):
+        handshake = self
+
+        class Provider:
+            name = f"handshake_{channel}"
+            limits = RateLimits(1000.0, 4, 5.0)
+            can_lookup = False
+            negative_lookup_trusted_after = 0.0
+
+            async def send(self, message):
+                handshake.arrived[channel].set()
+                await asyncio.wait_for(handshake.arrived[other].wait(), timeout=10)
+                return SendResult(Outcome.ACCEPTED, provider_message_id=message.idempotency_key)
+
+            async def lookup(self, message, since):
+                return None
+
+            async def aclose(self):
+                return None
+
+        return Provider()
+
+
+def test_channels_are_synced_side_by_side_and_one_failing_does_not_stop_the_other(warehouse):
+    customers = add_customers(warehouse, 6)
+    enqueue(warehouse, customers[:3], "email")
+    enqueue(warehouse, customers[3:], "sms")
+    handshake = _Handshake()
+    providers = {
+        "email": handshake.provider("email", "sms"),
+        "sms": handshake.provider("sms", "email"),
+    }
+    result = sync.run(warehouse, RUN, "live", providers, {}, collect_feedback=False)
+    assert result.by_provider == {
+        "handshake_email": {"acknowledged": 3},
+        "handshake_sms": {"acknowledged": 3},
+    }
+
+    # A channel whose run raises (here its provider cannot close) fails the sync, but only
+    # after the other channel has sent all it had.
+    customers = add_customers(warehouse, 4, start=100)
+    enqueue(warehouse, customers[:2], "email")
+    enqueue(warehouse, customers[2:], "sms")
+    handshake = _Handshake()
+    broken = handshake.provider("email", "sms")
+
+    async def cannot_close():
+        raise RuntimeError("connection pool broken")
+
+    broken.aclose = cannot_close
+    providers = {"email": broken, "sms": handshake.provider("sms", "email")}
+    with pytest.raises(RuntimeError, match="connection pool broken"):
+        sync.run(warehouse, RUN, "live", providers, {}, collect_feedback=False)
+    warehouse.rollback()
+    statuses = {key: row[0] for key, row in ledger_rows(warehouse).items()}
+    assert list(statuses.values()).count("acknowledged") == 3 + 3 + 2 + 2

@@ -55,6 +55,26 @@ def made_with_demo_key(conn: psycopg.Connection, keys: list[str]) -> set[str]:
     return {key for (key,) in rows}
 
 
+async def _sync_channels(
+    conn: psycopg.Connection,
+    channels: list[tuple[MessageProvider, list[dict]]],
+    run_date: date,
+    result: SyncResult,
+) -> None:
+    """Every channel at once, each through its own provider and limiter: a slow SMS
+    provider does not hold the emails back. They share one connection safely, because
+    every ledger write is a synchronous call that finishes before another channel runs.
+    A channel that raises does not stop the others; the first error is raised once all
+    have finished."""
+    outcomes = await asyncio.gather(
+        *(sync_channel(conn, provider, rows, run_date, result) for provider, rows in channels),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 def run(
     conn: psycopg.Connection,
     run_date: date,
@@ -101,6 +121,7 @@ def run(
             len(demo_made),
         )
     progress.log_send_capacity(progress.send_plans(providers, by_channel), SEND_WINDOW_HOURS)
+    channels = []
     for channel, rows in sorted(by_channel.items()):
         provider = providers.get(channel)
         if provider is None:
@@ -108,7 +129,8 @@ def run(
             result.count(f"unconfigured:{channel}", "waiting", len(rows))
             continue
         result.by_channel[channel] = len(rows)
-        asyncio.run(sync_channel(conn, provider, rows, run_date, result))
+        channels.append((provider, rows))
+    asyncio.run(_sync_channels(conn, channels, run_date, result))
     result.deferred = ledger.deferred(conn, run_date)
     audiences = audience_providers() if audiences is None else audiences
     for name, provider in audiences.items():
