@@ -36,7 +36,6 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -74,8 +73,7 @@ def demo_database() -> str:
         loaded = conn.execute("select to_regclass('raw.load_batches') is not null").fetchone()[0]
     if not loaded:
         raise SystemExit(f"no demo shop in {db.redacted(url)}: run `make demo` first")
-    # The path, not the last "/": the URL's ?passfile= holds a path of its own.
-    return urlsplit(url).path.lstrip("/")
+    return db.database_name(url)
 
 
 def live_sends(url: str) -> int:

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -176,8 +175,7 @@ class DailyDagRun:
         """A copy of this warehouse (a database of the session), so a test that changes
         it never changes what the other tests read; returns its URL."""
         url = create_database(suffix)
-        # The path names the database; the query may name the password file.
-        name, source = (urlsplit(u).path.lstrip("/") for u in (url, self.url))
+        name, source = db.database_name(url), db.database_name(self.url)
         with psycopg.connect(db.with_database(url, "postgres"), autocommit=True) as conn:
             conn.execute(f'drop database "{name}"')
             conn.execute(f'create database "{name}" template "{source}"')

@@ -42,6 +42,12 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def database_name(url: str) -> str:
+    """The database a URL names: its path, never the text after its last "/" (the query's
+    `passfile=` holds a path of its own). Empty when the URL names none."""
+    return urlsplit(url).path.lstrip("/")
+
+
 def ensure_airflow_database() -> None:
     from winback.local.embedded_pg import ensure_databases
 
@@ -83,7 +89,7 @@ def dbt_env(url: str | None = None) -> dict[str, str]:
         "WINBACK_PG_PORT": str(parts.port or 5432),
         "WINBACK_PG_USER": unquote(parts.username or "postgres"),
         "WINBACK_PG_PASSWORD": unquote(parts.password or ""),
-        "WINBACK_PG_DBNAME": parts.path.lstrip("/") or config.WAREHOUSE_DB_NAME,
+        "WINBACK_PG_DBNAME": database_name(url) or config.WAREHOUSE_DB_NAME,
     }
     passfile = password_file(url)
     if passfile:

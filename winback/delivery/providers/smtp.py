@@ -14,8 +14,9 @@ queried by Message-ID) that settles it.
 
 Sessions are kept open and reused, one message after another (RFC 5321 3.3: a mail
 transaction ends with the reply to DATA, and the next MAIL starts a new one), as ESPs ask
-of bulk senders (SendGrid, Amazon SES and Mailgun all recommend many messages per
-connection): the TCP and TLS handshakes, the greeting, EHLO and AUTH are paid once per
+of bulk senders (SendGrid takes up to 5,000 messages per connection; SocketLabs
+encourages several, up to 50: docs/providers.md): the TCP and TLS handshakes, the
+greeting, EHLO and AUTH are paid once per
 `messages_per_connection` messages instead of once per message. A session is dropped
 after any doubt about its state: a 421 (the server closes the channel), an error after
 DATA, a timeout. A reused session found closed before the message went out (the server's
