@@ -310,6 +310,9 @@ def _write_no_follow(path: Path, text: str, *, append: bool = False) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "w") as handle:
+        # The mode above applies only to a new file: one an older winback made 0644 is
+        # made private too.
+        os.fchmod(handle.fileno(), 0o600)
         account = _server_account()
         if account is not None:
             os.fchown(handle.fileno(), account.pw_uid, account.pw_gid)
@@ -340,6 +343,7 @@ def _lock(root: Path) -> Iterator[None]:
     """Serialise set-up between concurrent `make` targets or test workers."""
     fd = os.open(config.STATE_DIR / "pg.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # also when an older winback created it 0644
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
