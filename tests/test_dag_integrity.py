@@ -142,3 +142,20 @@ def test_the_daily_dbt_builds_run_data_tests_but_not_unit_tests(dagbag):
         excluded = exclude.split() if isinstance(exclude, str) else list(exclude)
         assert "resource_type:unit_test" in excluded and "resource_type:exposure" in excluded
         assert "resource_type:test" not in excluded and producer.base_cmd == ["build"]
+
+
+def test_every_dbt_task_gets_the_logical_date_in_its_environment_not_as_a_var(dagbag):
+    """`as_of_date()` reads WINBACK_AS_OF_DATE; a --vars that changed every day made dbt
+    parse the whole project again on each build (tests/test_dbt_models.py runs dbt)."""
+    from winback.orchestration import cosmos_config
+
+    gate = f".{cosmos_config.PRODUCER_WATCHER_DONE_TASK_ID}"  # cosmos' gate: no dbt in it
+    dbt_tasks = [
+        t
+        for t in dagbag.dags["winback_daily"].tasks
+        if t.task_id.startswith("dbt_") and not t.task_id.endswith(gate)
+    ]
+    assert len(dbt_tasks) > 20
+    for task in dbt_tasks:
+        assert task.env[cosmos_config.AS_OF_DATE_ENV] == "{{ ds }}", task.task_id
+        assert not task.vars, task.task_id

@@ -194,6 +194,35 @@ def test_history_is_the_same_whatever_the_order_of_runs(warehouse):
     assert {d for d, _ in per_day} >= set(days)
 
 
+def test_the_dags_run_date_comes_from_the_environment_and_keeps_the_partial_parse(
+    warehouse, tmp_path, monkeypatch
+):
+    """The DAG gives dbt its logical date as WINBACK_AS_OF_DATE, not as --vars: a var that
+    changes every day made dbt parse the whole project again on every daily build."""
+    compiled = tmp_path / "compiled" / "winback" / "models" / "intermediate" / "int_order_days.sql"
+
+    def compile_on(day: str) -> tuple[int, str, str]:
+        """dbt's exit code, the compiled model and dbt's log, for a run on `day`."""
+        monkeypatch.setenv("WINBACK_AS_OF_DATE", day)
+        logs = tmp_path / f"logs-{len(list(tmp_path.glob('logs-*')))}"
+        args = ["compile", "--select", "int_order_days", "--target-path", str(tmp_path)]
+        code = dbt_runner.run_dbt([*args, "--log-path", str(logs), "--quiet"])
+        sql = compiled.read_text() if compiled.exists() else ""
+        return code, sql, (logs / "dbt.log").read_text()
+
+    with using_database(warehouse["url"]):
+        first, first_sql, _ = compile_on(DAY.isoformat())
+        second, second_sql, second_log = compile_on(NEXT.isoformat())
+        bad, _, bad_log = compile_on("2026-11-31; drop table x")
+    assert first == 0 and second == 0
+    assert f"cast('{DAY}' as date)" in first_sql
+    assert f"cast('{NEXT}' as date)" in second_sql and str(DAY) not in second_sql
+    assert "Unable to do partial parsing" not in second_log
+    assert "Partial parsing enabled" in second_log
+    assert bad != 0
+    assert "WINBACK_AS_OF_DATE=2026-11-31; drop table x: expected a date" in bad_log
+
+
 def test_docs_generate_and_every_model_is_documented_column_by_column_and_tested(
     warehouse, tmp_path
 ):

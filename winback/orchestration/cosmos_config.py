@@ -51,9 +51,12 @@ DEFAULT_ARGS = {
     "on_failure_callback": alerts.on_task_failure,
 }
 
-# dbt variables every model run receives: the run date is the DAG's logical date, so a
-# backfill of day D rebuilds day D's state.
-DBT_VARS = {"as_of_date": "{{ ds }}"}
+# The run date every dbt task receives is the DAG's logical date, so a backfill of day D
+# rebuilds day D's state. It goes in an environment variable, which the `as_of_date()`
+# macro reads while executing, and not in --vars: dbt parses the whole project again
+# whenever the vars differ from the last run's, and they would differ every day.
+AS_OF_DATE_ENV = "WINBACK_AS_OF_DATE"
+DBT_ENV = {AS_OF_DATE_ENV: "{{ ds }}"}
 
 
 def _export_connection_settings() -> None:
@@ -74,6 +77,7 @@ PROJECT_CONFIG = ProjectConfig(
     project_name="winback",
     install_dbt_deps=False,
     partial_parse=True,
+    env_vars=DBT_ENV,  # every dbt task's environment, rendered at run time
 )
 
 PROFILE_CONFIG = ProfileConfig(
@@ -141,7 +145,6 @@ def warehouse_asset(schema: str, table: str):
 
 
 DBT_OPERATOR_ARGS = {
-    "vars": DBT_VARS,
     "pool": WAREHOUSE_WRITES_POOL,
 }
 
