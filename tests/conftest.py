@@ -208,7 +208,7 @@ def daily_dag_run(session_database, tmp_path_factory) -> DailyDagRun:
     a run for `day`, which measures the window.
     """
     from winback.campaigns import campaign_files as campaigns
-    from winback.local import airflow_env, dbt_runner
+    from winback.local import airflow_env, airflow_session, dbt_runner
     from winback.measurement import windows as measurement
     from winback.simulation import demo, simulator
 
@@ -222,20 +222,28 @@ def daily_dag_run(session_database, tmp_path_factory) -> DailyDagRun:
     assert window, f"we_miss_you should have a window closing on {day}"
     logs = tmp_path_factory.mktemp("logs")
 
-    def run_daily(run_day: date) -> bool:
-        log_path = logs / f"winback_daily_{run_day}.log"
-        result = run_daily_dag(landing, run_day, log_path)
-        text = log_path.read_text(errors="replace")
-        assert result.returncode == 0, text[-6000:]
-        assert "Marking task as FAILED" not in text, text[-6000:]
-        return True
-
     with using_database(create_database("daily_dag")) as url:
         dbt_runner.write_manifest()
         airflow_env.migrate_metadata_db()
-        played = demo.play_campaign_window(
-            settings, window, landing, run_daily, lambda: psycopg.connect(url)
-        )
+        # Both days in one Airflow session, as `make demo` runs them; the rerun in
+        # test_end_to_end is a cold `airflow dags test` of its own.
+        session = airflow_session.AirflowSession({"WINBACK_LANDING_DIR": str(landing)})
+
+        def run_daily(run_day: date) -> bool:
+            log_path = logs / f"winback_daily_{run_day}.log"
+            with open(log_path, "w") as handle:
+                code = session.run(
+                    ["dags", "test", "winback_daily", run_day.isoformat()], handle.write
+                )
+            text = log_path.read_text(errors="replace")
+            assert code == 0, text[-6000:]
+            assert "Marking task as FAILED" not in text, text[-6000:]
+            return True
+
+        with session:
+            played = demo.play_campaign_window(
+                settings, window, landing, run_daily, lambda: psycopg.connect(url)
+            )
         assert played is not None, "a day of the campaign window failed"
     log_path = logs / f"winback_daily_{day}.log"
     return DailyDagRun(day, landing, log_path, url, window)

@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from winback.campaigns import campaign_files as campaigns
     from winback.campaigns import personalization
-    from winback.local import airflow_env, dbt_runner
+    from winback.local import airflow_env, airflow_session, dbt_runner
     from winback.measurement import windows as measurement
     from winback.orchestration import progress, run_order
     from winback.simulation import return_path, sandbox, simulator
@@ -345,7 +345,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"      providers: the sandbox at {providers.url} (5% injected faults)")
             print(f"      its connections declare: {limits}")
             print(f"      return path: winback serve at {os.environ['WINBACK_PUBLIC_URL']}")
-            return _demo_days(args, landing, settings, windows, window, providers, clock, preparing)
+            # Both days' `airflow dags test` run in one process, which starts loading
+            # Airflow now, beside the shop's simulation (it has the providers' connections).
+            with airflow_session.AirflowSession() as airflow:
+                return _demo_days(
+                    args, landing, settings, windows, window, providers, clock, preparing, airflow
+                )
     finally:
         _report_demo_timings(clock, load_at_start, args.customers)
 
@@ -375,7 +380,9 @@ def _report_demo_timings(clock, load_at_start, customers: int) -> None:
     path.write_text(json.dumps(record, indent=2))
 
 
-def _demo_days(args, landing, settings, windows, window, providers, clock, preparing) -> int:
+def _demo_days(
+    args, landing, settings, windows, window, providers, clock, preparing, airflow
+) -> int:
     from winback import summary
     from winback.measurement import report
     from winback.simulation import demo, simulator
@@ -395,7 +402,7 @@ def _demo_days(args, landing, settings, windows, window, providers, clock, prepa
             set_up_done()
         print(f"[3/5] shop data after it, up to {args.date}: {folder}")
         with clock.stage(f"DAG run {args.date}"):
-            if not _run_daily_dag(args.date, "demo-airflow.log"):
+            if not _run_daily_dag(airflow, args.date, "demo-airflow.log"):
                 return 1
     else:
         log_names = {window.window_start: "demo-airflow-window-start.log"}
@@ -403,7 +410,7 @@ def _demo_days(args, landing, settings, windows, window, providers, clock, prepa
         def run_daily(day: date) -> bool:
             set_up_done()  # the shop was simulated meanwhile; dbt and Airflow are ready now
             with clock.stage(f"DAG run {day}"):
-                if not _run_daily_dag(day, log_names.get(day, "demo-airflow.log")):
+                if not _run_daily_dag(airflow, day, log_names.get(day, "demo-airflow.log")):
                     return False
                 # The next day's journeys branch on what came back: wait for it to land.
                 _report_webhooks(providers)
@@ -480,8 +487,9 @@ def _demo_coupon_secret() -> str:
     return path.read_text().strip()
 
 
-def _run_daily_dag(day: date, log_name: str) -> bool:
-    """`airflow dags test winback_daily` for one demo day, sending live to the sandbox.
+def _run_daily_dag(airflow, day: date, log_name: str) -> bool:
+    """`airflow dags test winback_daily` for one demo day, sending live to the sandbox, in
+    the demo's Airflow session (`winback.local.airflow_session`).
 
     Each task is printed as it finishes (n of N, name, seconds), with the progress the
     tasks report themselves; everything goes to the log file. False, with the log's tail,
@@ -489,7 +497,6 @@ def _run_daily_dag(day: date, log_name: str) -> bool:
     """
     import time
 
-    from winback.local import airflow_env
     from winback.orchestration import progress
 
     log_path = config.STATE_DIR / log_name
@@ -502,7 +509,7 @@ def _run_daily_dag(day: date, log_name: str) -> bool:
             handle.write(line)
             watch.feed(line)
 
-        returncode = airflow_env.stream_airflow(
+        returncode = airflow.run(
             ["dags", "test", "winback_daily", day.isoformat(), "-c", json.dumps(DEMO_RUN_CONF)],
             on_line,
         )
