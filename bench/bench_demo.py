@@ -10,7 +10,7 @@ has); the demo times its own stages (`.winback/demo-timings.json`: set-up, each 
 the campaign responses, the summary, the reports). The load average before and after is
 recorded with the figures: on a shared machine they are upper bounds, and the goal
 (`make demo` under 300 s on two cores, set-up included) is judged on a quiet one (load
-average below 0.5).
+average below 0.5 before the demo starts; the load at its end is its own).
 
 Results go to `.winback/bench/demo.json` and the "The demo on a fresh clone" section of
 BENCHMARKS.md (between the markers below; the rest of the file is left as it is).
@@ -93,10 +93,12 @@ def markdown(result: dict) -> str:
     total = result["make_venv_seconds"] + result["make_demo_seconds"]
     stages = result["stages"]
     demo_overhead = result["make_demo_seconds"] - sum(stages.values())
-    quiet = max(result["load_average_start"][0], result["load_average_end"][0]) < 0.5
+    # Quiet means nothing else ran: the load before the demo. The load after it is the
+    # demo's own (its dbt, Airflow, sandbox and PostgreSQL keep both cores busy).
+    quiet = result["load_average_start"][0] < 0.5
     load = (
         f"load average {result['load_average_start'][0]:.2f} before,"
-        f" {result['load_average_end'][0]:.2f} after (1 min)"
+        f" {result['load_average_end'][0]:.2f} after, from the demo's own processes (1 min)"
     )
     lines = [
         START,
@@ -116,7 +118,8 @@ def markdown(result: dict) -> str:
         f" {result['make_venv_seconds']:.1f} |",
     ]
     names = {
-        "set-up": "set-up: warehouse, dbt manifest, Airflow's database, sandbox, simulated shop",
+        "set-up": "set-up: warehouse, dbt manifest, Airflow's database, sandbox",
+        "simulated shop": "the simulated shop, up to the window's start (first day's files)",
         "responses": "the window's targets respond (second day's files)",
         "summary": "summary",
         "reports": "campaign reports",

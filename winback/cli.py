@@ -408,7 +408,8 @@ def _demo_days(
         log_names = {window.window_start: "demo-airflow-window-start.log"}
 
         def run_daily(day: date) -> bool:
-            set_up_done()  # the shop was simulated meanwhile; dbt and Airflow are ready now
+            with clock.stage("set-up"):
+                set_up_done()  # the shop was simulated meanwhile; dbt and Airflow are ready now
             with clock.stage(f"DAG run {day}"):
                 if not _run_daily_dag(airflow, day, log_names.get(day, "demo-airflow.log")):
                     return False
@@ -417,7 +418,7 @@ def _demo_days(
             return True
 
         played = demo.play_campaign_window(
-            settings, window, landing, run_daily, db.connect, print, windows
+            settings, window, landing, run_daily, db.connect, print, windows, clock.stage
         )
         if played is None:
             return 1

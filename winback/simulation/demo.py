@@ -26,7 +26,7 @@ dirtier shop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -147,11 +147,13 @@ def play_campaign_window(
     connect: Callable[[], AbstractContextManager[psycopg.Connection]],
     say: Callable[[str], None] = lambda text: None,
     windows: list[CampaignWindow] | None = None,
+    stage: Callable[[str], AbstractContextManager] = lambda name: nullcontext(),
 ) -> dict[str, dict[str, float]] | None:
     """The scenario above, for the shop of `settings` and the window closing on its date.
 
     `run_daily(day)` runs the daily DAG for a day on `landing` and says whether it
-    succeeded; `connect()` opens the warehouse it runs on; `say` hears the progress.
+    succeeded; `connect()` opens the warehouse it runs on; `say` hears the progress;
+    `stage(name)` times the simulation's own steps (the demo's `StageClock`).
     Returns the simulation's true uplifts of the `windows` measured on the last day (and
     of the program against the global control: `simulation_truths`) once both days ran;
     None when a day failed.
@@ -162,18 +164,20 @@ def play_campaign_window(
         f"[2/5] shop data up to {window_start} (start of the window"
         f" {window_start}..{window.window_end}): {first_folder}"
     )
-    frames = simulator.simulate_shop(settings)
-    first, later = split_at(frames, window_start)
-    # A delivery written before is complete once its manifest exists (written last).
-    if not (first_folder / MANIFEST_NAME).exists():
-        simulator.write_landing_files(first, first_folder)
+    with stage("simulated shop"):
+        frames = simulator.simulate_shop(settings)
+        first, later = split_at(frames, window_start)
+        # A delivery written before is complete once its manifest exists (written last).
+        if not (first_folder / MANIFEST_NAME).exists():
+            simulator.write_landing_files(first, first_folder)
     if not run_daily(window_start):
         return None
-    with connect() as conn:
-        targets = audience_targets(conn, window_start)
-    later = add_campaign_responses(later, targets, window, settings)
-    simulator.write_landing_files(later, landing / day.isoformat())
-    truths = simulation_truths(frames["orders"], targets, windows or [window], window, settings)
+    with stage("responses"):
+        with connect() as conn:
+            targets = audience_targets(conn, window_start)
+        later = add_campaign_responses(later, targets, window, settings)
+        simulator.write_landing_files(later, landing / day.isoformat())
+        truths = simulation_truths(frames["orders"], targets, windows or [window], window, settings)
     uplifts = ", ".join(
         f"{c} +{settings.campaign_uplifts.get(c, settings.campaign_uplift):.0%}"
         for c in sorted(set(targets["campaign_id"]))
