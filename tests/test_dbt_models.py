@@ -223,6 +223,22 @@ def test_the_dags_run_date_comes_from_the_environment_and_keeps_the_partial_pars
     assert "WINBACK_AS_OF_DATE=2026-11-31; drop table x: expected a date" in bad_log
 
 
+def test_the_set_up_parse_is_the_one_the_dags_first_build_reuses(warehouse, tmp_path):
+    """`winback dbt-manifest` names dbt's profile and target as cosmos does on every build;
+    without them dbt parsed the whole project again in the first build of each group."""
+    from winback.orchestration.cosmos_config import PROFILE_CONFIG
+
+    as_cosmos = ["--profile", PROFILE_CONFIG.profile_name, "--target", PROFILE_CONFIG.target_name]
+    with using_database(warehouse["url"]):
+        dbt_runner.write_manifest()
+        args = ["compile", "--select", "int_order_days", *as_cosmos, "--log-path", str(tmp_path)]
+        code = dbt_runner.run_dbt([*args, "--quiet"])
+    log = (tmp_path / "dbt.log").read_text()
+    assert code == 0
+    assert "Unable to do partial parsing" not in log
+    assert "Partial parsing enabled" in log
+
+
 def test_docs_generate_and_every_model_is_documented_column_by_column_and_tested(
     warehouse, tmp_path
 ):

@@ -80,6 +80,13 @@ def configured_database_url() -> str | None:
     return url or None
 
 
+# dbt's profile and target, as dbt_project/profiles/profiles.yml names them. Cosmos names
+# both on every dbt command, and so does `winback dbt-manifest`: dbt parses the whole
+# project again when they differ from the last parse's, so the set-up's parse is then the
+# one the DAG's first builds reuse.
+DBT_PROFILE_NAME = "winback"
+DBT_TARGET_NAME = "dev"
+
 # Airflow: the warehouse connection id, and the pool that keeps dbt builds and provider
 # syncs from overlapping (one slot).
 WAREHOUSE_CONN_ID = "winback_warehouse"

@@ -119,7 +119,10 @@ def write_manifest() -> Path:
 
     write_local_profile()
     exposures.write_campaign_exposures()
-    code = run_dbt(["parse", "--quiet"])
+    # The profile and target as cosmos names them, so the DAG's first build reuses this
+    # parse instead of parsing again (config.DBT_PROFILE_NAME).
+    profile = ["--profile", config.DBT_PROFILE_NAME, "--target", config.DBT_TARGET_NAME]
+    code = run_dbt(["parse", "--quiet", *profile])
     manifest = config.DBT_PROJECT_DIR / "target" / "manifest.json"
     if code != 0 or not manifest.exists():
         raise RuntimeError("dbt parse failed: the dbt project does not compile")

@@ -81,8 +81,8 @@ PROJECT_CONFIG = ProjectConfig(
 )
 
 PROFILE_CONFIG = ProfileConfig(
-    profile_name="winback",
-    target_name="dev",
+    profile_name=config.DBT_PROFILE_NAME,
+    target_name=config.DBT_TARGET_NAME,
     profiles_yml_filepath=config.DBT_PROJECT_DIR / "profiles" / "profiles.yml",
 )
 
