@@ -75,26 +75,6 @@ def run_airflow(args: list[str], check: bool = True, **kwargs) -> subprocess.Com
     )
 
 
-def stream_airflow(args: list[str], on_line) -> int:
-    """Run the airflow CLI, handing each line of its output (stdout and stderr) to
-    `on_line` as it comes; returns the exit code. Unbuffered, so a task's progress shows
-    when it happens, not when a buffer fills."""
-    config.private_folder(airflow_home())
-    env = {**airflow_environment(), "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [str(airflow_executable()), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-    ) as process:
-        for line in process.stdout:
-            on_line(line)
-    return process.returncode
-
-
 def migrate_metadata_db() -> None:
     """Create or upgrade Airflow's metadata database (idempotent) and the DAG's pools."""
     db.ensure_airflow_database()
