@@ -45,6 +45,9 @@ TABLES = {  # table -> its key, for a stable order; columns set by the database 
     "tracked_links": "code",
 }
 LEFT_OUT = {"built_at", "created_at", "updated_at"}
+# How the engines store which day a journey was advanced through differs (the set-based one
+# writes back only the journeys a run changed and logs the run); what it means must not.
+STORED_ADVANCE = {"advanced_through", "written_by_run"}
 
 
 def _comparable(value):
@@ -57,9 +60,15 @@ def _comparable(value):
 def snapshot(conn) -> dict[str, list[tuple]]:
     """Every output table's rows in key order, without the columns the database stamps."""
     found = {}
+    as_read = journeys.advanced_through_sql("t").as_string(conn)
     for table, key in TABLES.items():
-        cursor = conn.execute(f"select * from winback.{table} order by {key}")
-        keep = [i for i, c in enumerate(cursor.description) if c.name not in LEFT_OUT]
+        if table == "journey_state":
+            query = f"select t.*, {as_read} as advanced_through_as_read from winback.{table} t"
+            left_out = LEFT_OUT | STORED_ADVANCE
+        else:
+            query, left_out = f"select * from winback.{table} t", LEFT_OUT
+        cursor = conn.execute(f"{query} order by {key}")
+        keep = [i for i, c in enumerate(cursor.description) if c.name not in left_out]
         names = tuple(cursor.description[i].name for i in keep)
         found[table] = [names] + [
             tuple(_comparable(row[i]) for i in keep) for row in cursor.fetchall()

@@ -325,6 +325,63 @@ def test_a_rerun_of_a_day_changes_nothing(shop):
     assert len(shop.outbox()) == outbox
 
 
+def advanced_through(shop: Shop, campaign_id: str, customer_id: str) -> date:
+    """The day the journey was advanced through, as the engine reads it."""
+    query = journeys.advanced_through_sql("j").as_string(shop.conn)
+    return shop.conn.execute(
+        f"select {query} from winback.journey_state j "
+        "where j.campaign_id = %s and j.customer_id = %s",
+        (campaign_id, customer_id),
+    ).fetchone()[0]
+
+
+def test_a_day_writes_back_only_the_journeys_it_changed_and_still_never_repeats_a_day(shop):
+    """A journey waiting between steps is not rewritten every day; the run's log says it was
+    advanced. So a rerun or a backfill after the world changed still leaves it alone (its
+    days were seen), and the next new day sees the change."""
+    campaign = shipped("we_miss_you")
+    shop.add("waiting", rfm_segment="At risk")
+    run_days(shop, [campaign], range(0, 6))
+    stored = shop.journey("we_miss_you", "waiting")
+    assert stored["advanced_through"] == day(0)  # written on day 0 (first touch), not since
+    assert advanced_through(shop, "we_miss_you", "waiting") == day(5)
+    runs = shop.conn.execute(
+        "select count(*) from winback.journey_runs where campaign_id = 'we_miss_you'"
+    ).fetchone()[0]
+    assert runs == 6
+
+    shop.update("waiting", is_email_subscribed=False)
+    run_days(shop, [campaign], [5, 3])  # a rerun of day 5 and a backfill of day 3
+    assert shop.journey("we_miss_you", "waiting")["status"] == "active"
+    assert advanced_through(shop, "we_miss_you", "waiting") == day(5)
+
+    run_days(shop, [campaign], [6])
+    journey = shop.journey("we_miss_you", "waiting")
+    assert (journey["status"], journey["exit_reason"], journey["ended_on"]) == (
+        "exited", "unsubscribe", day(6)
+    )  # fmt: skip
+    assert advanced_through(shop, "we_miss_you", "waiting") == day(6)
+
+
+def test_a_journey_a_backfill_enrols_counts_only_the_runs_after_it(shop):
+    """A backfill of day 3, after days 0-5 ran, enrols a newcomer on day 3: it was advanced
+    through day 3 (the backfill's own run), not through day 5 (runs that never saw it)."""
+    waits = shipped("we_miss_you")
+    first = waits.steps[0].model_copy(update={"wait_days": 2})  # nothing to do on entry
+    waits = waits.model_copy(update={"steps": [first, *waits.steps[1:]]})
+    shop.add("early", rfm_segment="At risk")  # the days' runs advance its journey
+    run_days(shop, [waits], range(0, 6))
+    shop.add("late", rfm_segment="At risk")
+    run_days(shop, [waits], [3])
+    assert shop.journey("we_miss_you", "late")["entered_on"] == day(3)
+    assert advanced_through(shop, "we_miss_you", "late") == day(3)
+    run_days(shop, [waits], [5])  # day 4 was never run for it: day 5 takes its first step
+    assert sent(shop, "we_miss_you") == {
+        "early": [("first_touch", 2)],
+        "late": [("first_touch", 5)],
+    }
+
+
 def test_all_six_together_a_customer_gets_the_highest_priority_campaign(shop):
     every = [shipped(c.id) for c in campaigns.load_campaigns()]
     # Matches we_miss_you (priority 100) and abandoned_cart (150): abandoned_cart wins.

@@ -16,6 +16,7 @@ import pytest
 from test_audiences import Shop
 
 from winback import config, pipeline
+from winback.campaigns import journeys
 from winback.orchestration import run_order
 from winback.orchestration.run_order import PreviousRun, RunOrderError
 from winback.warehouse import db
@@ -137,8 +138,10 @@ def shop(fresh, tmp_path):
 
 
 def journey_days(conn) -> dict:
+    """How many journeys were advanced through each day (as the engine reads it)."""
+    advanced_through = journeys.advanced_through_sql("j").as_string(conn)
     rows = conn.execute(
-        "select advanced_through, count(*) from winback.journey_state group by 1"
+        f"select {advanced_through}, count(*) from winback.journey_state j group by 1"
     ).fetchall()
     return dict(rows)
 

@@ -290,14 +290,15 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             with newcomers as ({newcomers}),
             entered as (
                 insert into winback.journey_state
-                    (campaign_id, customer_id, assigned_group, stratum, entered_on, clock_date)
+                    (campaign_id, customer_id, assigned_group, stratum, entered_on, clock_date,
+                     written_by_run)
                 select %(campaign)s, customer_id,
                        case when is_held then 'holdout' else 'treatment' end,
-                       stratum, %(run_date)s, %(run_date)s
+                       stratum, %(run_date)s, %(run_date)s, {latest_run}
                 from ({filled}) filled
                 union all
                 select %(campaign)s, customer_id, 'global_control', stratum, %(run_date)s,
-                       %(run_date)s
+                       %(run_date)s, {latest_run}
                 from newcomers where is_global_control
                 returning customer_id
             ),
@@ -308,7 +309,11 @@ def enrol(cur, campaign: Campaign, run_date: date, result: AudienceResult) -> in
             )
             select count(*) as n from entered
             """
-        ).format(newcomers=newcomers, filled=fill_strata_sql(entrants, earlier)),
+        ).format(
+            newcomers=newcomers,
+            filled=fill_strata_sql(entrants, earlier),
+            latest_run=sql.SQL(journeys.LATEST_RUN_SQL),
+        ),
         {"campaign": campaign.id, "share": campaign.holdout.share, "run_date": run_date},
     )
     result.entered = cur.fetchone()["n"]

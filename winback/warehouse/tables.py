@@ -175,6 +175,23 @@ comment on table winback.journey_state is
     'Each customer''s place in each campaign they entered; the group is fixed at entry.';
 create index if not exists journey_state_active on winback.journey_state (customer_id)
     where status = 'active';
+-- The run that last wrote the row (winback.journey_runs); null for rows written before runs
+-- were logged. A row a run leaves unchanged is not rewritten: the run's log entry says it
+-- was advanced (winback.campaigns.journeys.ADVANCED_THROUGH).
+alter table winback.journey_state add column if not exists written_by_run bigint;
+"""
+
+JOURNEY_RUNS = """
+create table if not exists winback.journey_runs (
+    run_id bigserial primary key,
+    campaign_id text not null,
+    run_date date not null
+);
+comment on table winback.journey_runs is
+    'Each time a campaign''s journeys were advanced for a run date; with '
+    'journey_state.written_by_run, the day each unchanged journey was advanced through.';
+create index if not exists journey_runs_by_campaign
+    on winback.journey_runs (campaign_id, run_date);
 """
 
 JOURNEY_EVENTS = """
@@ -466,6 +483,7 @@ TABLES: dict[str, str] = {
     "audience_filter_log": AUDIENCE_FILTER_LOG,
     "outbox": OUTBOX,
     "journey_state": JOURNEY_STATE,
+    "journey_runs": JOURNEY_RUNS,
     "journey_events": JOURNEY_EVENTS,
     "consent_withdrawals": CONSENT_WITHDRAWALS,
     "tracked_links": TRACKED_LINKS,
