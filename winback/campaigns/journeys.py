@@ -227,6 +227,11 @@ def _load_journeys(cur, campaign: Campaign, run_date: date) -> int:
         params,
         index_customers=True,
     )
+    # The same bounds on `ordered_at` as well (implied by those on `order_date`, a date
+    # computed from it): the orders' index on it then reads only the weeks journeys span,
+    # where the computed date alone scanned every order of the shop (4.5 s a campaign at a
+    # million customers).
+    earliest = cur.execute(sql.SQL("select min(entered_on) as d from {}").format(ADVANCING))
     _temporary(
         cur,
         PURCHASES,
@@ -236,9 +241,11 @@ def _load_journeys(cur, campaign: Campaign, run_date: date) -> int:
             from {orders} o
             join {advancing} a on a.customer_id = o.customer_id
             where o.is_completed and o.order_date > a.entered_on and o.order_date <= %(d)s
+              and o.ordered_at >= (%(earliest)s::date + 1)::timestamp at time zone 'UTC'
+              and o.ordered_at < (%(d)s::date + 1)::timestamp at time zone 'UTC'
             """
         ).format(orders=sql.SQL(ORDERS), advancing=ADVANCING),
-        params,
+        {**params, "earliest": earliest.fetchone()["d"]},
         index_customers=True,
     )
     return advancing
@@ -653,8 +660,9 @@ def _write_back(cur, campaign: Campaign, run_date: date) -> None:
     """Log this run and write back the journeys it changed, stamped with it.
 
     A journey it left as it was is not rewritten: the run's entry in `journey_runs` says
-    it was advanced (`advanced_through_sql`). At a million customers that is a few
-    thousand rows a day instead of every journey of the campaign.
+    it was advanced (`advanced_through_sql`). At a million customers a later day rewrote
+    every active journey, about 380,000 rows and 2.5 s for the largest campaign alone; now
+    only the journeys that moved.
     """
     run_id = cur.execute(
         "insert into winback.journey_runs (campaign_id, run_date) values (%s, %s) returning run_id",
