@@ -266,7 +266,8 @@ def test_a_live_sync_logs_its_capacity_first_then_progress_without_customer_data
         "send capacity twilio (sms): 5 messages due at 250/s, 4 at once: at least 0.0 s",
     ]
     finals = [text for text in lines if ": done, " in text]
-    assert [f.split(":")[0] for f in finals] == [
+    # The channels send at once (asyncio): either may finish first.
+    assert sorted(f.split(":")[0] for f in finals) == [
         "sync popup via popup_webhook",
         "sync sms via twilio",
     ]
