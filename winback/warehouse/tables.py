@@ -177,7 +177,7 @@ create index if not exists journey_state_active on winback.journey_state (custom
     where status = 'active';
 -- The run that last wrote the row (winback.journey_runs); null for rows written before runs
 -- were logged. A row a run leaves unchanged is not rewritten: the run's log entry says it
--- was advanced (winback.campaigns.journeys.ADVANCED_THROUGH).
+-- was advanced (winback.campaigns.journeys.advanced_through_sql).
 alter table winback.journey_state add column if not exists written_by_run bigint;
 """
 
