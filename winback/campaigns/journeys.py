@@ -142,6 +142,11 @@ def advanced_through_sql(journey: str = "j") -> sql.Composable:
     active journey was also advanced by every later run of its campaign for a day it had
     entered by (`winback.journey_runs`), which left it unchanged and did not rewrite it. An
     ended journey is never advanced again, and the run that ended it wrote it.
+
+    `_load_journeys` asks the same question for one day ("not advanced through `d`") in a
+    form that only looks at runs for `d` or later, usually none: this expression's maximum
+    over every run since entry, for each of a million journeys, is for reading, not for
+    the daily hot path.
     """
     j = sql.Identifier(journey)
     return sql.SQL(
@@ -305,7 +310,8 @@ def _exit(cur, campaign: Campaign, run_date: date) -> dict[str, int]:
         ).format(reasons=sql.SQL(" ").join(reasons), advancing=ADVANCING),
         {"d": run_date},
     )
-    _refresh_statistics(cur)
+    if cur.rowcount:  # nobody exited: the statistics still hold
+        _refresh_statistics(cur)
     _record_events(
         cur,
         campaign,
