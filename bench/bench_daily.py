@@ -247,10 +247,26 @@ def dbt_model_table(result: dict) -> list[str]:
     return lines
 
 
+def stages_by_name(day: dict) -> dict[str, dict]:
+    return {s["stage"]: s for s in day["stages"]}
+
+
+def growth_cells(small: float, large: float, value_format: str) -> list[str]:
+    """Table cells: both values (`value_format`, e.g. "{:.1f} s"), their ratio and its
+    exponent k (cost ~ customers^k)."""
+    ratio = large / small
+    return [
+        value_format.format(small),
+        value_format.format(large),
+        f"{ratio:.1f}x",
+        f"{math.log10(ratio):.2f}",
+    ]
+
+
 def summary_figures(result: dict) -> dict:
     figures = {}
     for label, day in result["days"].items():
-        stages = {s["stage"]: s for s in day["stages"]}
+        stages = stages_by_name(day)
         dbt_seconds = stages["dbt_customers"]["seconds"] + stages["dbt_features"]["seconds"]
         load = stages["load"]
         figures[label] = {
@@ -314,10 +330,7 @@ def performance_goals_table(results: dict) -> list[str]:
     distance left when it is not met."""
     if "1m" not in results:
         return []
-    stages = {
-        label: {s["stage"]: s for s in day["stages"]}
-        for label, day in results["1m"]["days"].items()
-    }
+    stages = {label: stages_by_name(day) for label, day in results["1m"]["days"].items()}
     figures = summary_figures(results["1m"])
     dag_path = bench_dbt.BENCH_DIR / "daily-1m-dag.json"
     dag = json.loads(dag_path.read_text())["ways"].get("dags-test") if dag_path.exists() else None
@@ -447,34 +460,24 @@ def write_markdown(path: Path = BENCHMARKS_MD) -> None:
             "| | day 1 100k | day 1 1M | ratio | k | day 2 100k | day 2 1M | ratio | k |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        stages_small = {
-            d: {s["stage"]: s for s in results["100k"]["days"][d]["stages"]}
-            for d in ("day1", "day2")
-        }
-        stages_large = {
-            d: {s["stage"]: s for s in results["1m"]["days"][d]["stages"]} for d in ("day1", "day2")
-        }
+        days = ("day1", "day2")
+        stages_small = {d: stages_by_name(results["100k"]["days"][d]) for d in days}
+        stages_large = {d: stages_by_name(results["1m"]["days"][d]) for d in days}
         for stage in STAGES:
             cells = []
-            for d in ("day1", "day2"):
+            for d in days:
                 a, b = stages_small[d][stage]["seconds"], stages_large[d][stage]["seconds"]
-                cells += [f"{a:.1f} s", f"{b:.1f} s", f"{b / a:.1f}x", f"{math.log10(b / a):.2f}"]
+                cells += growth_cells(a, b, "{:.1f} s")
             out.append(f"| {stage} | " + " | ".join(cells) + " |")
-        cells = []
-        for d in ("day1", "day2"):
-            a, b = small[d]["total"], large[d]["total"]
-            cells += [f"{a:.0f} s", f"{b:.0f} s", f"{b / a:.1f}x", f"{math.log10(b / a):.2f}"]
-        out.append("| **total** | " + " | ".join(cells) + " |")
-        cells = []
-        for d in ("day1", "day2"):
-            a, b = small[d]["peak_mb"], large[d]["peak_mb"]
-            cells += [f"{a:.0f} MB", f"{b:.0f} MB", f"{b / a:.1f}x", f"{math.log10(b / a):.2f}"]
-        out.append("| peak memory | " + " | ".join(cells) + " |")
-        cells = []
-        for d in ("day1", "day2"):
-            a, b = small[d]["group_by"], large[d]["group_by"]
-            cells += [f"{a:.2f} s", f"{b:.2f} s", f"{b / a:.1f}x", f"{math.log10(b / a):.2f}"]
-        out.append("| GROUP BY pass | " + " | ".join(cells) + " |")
+        for title, figure, value_format in (
+            ("**total**", "total", "{:.0f} s"),
+            ("peak memory", "peak_mb", "{:.0f} MB"),
+            ("GROUP BY pass", "group_by", "{:.2f} s"),
+        ):
+            cells = []
+            for d in days:
+                cells += growth_cells(small[d][figure], large[d][figure], value_format)
+            out.append(f"| {title} | " + " | ".join(cells) + " |")
         out.append("")
     out += bench_dag_run.markdown_section(results)
     import bench_backfill  # the backfill through the scheduler has its own section
